@@ -1,0 +1,88 @@
+"""Settings of the object-storage layer, keyed like the Helm values' ``cloudStorage`` block."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic.alias_generators import to_camel
+
+StorageType = Literal["s3", "gcs", "azure", "file"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class S3Settings(_Model):
+    region: str = Field("us-east-1", description="AWS region of the bucket.")
+    bucket: str = Field("kfuse-dr", min_length=3, description="S3 bucket name.")
+    endpoint: str = Field(
+        "", description="Endpoint of an S3-compatible store or emulator; empty for AWS."
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="Bucket addressing; S3-compatible stores usually need 'path'."
+    )
+
+
+class GcsSettings(_Model):
+    bucket: str = Field("kfuse-dr", min_length=3, description="GCS bucket name.")
+    endpoint: str = Field(
+        "",
+        description="API root of a GCS emulator; empty for Google (STORAGE_EMULATOR_HOST "
+        "is honoured too).",
+    )
+
+
+class AzureSettings(_Model):
+    container: str = Field("kfuse-dr", min_length=3, description="Blob container name.")
+    account_url: str = Field(
+        "", description="https://<account>.blob.core.windows.net, for ambient credentials."
+    )
+
+
+class FileSettings(_Model):
+    path: str = Field(
+        "./az-agent-data/bucket", min_length=1, description="Directory holding the objects."
+    )
+
+
+class RetrySettings(_Model):
+    attempts: int = Field(6, ge=1, le=100, description="Tries per request, first one included.")
+    base_delay_seconds: float = Field(0.1, gt=0, description="First backoff ceiling.")
+    max_delay_seconds: float = Field(5.0, gt=0, description="Cap of the backoff ceiling.")
+
+    @model_validator(mode="after")
+    def _cap_above_base(self) -> RetrySettings:
+        if self.max_delay_seconds < self.base_delay_seconds:
+            raise ValueError("maxDelaySeconds must be >= baseDelaySeconds")
+        return self
+
+
+class CloudStorageSettings(_Model):
+    type: StorageType = Field("file", description="s3 | gcs | azure | file")
+    use_secret: bool = Field(
+        True, description="Read credentials from the mounted secret; false: ambient identity."
+    )
+    secret_name: str = Field(
+        "cloud-storage-secret", description="Secret directory name under secretsDir."
+    )
+    prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type]
+    gcs: GcsSettings = Field(default_factory=GcsSettings)  # type: ignore[arg-type]
+    azure: AzureSettings = Field(default_factory=AzureSettings)  # type: ignore[arg-type]
+    file: FileSettings = Field(default_factory=FileSettings)  # type: ignore[arg-type]
+    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
+    part_size_mib: int = Field(
+        8, ge=5, le=512, description="Part size of multipart/block/resumable uploads, MiB."
+    )
+
+
+class StorageSecrets(_Model):
+    """Credentials read from ``<secretsDir>/<secretName>/<key>``; never logged or printed."""
+
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    connection_string: SecretStr | None = None

@@ -1,0 +1,99 @@
+"""Fixtures shared by every test: storage servers, a fresh bucket per test, leak checks."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from az_agent.drivers.storage.base import ObjectStore
+from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
+from az_agent.drivers.storage.factory import open_object_store
+from tests.servers.base import StorageBackend
+
+BACKENDS = {
+    "file": "tests.servers.filestore:FileBackend",
+    "s3": "tests.servers.moto:MotoBackend",
+    "gcs": "tests.servers.fakegcs:FakeGcsBackend",
+    "azure": "tests.servers.azurite:AzuriteBackend",
+}
+
+
+NETWORK_BACKENDS = [name for name in BACKENDS if name != "file"]
+
+
+class BackendPool:
+    """Starts each storage server once, on first use, and stops them all at the end."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, StorageBackend] = {}
+
+    def get(self, name: str) -> StorageBackend:
+        if name not in self._started:
+            module_name, class_name = BACKENDS[name].split(":")
+            backend: StorageBackend = getattr(importlib.import_module(module_name), class_name)()
+            backend.start()
+            self._started[name] = backend
+        return self._started[name]
+
+    def stop_all(self) -> None:
+        for backend in self._started.values():
+            backend.stop()
+
+
+@pytest.fixture(scope="session")
+def backend_pool() -> Iterator[BackendPool]:
+    pool = BackendPool()
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture(params=list(BACKENDS))
+def backend(request: pytest.FixtureRequest, backend_pool: BackendPool) -> StorageBackend:
+    """Each storage backend in turn; tests using it run once per backend."""
+    return backend_pool.get(request.param)
+
+
+@pytest.fixture(params=NETWORK_BACKENDS)
+def network_backend(request: pytest.FixtureRequest, backend_pool: BackendPool) -> StorageBackend:
+    """Each backend reached over HTTP (all but ``file``), for network fault injection."""
+    return backend_pool.get(request.param)
+
+
+@pytest.fixture
+async def bucket(
+    backend: StorageBackend,
+) -> tuple[CloudStorageSettings, StorageSecrets | None]:
+    """Settings and secrets of a fresh, empty bucket on the current backend."""
+    return await backend.new_bucket()
+
+
+@pytest.fixture
+async def store(
+    bucket: tuple[CloudStorageSettings, StorageSecrets | None],
+) -> AsyncIterator[ObjectStore]:
+    """A connected store on a fresh bucket, closed after the test."""
+    settings, secrets = bucket
+    opened = await open_object_store(settings, secrets)
+    await opened.check()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves tasks running: every background task needs an owner."""
+    before = set(asyncio.all_tasks())
+    yield
+    for _ in range(3):
+        await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
+    ]
+    for task in leaked:
+        task.cancel()
+    assert not leaked, f"test left tasks behind: {[t.get_coro() for t in leaked]}"
