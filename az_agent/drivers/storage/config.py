@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, SecretStr, model_validator
+
+from az_agent.drivers.settings_base import SettingsModel
 
 StorageType = Literal["s3", "gcs", "azure", "file"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", alias_generator=to_camel, populate_by_name=True
-    )
+_Model = SettingsModel
 
 
 class S3Settings(_Model):
@@ -41,6 +39,12 @@ class AzureSettings(_Model):
     account_url: str = Field(
         "", description="https://<account>.blob.core.windows.net, for ambient credentials."
     )
+    endpoint: str = Field(
+        "",
+        description="Blob endpoint of an emulator or private endpoint "
+        "(http://127.0.0.1:10000/devstoreaccount1); when set it replaces the connection "
+        "string's BlobEndpoint and accountUrl.",
+    )
 
 
 class FileSettings(_Model):
@@ -62,7 +66,7 @@ class RetrySettings(_Model):
 
 
 class CloudStorageSettings(_Model):
-    type: StorageType = Field("file", description="s3 | gcs | azure | file")
+    type: StorageType = Field(description="s3 | gcs | azure | file")
     use_secret: bool = Field(
         True, description="Read credentials from the mounted secret; false: ambient identity."
     )

@@ -1,0 +1,333 @@
+"""The agent's configuration: one YAML file keyed like the Helm values, overridable by env vars.
+
+The file has two top-level sections, ``global`` (shared by the platform's components) and
+``az-service`` (this agent). ``az-service.config.cloudStorage``, when present, is merged over
+``global.cloudStorage`` and takes precedence for the agent.
+
+Environment overrides: ``AZ_AGENT__`` followed by the key path, path elements joined by ``__``.
+Elements match keys case-insensitively, ignoring ``-`` and ``_``; values are parsed as YAML
+scalars or flow collections. Examples::
+
+    AZ_AGENT__GLOBAL__CLOUDSTORAGE__TYPE=s3
+    AZ_AGENT__GLOBAL__CLOUDSTORAGE__S3__BUCKET=my-dr-bucket
+    AZ_AGENT__AZ_SERVICE__CONFIG__ZONE=az2
+    AZ_AGENT__AZ_SERVICE__CONFIG__POSTGRES__DATABASES=[configdb, orchestratordb]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from az_agent.drivers.pinot.config import PinotSettings
+from az_agent.drivers.postgres.config import PostgresSettings
+from az_agent.drivers.settings_base import SettingsModel
+from az_agent.drivers.storage.config import CloudStorageSettings
+
+ENV_PREFIX = "AZ_AGENT__"
+EMBEDDED_DEFAULTS: dict[str, Any] = {
+    "global": {"cloudStorage": {"type": "file", "file": {"path": "./az-agent-data/bucket"}}},
+    "az-service": {"config": {"zone": "az1", "secretsDir": "./az-agent-data/secrets"}},
+}
+"""What ``az-agent`` runs on when no file is given: a local directory as the bucket."""
+ZONE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line naming the key and problem."""
+
+
+class HttpSettings(SettingsModel):
+    host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API.")
+    token_file: str = Field(
+        "", description="File holding the bearer token for POSTs; '' = loopback-only POSTs."
+    )
+    tls_cert_file: str = Field("", description="PEM certificate; TLS is on when set with a key.")
+    tls_key_file: str = Field("", description="PEM private key of tlsCertFile.")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tlsCertFile and tlsKeyFile must be set together")
+        return self
+
+
+class LeaseConfig(SettingsModel):
+    ttl_seconds: float = Field(15, gt=0, description="How long an unrenewed lease stays valid.")
+    renew_deadline_seconds: float = Field(
+        10, gt=0, description="The holder stops writing when it could not renew for this long."
+    )
+    retry_period_seconds: float = Field(
+        2, ge=1, description="Cadence of acquire/renew attempts (>= 1 s: GCS write limit)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaseConfig:
+        if not self.ttl_seconds > self.renew_deadline_seconds > self.retry_period_seconds:
+            raise ValueError(
+                "need ttlSeconds > renewDeadlineSeconds > retryPeriodSeconds, got "
+                f"{self.ttl_seconds} / {self.renew_deadline_seconds} / "
+                f"{self.retry_period_seconds}"
+            )
+        return self
+
+
+class SilenceMatcher(SettingsModel):
+    name: str = Field(description="Label name.")
+    value: str = Field(description="Label value or regex.")
+    is_regex: bool = Field(False, description="Match value as a regular expression.")
+    is_equal: bool = Field(True, description="False negates the match.")
+
+
+class AlertmanagerSettings(SettingsModel):
+    url: str = Field("", description="Alertmanager base URL; '' = no silencing.")
+    matchers: list[SilenceMatcher] = Field(
+        default_factory=list, description="Matchers of the silences this agent creates."
+    )
+
+
+class RehydrationSettings(SettingsModel):
+    concurrency: int = Field(8, ge=1, le=256, description="Parallel segment uploads.")
+    batch_size: int = Field(50, ge=1, description="Segments per rehydration batch.")
+
+
+class ServiceConfig(SettingsModel):
+    """``az-service.config``: everything specific to this agent."""
+
+    zone: str | None = Field(
+        None, description="Zone id: the backup path in the bucket. Default orgId-release-ns."
+    )
+    role: Literal["active", "standby"] = Field(
+        "active", description="Role taken while the bucket holds no lease for this zone yet."
+    )
+    backup_interval_minutes: float = Field(
+        60, gt=0, description="How often PostgreSQL is dumped to the bucket."
+    )
+    secrets_dir: str = Field(
+        "/var/run/secrets/az-agent", description="Secrets as files: <dir>/<secret>/<key>."
+    )
+    cloud_storage: CloudStorageSettings | None = Field(
+        None, description="Override of global.cloudStorage for this agent."
+    )
+    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)  # type: ignore[arg-type]
+    pinot: PinotSettings = Field(default_factory=PinotSettings)  # type: ignore[arg-type]
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
+    alertmanager: AlertmanagerSettings = Field(
+        default_factory=AlertmanagerSettings  # type: ignore[arg-type]
+    )
+    rehydration: RehydrationSettings = Field(
+        default_factory=RehydrationSettings  # type: ignore[arg-type]
+    )
+
+
+class AzServiceSection(SettingsModel):
+    config: ServiceConfig = Field(default_factory=ServiceConfig)  # type: ignore[arg-type]
+
+
+class GlobalSection(SettingsModel):
+    cloud_storage: CloudStorageSettings | None = Field(
+        None, description="The bucket shared by the platform's components."
+    )
+    org_id: str = Field("", description="Organisation id; part of the default zone id.")
+    release_name: str = Field("", description="Helm release name; part of the default zone id.")
+    namespace: str = Field("", description="Kubernetes namespace; part of the default zone id.")
+
+
+class AgentConfig(SettingsModel):
+    global_: GlobalSection = Field(
+        default_factory=GlobalSection,  # type: ignore[arg-type]
+        alias="global",
+    )
+    az_service: AzServiceSection = Field(
+        default_factory=AzServiceSection,
+        alias="az-service",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_storage_override(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        override = _dig(data, "az-service", "config", "cloudStorage")
+        if isinstance(override, dict):
+            base = _dig(data, "global", "cloudStorage") or {}
+            if isinstance(base, dict):
+                data["az-service"]["config"]["cloudStorage"] = _deep_merge(base, override)
+        return data
+
+    @model_validator(mode="after")
+    def _storage_and_zone(self) -> AgentConfig:
+        if self.service.cloud_storage is None and self.global_.cloud_storage is None:
+            raise ValueError("global.cloudStorage: required (type: s3 | gcs | azure | file)")
+        zone = self.zone
+        if not ZONE_PATTERN.match(zone):
+            raise ValueError(
+                f"az-service.config.zone: {zone!r} must be 1-63 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        return self
+
+    @property
+    def service(self) -> ServiceConfig:
+        return self.az_service.config
+
+    @property
+    def storage(self) -> CloudStorageSettings:
+        """The storage this agent uses: the az-service override, else the global one."""
+        storage = self.service.cloud_storage or self.global_.cloud_storage
+        assert storage is not None, "checked by the validator"
+        return storage
+
+    @property
+    def zone(self) -> str:
+        """The configured zone, else ``<orgId>-<releaseName>-<namespace>`` when all are set."""
+        if self.service.zone:
+            return self.service.zone
+        parts = (self.global_.org_id, self.global_.release_name, self.global_.namespace)
+        if all(parts):
+            return "-".join(parts)
+        raise ValueError(
+            "az-service.config.zone: required (or set global.orgId, global.releaseName and "
+            "global.namespace to derive it)"
+        )
+
+
+def _dig(data: Mapping[str, Any], *path: str) -> Any:
+    node: Any = data
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _normalise(name: str) -> str:
+    return name.replace("-", "").replace("_", "").lower()
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Set ``raw``'s keys from ``AZ_AGENT__...`` variables; unknown keys raise ``ConfigError``."""
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = [p for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            raise ConfigError(f"{name}: names no configuration key")
+        keys, leaf = _resolve_path(AgentConfig, path, name)
+        value: Any = environ[name]
+        if not _is_text(leaf):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{name}: value is not valid YAML") from None
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _is_text(annotation: Any) -> bool:
+    """True for ``str`` and ``str | None`` fields, whose env values are taken verbatim."""
+    if annotation is str:
+        return True
+    if get_origin(annotation) not in (Union, UnionType):
+        return False
+    return [a for a in get_args(annotation) if a is not type(None)] == [str]
+
+
+def _resolve_path(
+    model: type[SettingsModel], path: list[str], env_name: str
+) -> tuple[list[str], Any]:
+    """Map env path elements to the file's key spelling, walking the nested models.
+
+    Returns the keys and the annotation of the field the path ends on.
+    """
+    keys: list[str] = []
+    annotation: Any = model
+    current: type[SettingsModel] | None = model
+    for element in path:
+        if current is None:
+            raise ConfigError(f"{env_name}: '{element}' goes below a value that has no keys")
+        match = None
+        for field_name, field in current.model_fields.items():
+            alias = field.alias or field_name
+            if _normalise(alias) == _normalise(element):
+                match = (alias, field.annotation)
+                break
+        if match is None:
+            raise ConfigError(f"{env_name}: unknown key '{element}' under '{'.'.join(keys)}'")
+        keys.append(match[0])
+        annotation = match[1]
+        current = _nested_model(annotation)
+    return keys, annotation
+
+
+def _nested_model(annotation: Any) -> type[SettingsModel] | None:
+    candidates = getattr(annotation, "__args__", None) or (annotation,)
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, SettingsModel):
+            return candidate
+    return None
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
+def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Validate a parsed document plus env overrides; raise ``ConfigError`` with one line."""
+    data = apply_env_overrides(_deep_merge({}, raw), os.environ if environ is None else environ)
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read ``path`` (``None``: :data:`EMBEDDED_DEFAULTS`) and apply env overrides."""
+    raw: Any = EMBEDDED_DEFAULTS
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return parse_config(raw, environ)
