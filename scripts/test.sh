@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Turns a fresh Debian machine into a tested one: installs what the tests need (Debian and npm
+# packages, a Python venv with the project and its test extras), then runs every check.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k contract
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian: PostgreSQL 15 (server and client tools) and Alertmanager, started by the tests.
+apt_packages=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || apt_packages+=(postgresql-15 postgresql-client-15)
+command -v prometheus-alertmanager >/dev/null || apt_packages+=(prometheus-alertmanager)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${apt_packages[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    "${apt_packages[@]}" >/dev/null
+fi
+
+# npm: Azurite, the Azure Blob emulator (3.35.0: later releases need node >= 21).
+if [ ! -x .emu/node_modules/.bin/azurite-blob ]; then
+  echo "installing azurite@3.35.0 into .emu/"
+  npm install --silent --no-audit --no-fund --prefix .emu azurite@3.35.0
+fi
+
+# Python: the project and its test extras in .venv.
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy --strict"; .venv/bin/mypy
+echo "== import layers"; .venv/bin/lint-imports
+echo "== pytest";        .venv/bin/python -m pytest "$@"
