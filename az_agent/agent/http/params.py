@@ -1,0 +1,69 @@
+"""Query-parameter parsing: every bad value becomes a 400 naming the parameter."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+from az_agent.agent.http.errors import BadParameter
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_NUMBER = re.compile(r"^\d+(\.\d+)?$")
+MILLIS_THRESHOLD = 100_000_000_000
+"""Unix times above this are milliseconds: as seconds it would be the year 5138."""
+
+
+def reject_unknown(query: Mapping[str, str], allowed: Iterable[str]) -> None:
+    """400 for the first parameter not in ``allowed`` (typos must not be silently ignored)."""
+    known = set(allowed)
+    for name in query:
+        if name not in known:
+            raise BadParameter(name, f"unknown parameter (allowed: {', '.join(sorted(known))})")
+
+
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise BadParameter(name, f"expected true or false, got {value!r}")
+
+
+def parse_positive_int(name: str, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise BadParameter(name, f"expected a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise BadParameter(name, f"must be positive, got {number}")
+    return number
+
+
+def parse_timestamp(name: str, value: str | None) -> datetime | None:
+    """RFC 3339 (with a zone), or Unix seconds, or Unix milliseconds; always UTC-aware."""
+    if value is None:
+        return None
+    text = value.strip()
+    if _NUMBER.match(text):
+        number = float(text)
+        seconds = number / 1000 if number >= MILLIS_THRESHOLD else number
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise BadParameter(name, f"{value!r} is out of range") from None
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise BadParameter(
+            name, f"expected RFC 3339 (2026-11-22T03:00:00Z) or Unix seconds/ms, got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise BadParameter(name, f"{value!r} has no time zone; add Z or an offset")
+    return parsed.astimezone(UTC)

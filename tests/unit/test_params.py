@@ -1,0 +1,57 @@
+"""Query parameters: every bad value is a 400 that names the parameter."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from az_agent.agent.http.errors import BadParameter
+from az_agent.agent.http.params import (
+    parse_bool,
+    parse_positive_int,
+    parse_timestamp,
+    reject_unknown,
+)
+
+NOON = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-22T12:00:00Z", "2026-11-22T13:00:00+01:00", "1795348800", "1795348800000"],
+)
+def test_latest_time_formats(text: str) -> None:
+    assert parse_timestamp("latestTime", text) == NOON
+
+
+def test_fractional_seconds() -> None:
+    parsed = parse_timestamp("latestTime", "1795348800.5")
+    assert parsed is not None
+    assert parsed.timestamp() == 1795348800.5
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-11-22T12:00:00", "2026-13-01T00:00:00Z", ""])
+def test_bad_latest_time(text: str) -> None:
+    with pytest.raises(BadParameter) as caught:
+        parse_timestamp("latestTime", text)
+    assert caught.value.extra["parameter"] == "latestTime"
+
+
+def test_batch_size_must_be_positive() -> None:
+    assert parse_positive_int("batchSize", "50") == 50
+    assert parse_positive_int("batchSize", None) is None
+    for bad in ("0", "-3", "ten", "1.5"):
+        with pytest.raises(BadParameter, match="batchSize"):
+            parse_positive_int("batchSize", bad)
+
+
+def test_bools_and_unknown_parameters() -> None:
+    assert parse_bool("force", "true") is True
+    assert parse_bool("force", None) is False
+    assert parse_bool("force", "0") is False
+    with pytest.raises(BadParameter, match="force"):
+        parse_bool("force", "maybe")
+    reject_unknown({"zone": "az1"}, ["zone", "force"])
+    with pytest.raises(BadParameter, match="zonee: unknown parameter"):
+        reject_unknown({"zonee": "az1"}, ["zone", "force"])
