@@ -45,13 +45,15 @@ class ConfigError(Exception):
 
 
 class HttpSettings(SettingsModel):
-    host: str = Field("0.0.0.0", description="Address the HTTP API listens on.")
-    port: int = Field(8080, ge=0, le=65535, description="Port of the HTTP API.")
+    host: str = Field(default="0.0.0.0", description="Address the HTTP API listens on.")
+    port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP API.")
     token_file: str = Field(
-        "", description="File holding the bearer token for POSTs; '' = loopback-only POSTs."
+        default="", description="File holding the bearer token for POSTs; '' = loopback-only POSTs."
     )
-    tls_cert_file: str = Field("", description="PEM certificate; TLS is on when set with a key.")
-    tls_key_file: str = Field("", description="PEM private key of tlsCertFile.")
+    tls_cert_file: str = Field(
+        default="", description="PEM certificate; TLS is on when set with a key."
+    )
+    tls_key_file: str = Field(default="", description="PEM private key of tlsCertFile.")
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSettings:
@@ -61,12 +63,16 @@ class HttpSettings(SettingsModel):
 
 
 class LeaseConfig(SettingsModel):
-    ttl_seconds: float = Field(15, gt=0, description="How long an unrenewed lease stays valid.")
+    ttl_seconds: float = Field(
+        default=15, gt=0, description="How long an unrenewed lease stays valid."
+    )
     renew_deadline_seconds: float = Field(
-        10, gt=0, description="The holder stops writing when it could not renew for this long."
+        default=10,
+        gt=0,
+        description="The holder stops writing when it could not renew for this long.",
     )
     retry_period_seconds: float = Field(
-        2, ge=1, description="Cadence of acquire/renew attempts (>= 1 s: GCS write limit)."
+        default=2, ge=1, description="Cadence of acquire/renew attempts (>= 1 s: GCS write limit)."
     )
 
     @model_validator(mode="after")
@@ -83,68 +89,70 @@ class LeaseConfig(SettingsModel):
 class SilenceMatcher(SettingsModel):
     name: str = Field(description="Label name.")
     value: str = Field(description="Label value or regex.")
-    is_regex: bool = Field(False, description="Match value as a regular expression.")
-    is_equal: bool = Field(True, description="False negates the match.")
+    is_regex: bool = Field(default=False, description="Match value as a regular expression.")
+    is_equal: bool = Field(default=True, description="False negates the match.")
 
 
 class AlertmanagerSettings(SettingsModel):
-    url: str = Field("", description="Alertmanager base URL; '' = no silencing.")
+    url: str = Field(default="", description="Alertmanager base URL; '' = no silencing.")
     matchers: list[SilenceMatcher] = Field(
         default_factory=list, description="Matchers of the silences this agent creates."
     )
 
 
 class RehydrationSettings(SettingsModel):
-    concurrency: int = Field(8, ge=1, le=256, description="Parallel segment uploads.")
-    batch_size: int = Field(50, ge=1, description="Segments per rehydration batch.")
+    concurrency: int = Field(default=8, ge=1, le=256, description="Parallel segment uploads.")
+    batch_size: int = Field(default=50, ge=1, description="Segments per rehydration batch.")
 
 
 class ServiceConfig(SettingsModel):
     """``az-service.config``: everything specific to this agent."""
 
     zone: str | None = Field(
-        None, description="Zone id: the backup path in the bucket. Default orgId-release-ns."
+        default=None,
+        description="Zone id: the backup path in the bucket. Default orgId-release-ns.",
     )
     role: Literal["active", "standby"] = Field(
-        "active", description="Role taken while the bucket holds no lease for this zone yet."
+        default="active",
+        description="Role taken while the bucket holds no lease for this zone yet.",
     )
     backup_interval_minutes: float = Field(
-        60, gt=0, description="How often PostgreSQL is dumped to the bucket."
+        default=60, gt=0, description="How often PostgreSQL is dumped to the bucket."
     )
     secrets_dir: str = Field(
-        "/var/run/secrets/az-agent", description="Secrets as files: <dir>/<secret>/<key>."
+        default="/var/run/secrets/az-agent", description="Secrets as files: <dir>/<secret>/<key>."
     )
     cloud_storage: CloudStorageSettings | None = Field(
-        None, description="Override of global.cloudStorage for this agent."
+        default=None, description="Override of global.cloudStorage for this agent."
     )
-    http: HttpSettings = Field(default_factory=HttpSettings)  # type: ignore[arg-type]
-    lease: LeaseConfig = Field(default_factory=LeaseConfig)  # type: ignore[arg-type]
-    pinot: PinotSettings = Field(default_factory=PinotSettings)  # type: ignore[arg-type]
-    postgres: PostgresSettings = Field(default_factory=PostgresSettings)  # type: ignore[arg-type]
-    alertmanager: AlertmanagerSettings = Field(
-        default_factory=AlertmanagerSettings  # type: ignore[arg-type]
-    )
-    rehydration: RehydrationSettings = Field(
-        default_factory=RehydrationSettings  # type: ignore[arg-type]
-    )
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    pinot: PinotSettings = Field(default_factory=PinotSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
+    rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
 
 
 class AzServiceSection(SettingsModel):
-    config: ServiceConfig = Field(default_factory=ServiceConfig)  # type: ignore[arg-type]
+    config: ServiceConfig = Field(default_factory=ServiceConfig)
 
 
 class GlobalSection(SettingsModel):
     cloud_storage: CloudStorageSettings | None = Field(
-        None, description="The bucket shared by the platform's components."
+        default=None, description="The bucket shared by the platform's components."
     )
-    org_id: str = Field("", description="Organisation id; part of the default zone id.")
-    release_name: str = Field("", description="Helm release name; part of the default zone id.")
-    namespace: str = Field("", description="Kubernetes namespace; part of the default zone id.")
+    org_id: str = Field(default="", description="Organisation id; part of the default zone id.")
+    release_name: str = Field(
+        default="", description="Helm release name; part of the default zone id."
+    )
+    namespace: str = Field(
+        default="", description="Kubernetes namespace; part of the default zone id."
+    )
 
 
 class AgentConfig(SettingsModel):
     global_: GlobalSection = Field(
-        default_factory=GlobalSection,  # type: ignore[arg-type]
+        default_factory=GlobalSection,
         alias="global",
     )
     az_service: AzServiceSection = Field(

@@ -6,6 +6,7 @@ reaches the server (as with real throttling), so a correct client loses and dupl
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ class FlakyProxy:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         url = self.upstream + request.rel_url.raw_path_qs
         async with self._client.request(
-            request.method, url, headers=headers, data=body, allow_redirects=False
+            request.method, url, headers=headers, data=io.BytesIO(body), allow_redirects=False
         ) as upstream:
             response = web.StreamResponse(status=upstream.status)
             for name, value in upstream.headers.items():

@@ -15,32 +15,32 @@ _Model = SettingsModel
 
 
 class S3Settings(_Model):
-    region: str = Field("us-east-1", description="AWS region of the bucket.")
-    bucket: str = Field("kfuse-dr", min_length=3, description="S3 bucket name.")
+    region: str = Field(default="us-east-1", description="AWS region of the bucket.")
+    bucket: str = Field(default="kfuse-dr", min_length=3, description="S3 bucket name.")
     endpoint: str = Field(
-        "", description="Endpoint of an S3-compatible store or emulator; empty for AWS."
+        default="", description="Endpoint of an S3-compatible store or emulator; empty for AWS."
     )
     addressing_style: Literal["auto", "path", "virtual"] = Field(
-        "auto", description="Bucket addressing; S3-compatible stores usually need 'path'."
+        default="auto", description="Bucket addressing; S3-compatible stores usually need 'path'."
     )
 
 
 class GcsSettings(_Model):
-    bucket: str = Field("kfuse-dr", min_length=3, description="GCS bucket name.")
+    bucket: str = Field(default="kfuse-dr", min_length=3, description="GCS bucket name.")
     endpoint: str = Field(
-        "",
+        default="",
         description="API root of a GCS emulator; empty for Google (STORAGE_EMULATOR_HOST "
         "is honoured too).",
     )
 
 
 class AzureSettings(_Model):
-    container: str = Field("kfuse-dr", min_length=3, description="Blob container name.")
+    container: str = Field(default="kfuse-dr", min_length=3, description="Blob container name.")
     account_url: str = Field(
-        "", description="https://<account>.blob.core.windows.net, for ambient credentials."
+        default="", description="https://<account>.blob.core.windows.net, for ambient credentials."
     )
     endpoint: str = Field(
-        "",
+        default="",
         description="Blob endpoint of an emulator or private endpoint "
         "(http://127.0.0.1:10000/devstoreaccount1); when set it replaces the connection "
         "string's BlobEndpoint and accountUrl.",
@@ -49,14 +49,16 @@ class AzureSettings(_Model):
 
 class FileSettings(_Model):
     path: str = Field(
-        "./az-agent-data/bucket", min_length=1, description="Directory holding the objects."
+        default="./az-agent-data/bucket", min_length=1, description="Directory holding the objects."
     )
 
 
 class RetrySettings(_Model):
-    attempts: int = Field(6, ge=1, le=100, description="Tries per request, first one included.")
-    base_delay_seconds: float = Field(0.1, gt=0, description="First backoff ceiling.")
-    max_delay_seconds: float = Field(5.0, gt=0, description="Cap of the backoff ceiling.")
+    attempts: int = Field(
+        default=6, ge=1, le=100, description="Tries per request, first one included."
+    )
+    base_delay_seconds: float = Field(default=0.1, gt=0, description="First backoff ceiling.")
+    max_delay_seconds: float = Field(default=5.0, gt=0, description="Cap of the backoff ceiling.")
 
     @model_validator(mode="after")
     def _cap_above_base(self) -> RetrySettings:
@@ -68,19 +70,20 @@ class RetrySettings(_Model):
 class CloudStorageSettings(_Model):
     type: StorageType = Field(description="s3 | gcs | azure | file")
     use_secret: bool = Field(
-        True, description="Read credentials from the mounted secret; false: ambient identity."
+        default=True,
+        description="Read credentials from the mounted secret; false: ambient identity.",
     )
     secret_name: str = Field(
-        "cloud-storage-secret", description="Secret directory name under secretsDir."
+        default="cloud-storage-secret", description="Secret directory name under secretsDir."
     )
-    prefix: str = Field("", description="Key prefix inside the bucket.")
-    s3: S3Settings = Field(default_factory=S3Settings)  # type: ignore[arg-type]
-    gcs: GcsSettings = Field(default_factory=GcsSettings)  # type: ignore[arg-type]
-    azure: AzureSettings = Field(default_factory=AzureSettings)  # type: ignore[arg-type]
-    file: FileSettings = Field(default_factory=FileSettings)  # type: ignore[arg-type]
-    retry: RetrySettings = Field(default_factory=RetrySettings)  # type: ignore[arg-type]
+    prefix: str = Field(default="", description="Key prefix inside the bucket.")
+    s3: S3Settings = Field(default_factory=S3Settings)
+    gcs: GcsSettings = Field(default_factory=GcsSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+    file: FileSettings = Field(default_factory=FileSettings)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
     part_size_mib: int = Field(
-        8, ge=5, le=512, description="Part size of multipart/block/resumable uploads, MiB."
+        default=8, ge=5, le=512, description="Part size of multipart/block/resumable uploads, MiB."
     )
 
 

@@ -1,0 +1,521 @@
+"""Amazon S3 and S3-compatible stores as an :class:`ObjectStore`, through aiobotocore.
+
+Choices that are not obvious from the interface:
+
+* botocore's own retries are off, so our :class:`RetryPolicy` (full jitter) is the only one and
+  attempts do not multiply; every vendor error goes through :func:`translate_error`.
+* A body that fits in one part is one ``PutObject`` carrying its SHA-256 in user metadata and its
+  condition (``If-None-Match: *`` / ``If-Match``). A larger body is a multipart upload whose
+  condition sits on ``CompleteMultipartUpload``; its SHA-256 is known only at the end, so it is
+  then attached by a server-side copy of the object onto itself, guarded by
+  ``x-amz-copy-source-if-match`` (a multipart copy above S3's 5 GiB single-copy limit).
+* Parts are cut here rather than by :func:`~az_agent.drivers.storage.streams.first_part`,
+  which holds two parts plus the buffer being cut (~5 parts at peak): too much at 8 MiB.
+* Request checksums are sent only when an operation requires them: S3-compatible stores often
+  reject botocore's default CRC trailers, and we verify SHA-256 end to end ourselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore import exceptions as boto
+
+from az_agent.drivers.errors import (
+    DriverError,
+    Misconfigured,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
+from az_agent.drivers.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    SHA256_METADATA_KEY,
+    Body,
+    ObjectInfo,
+    ObjectReader,
+    ObjectStore,
+    check_conditions,
+)
+from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
+from az_agent.drivers.storage.keys import validate_key
+from az_agent.drivers.storage.retry import RetryPolicy
+from az_agent.drivers.storage.streams import BodyDigest
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+SINGLE_COPY_LIMIT = 5 << 30
+"""Largest object ``CopyObject`` accepts; above it the checksum is attached by a multipart copy."""
+COPY_PART_SIZE = 512 << 20
+MAX_POOL_CONNECTIONS = 64
+
+# fmt: off
+_UNAVAILABLE_CODES = frozenset({
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "OperationAborted",
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestLimitExceeded", "TooManyRequests", "TooManyRequestsException",
+    "BandwidthLimitExceeded",
+})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412"})
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_BUCKET_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "PermanentRedirect", "301"})
+_CREDENTIAL_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
+    "TokenRefreshRequired", "AuthorizationHeaderMalformed", "RequestTimeTooSkewed",
+})
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"})
+_TRANSIENT = (
+    boto.HTTPClientError, boto.ConnectionError, boto.IncompleteReadError, aiohttp.ClientError,
+    OSError,
+)
+_CREDENTIAL_ERRORS = (
+    boto.NoCredentialsError, boto.PartialCredentialsError, boto.CredentialRetrievalError,
+)
+# fmt: on
+_VENDOR = (boto.ClientError, boto.BotoCoreError, aiohttp.ClientError, OSError)
+
+
+def translate_error(exc: BaseException, subject: str, bucket: str) -> DriverError:
+    """Our error for a botocore/aiohttp one; messages never carry credentials."""
+    if isinstance(exc, boto.ClientError):
+        return _from_client_error(exc, subject, bucket)
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return Misconfigured(f"{subject}: no usable S3 credentials ({type(exc).__name__})")
+    if isinstance(exc, boto.SSLError):
+        return Misconfigured(f"{subject}: TLS failure talking to S3: {exc}")
+    if isinstance(exc, _TRANSIENT):
+        return Unavailable(f"{subject}: {type(exc).__name__}: {exc}")
+    return DriverError(f"{subject}: {type(exc).__name__}: {exc}")
+
+
+def _from_client_error(exc: boto.ClientError, subject: str, bucket: str) -> DriverError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+    detail = f"{subject}: {code or status}: {error.get('Message') or 'no message'}"
+    if code in _UNAVAILABLE_CODES or status in (429, 500, 502, 503, 504):
+        return Unavailable(detail)
+    if code in _PRECONDITION_CODES or status == 412:
+        return PreconditionFailed(detail)
+    if code in _BUCKET_CODES:
+        return Misconfigured(f"s3 bucket {bucket!r} does not exist or is elsewhere ({detail})")
+    if code in _CREDENTIAL_CODES:
+        return Misconfigured(f"S3 rejected the credentials or the request signature ({detail})")
+    if code in _NOT_FOUND_CODES or status == 404:
+        return NotFound(detail)
+    if code in _DENIED_CODES or status == 403:
+        return PermissionDenied(detail)
+    return DriverError(detail)
+
+
+@contextlib.contextmanager
+def _vendor_errors(subject: str, bucket: str) -> Iterator[None]:
+    try:
+        yield
+    except _VENDOR as exc:
+        raise translate_error(exc, subject, bucket) from exc
+
+
+async def _chunks_of(body: Body) -> AsyncIterator[bytes]:
+    if isinstance(body, bytes):
+        yield body
+        return
+    async for chunk in body:
+        yield chunk
+
+
+class _PartReader:
+    """Cuts a body into parts; only it holds the current part, so dropping it frees the memory.
+
+    At most one part, the chunks being joined into the next one and one pending chunk are alive.
+    """
+
+    def __init__(self, body: Body, part_size: int) -> None:
+        self._chunks = _chunks_of(body)
+        self._part_size = part_size
+        self._pending = memoryview(b"")
+        self._started = False
+        self.part = b""
+        self.digest = BodyDigest()
+
+    async def has_more(self) -> bool:
+        """Whether any byte is left; pulls (and hashes) the next chunk when needed."""
+        while not self._pending:
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                return False
+            self.digest.update(chunk)
+            self._pending = memoryview(chunk)
+        return True
+
+    async def advance(self) -> bool:
+        """Make the next part current; ``False`` once the body is used up (an empty body has
+        one empty part)."""
+        self.part = b""
+        if self._started and not await self.has_more():
+            return False
+        self._started = True
+        pieces: list[memoryview] = []
+        size = 0
+        while size < self._part_size and await self.has_more():
+            piece = self._pending[: self._part_size - size]
+            pieces.append(piece)
+            size += len(piece)
+            self._pending = self._pending[len(piece) :]
+        self.part = b"".join(pieces)
+        return True
+
+
+class _S3Reader(ObjectReader):
+    """Streams a ``GetObject`` body; a connection lost mid-read resumes with a ranged GET."""
+
+    def __init__(self, store: S3ObjectStore, info: ObjectInfo, body: Any, chunk_size: int) -> None:
+        self._store = store
+        self.info = info
+        self._body = body
+        self._chunk_size = chunk_size
+
+    async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        received, resumes = 0, 0
+        while True:
+            try:
+                with self._store._errors(self.info.key):
+                    chunk: bytes = await self._body.read(self._chunk_size)
+            except Unavailable:
+                resumes += 1
+                if resumes >= self._store.retry.attempts:
+                    raise
+                await asyncio.sleep(self._store.retry.delay(resumes - 1))
+                self.release()
+                self._body = await self._store._resume(self.info, received)
+                continue
+            if not chunk:
+                return
+            received += len(chunk)
+            yield chunk
+
+    def release(self) -> None:
+        """Close the HTTP response; an unfinished one cannot go back to the pool."""
+        self._body.close()
+
+
+class S3ObjectStore(ObjectStore):
+    """One S3 bucket; see the module docstring for how writes and checksums work.
+
+    ``single_copy_limit`` is S3's; tests lower it to exercise the multipart copy.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        retry: RetryPolicy,
+        part_size: int,
+        resources: AsyncExitStack | None = None,
+        single_copy_limit: int = SINGLE_COPY_LIMIT,
+    ) -> None:
+        self._client = client
+        self._bucket = bucket
+        self.retry = retry
+        self._part_size = part_size
+        self._resources = resources or AsyncExitStack()
+        self.single_copy_limit = single_copy_limit
+
+    def _errors(self, subject: str) -> contextlib.AbstractContextManager[None]:
+        return _vendor_errors(subject, self._bucket)
+
+    async def _call(
+        self, subject: str, operation: str, body: bytes | None = None, /, **params: Any
+    ) -> dict[str, Any]:
+        """One S3 request, translated and retried on ``Unavailable``.
+
+        A body goes as a fresh ``BytesIO`` per attempt (it shares the bytes, no copy): a stream
+        position left at the end by a failed attempt would send nothing, and aiohttp warns
+        about large raw ``bytes``.
+        """
+        method = getattr(self._client, operation)
+
+        async def attempt() -> dict[str, Any]:
+            if body is not None:
+                params["Body"] = io.BytesIO(body)
+            with self._errors(f"s3://{self._bucket}/{subject}"):
+                reply: dict[str, Any] = await method(Bucket=self._bucket, **params)
+                return reply
+
+        return await self.retry.run(f"s3 {operation} {subject}", attempt)
+
+    async def put(
+        self, key: str, body: Body, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> ObjectInfo:
+        check_conditions(if_none_match, if_match)
+        validate_key(key)
+        condition = {"IfNoneMatch": "*"} if if_none_match else {}
+        if if_match is not None:
+            condition = {"IfMatch": if_match}
+        reader = _PartReader(body, self._part_size)
+        try:
+            await reader.advance()
+            if not await reader.has_more():
+                return await self._put_single(key, reader, condition)
+            return await self._put_multipart(key, reader, condition)
+        except NotFound as exc:
+            if if_match is None:
+                raise
+            raise PreconditionFailed(f"{key}: does not exist, expected version {if_match}") from exc
+
+    async def _put_single(
+        self, key: str, reader: _PartReader, condition: dict[str, str]
+    ) -> ObjectInfo:
+        sha256 = reader.digest.hexdigest()
+        metadata = {SHA256_METADATA_KEY: sha256}
+        reply = await self._call(
+            key, "put_object", reader.part, Key=key, Metadata=metadata, **condition
+        )
+        return ObjectInfo(key, reader.digest.size, reply["ETag"], sha256)
+
+    async def _put_multipart(
+        self, key: str, reader: _PartReader, condition: dict[str, str]
+    ) -> ObjectInfo:
+        upload_id: str = (await self._call(key, "create_multipart_upload", Key=key))["UploadId"]
+        try:
+            parts = await self._upload_parts(key, upload_id, reader)
+            done = await self._complete(key, upload_id, parts, condition)
+        except BaseException:
+            await _shielded(self._abort(key, upload_id))
+            raise
+        return await self._attach_digest(key, done["ETag"], reader.digest)
+
+    async def _upload_parts(
+        self, key: str, upload_id: str, reader: _PartReader
+    ) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        while True:
+            number = len(parts) + 1
+            if number > MAX_PARTS:
+                raise Misconfigured(
+                    f"{key}: more than {MAX_PARTS} parts of {self._part_size >> 20} MiB; "
+                    "raise partSizeMib to store objects this large"
+                )
+            reply = await self._call(
+                key, "upload_part", reader.part, Key=key, UploadId=upload_id, PartNumber=number
+            )
+            parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            if not await reader.advance():
+                return parts
+
+    async def _complete(
+        self, key: str, upload_id: str, parts: list[dict[str, Any]], condition: dict[str, str]
+    ) -> dict[str, Any]:
+        return await self._call(
+            key,
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            **condition,
+        )
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        try:
+            await self._call(key, "abort_multipart_upload", Key=key, UploadId=upload_id)
+        except DriverError as exc:  # the original failure matters more; S3 lifecycle rules GC
+            log.warning("could not abort multipart upload of %s: %s", key, exc)
+
+    async def _attach_digest(self, key: str, etag: str, digest: BodyDigest) -> ObjectInfo:
+        """Record the SHA-256 by copying the object onto itself, unless it was replaced since."""
+        metadata = {SHA256_METADATA_KEY: digest.hexdigest()}
+        try:
+            if digest.size > self.single_copy_limit:
+                version = await self._copy_in_parts(key, etag, digest.size, metadata)
+            else:
+                reply = await self._call(
+                    key,
+                    "copy_object",
+                    Key=key,
+                    CopySource={"Bucket": self._bucket, "Key": key},
+                    CopySourceIfMatch=etag,
+                    MetadataDirective="REPLACE",
+                    Metadata=metadata,
+                )
+                version = reply["CopyObjectResult"]["ETag"]
+        except PreconditionFailed:
+            current = await self.head(key)
+            if current.sha256 == digest.hexdigest():  # our copy landed, its reply was lost
+                return current
+            log.info("%s was overwritten before its checksum was recorded", key)
+            return ObjectInfo(key, digest.size, etag, digest.hexdigest())
+        return ObjectInfo(key, digest.size, version, digest.hexdigest())
+
+    async def _copy_in_parts(self, key: str, etag: str, size: int, metadata: dict[str, str]) -> str:
+        created = await self._call(key, "create_multipart_upload", Key=key, Metadata=metadata)
+        upload_id: str = created["UploadId"]
+        source = {"Bucket": self._bucket, "Key": key}
+        step = min(COPY_PART_SIZE, self.single_copy_limit)
+        try:
+            parts: list[dict[str, Any]] = []
+            for number, start in enumerate(range(0, size, step), 1):
+                end = min(start + step, size) - 1
+                reply = await self._call(
+                    key,
+                    "upload_part_copy",
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=source,
+                    CopySourceIfMatch=etag,
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
+            done = await self._complete(key, upload_id, parts, {"IfMatch": etag})
+        except BaseException:
+            await _shielded(self._abort(key, upload_id))
+            raise
+        version: str = done["ETag"]
+        return version
+
+    @asynccontextmanager
+    async def _open(self, key: str, chunk_size: int) -> AsyncIterator[ObjectReader]:
+        validate_key(key)
+        reply = await self._call(key, "get_object", Key=key)
+        reader = _S3Reader(self, _info(key, reply), reply["Body"], chunk_size)
+        try:
+            yield reader
+        finally:
+            reader.release()
+
+    def open(
+        self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AbstractAsyncContextManager[ObjectReader]:
+        return self._open(key, chunk_size)
+
+    async def _resume(self, info: ObjectInfo, offset: int) -> Any:
+        """The rest of the object from ``offset``, provided it is still the version being read."""
+        try:
+            reply = await self._call(
+                info.key, "get_object", Key=info.key, Range=f"bytes={offset}-", IfMatch=info.version
+            )
+        except (PreconditionFailed, NotFound) as exc:
+            raise Unavailable(f"{info.key}: replaced while being read; read it again") from exc
+        return reply["Body"]
+
+    async def head(self, key: str) -> ObjectInfo:
+        validate_key(key)
+        return _info(key, await self._call(key, "head_object", Key=key))
+
+    async def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max(1, min(page_size, 1000))}
+        while True:
+            reply = await self._call(prefix, "list_objects_v2", **params)
+            for item in reply.get("Contents", []):
+                yield ObjectInfo(
+                    item["Key"], item["Size"], item["ETag"], None, item.get("LastModified")
+                )
+            token = reply.get("NextContinuationToken")
+            if not reply.get("IsTruncated") or not token:
+                return
+            params["ContinuationToken"] = token
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        validate_key(key)
+        condition = {} if if_match is None else {"IfMatch": if_match}
+        try:
+            await self._call(key, "delete_object", Key=key, **condition)
+        except NotFound as exc:
+            if if_match is not None:
+                raise PreconditionFailed(f"{key}: does not exist, expected {if_match}") from exc
+
+    async def check(self) -> None:
+        """List one key rather than HEAD the bucket: a HEAD error has no body, so it cannot
+        tell a bad key id or signature from a missing permission."""
+        try:
+            await self._call("", "list_objects_v2", MaxKeys=1)
+        except NotFound as exc:
+            raise Misconfigured(f"s3 bucket {self._bucket!r} does not exist: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._resources.aclose()
+
+
+def _info(key: str, reply: dict[str, Any]) -> ObjectInfo:
+    metadata: dict[str, str] = reply.get("Metadata") or {}
+    modified: datetime | None = reply.get("LastModified")
+    return ObjectInfo(
+        key, reply["ContentLength"], reply["ETag"], metadata.get(SHA256_METADATA_KEY), modified
+    )
+
+
+async def _shielded(cleanup: Awaitable[None]) -> None:
+    """Run ``cleanup`` to its end even if our caller is cancelled meanwhile."""
+    task = asyncio.ensure_future(cleanup)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+def _client_options(
+    settings: CloudStorageSettings, secrets: StorageSecrets | None
+) -> dict[str, Any]:
+    s3 = settings.s3
+    style = s3.addressing_style
+    if style == "auto" and s3.endpoint:
+        style = "path"
+    options: dict[str, Any] = {
+        "region_name": s3.region,
+        "endpoint_url": s3.endpoint or None,
+        "config": AioConfig(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": style},
+            max_pool_connections=MAX_POOL_CONNECTIONS,
+            connect_timeout=10,
+            read_timeout=60,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            warm_up_loader_caches=True,
+        ),
+    }
+    if settings.use_secret and secrets is not None:
+        if secrets.access_key is None or secrets.secret_key is None:
+            raise Misconfigured(
+                f"s3: secret {settings.secret_name!r} must hold both accessKey and secretKey"
+            )
+        options["aws_access_key_id"] = secrets.access_key.get_secret_value()
+        options["aws_secret_access_key"] = secrets.secret_key.get_secret_value()
+    return options
+
+
+async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None) -> ObjectStore:
+    """Factory hook: an S3 client with the secret's keys, or the SDK's ambient credentials."""
+    options = _client_options(settings, secrets)
+    retry = settings.retry
+    policy = RetryPolicy(retry.attempts, retry.base_delay_seconds, retry.max_delay_seconds)
+    resources = AsyncExitStack()
+    try:
+        with _vendor_errors("s3 client", settings.s3.bucket):
+            client = await resources.enter_async_context(
+                get_session().create_client("s3", **options)
+            )
+    except BaseException:
+        await resources.aclose()
+        raise
+    return S3ObjectStore(
+        client,
+        settings.s3.bucket,
+        retry=policy,
+        part_size=settings.part_size_mib << 20,
+        resources=resources,
+    )

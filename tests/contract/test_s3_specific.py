@@ -1,0 +1,270 @@
+"""What the shared contract cannot reach on S3: multipart edge paths, error mapping, resumed reads.
+
+Multipart tests run against moto; error mapping and resumed reads against a scripted endpoint
+(:class:`CannedS3`), since no emulator fails on demand in those ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from az_agent.drivers.errors import (
+    Misconfigured,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
+from az_agent.drivers.storage.base import SHA256_METADATA_KEY
+from az_agent.drivers.storage.config import (
+    CloudStorageSettings,
+    RetrySettings,
+    S3Settings,
+    StorageSecrets,
+)
+from az_agent.drivers.storage.s3 import S3ObjectStore, connect
+from tests.conftest import BackendPool
+from tests.servers.moto import MotoBackend
+
+MiB = 1 << 20
+SECRET = "s3cr3t-do-not-print-0123456789"
+
+
+@pytest.fixture
+def moto(backend_pool: BackendPool) -> MotoBackend:
+    backend = backend_pool.get("s3")
+    assert isinstance(backend, MotoBackend)
+    return backend
+
+
+@pytest.fixture
+async def s3(moto: MotoBackend) -> AsyncIterator[S3ObjectStore]:
+    settings, secrets = await moto.new_bucket()
+    store = await connect(settings, secrets)
+    assert isinstance(store, S3ObjectStore)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def _open_uploads(moto: MotoBackend, store: S3ObjectStore) -> list[Any]:
+    async with moto.client() as client:
+        reply = await client.list_multipart_uploads(Bucket=store._bucket)
+    uploads: list[Any] = reply.get("Uploads", [])
+    return uploads
+
+
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), MiB):
+        yield data[start : start + MiB]
+
+
+async def test_multipart_copy_records_checksum_above_single_copy_limit(
+    s3: S3ObjectStore,
+) -> None:
+    s3.single_copy_limit = 6 * MiB  # 13 MiB: copied as 6 + 6 + 1 MiB parts
+    data = os.urandom(13 * MiB)
+    written = await s3.put("huge.bin", _stream(data))
+    assert written.version.endswith('-3"'), written.version
+    head = await s3.head("huge.bin")
+    assert (head.version, head.sha256) == (written.version, hashlib.sha256(data).hexdigest())
+    assert (await s3.get("huge.bin"))[0] == data
+
+
+async def test_failed_stream_aborts_the_multipart_upload(
+    s3: S3ObjectStore, moto: MotoBackend
+) -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield os.urandom(MiB)
+        raise RuntimeError("source failed")
+
+    with pytest.raises(RuntimeError, match="source failed"):
+        await s3.put("broken.bin", broken())
+    assert await _open_uploads(moto, s3) == []
+    with pytest.raises(NotFound):
+        await s3.head("broken.bin")
+
+
+async def test_cancelled_put_aborts_the_multipart_upload(
+    s3: S3ObjectStore, moto: MotoBackend
+) -> None:
+    first_part_sent = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        for _ in range(9):
+            yield os.urandom(MiB)
+        first_part_sent.set()  # asked for more only once part 1 is uploaded
+        await asyncio.Event().wait()
+        yield b""
+
+    task = asyncio.create_task(s3.put("stalled.bin", stalled()))
+    await asyncio.wait_for(first_part_sent.wait(), 30)
+    assert len(await _open_uploads(moto, s3)) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _open_uploads(moto, s3) == []
+
+
+async def test_multipart_create_only_loses_to_an_existing_key(
+    s3: S3ObjectStore, moto: MotoBackend
+) -> None:
+    await s3.put("taken", b"original", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        await s3.put("taken", _stream(os.urandom(9 * MiB)), if_none_match=True)
+    assert (await s3.get("taken"))[0] == b"original"
+    assert await _open_uploads(moto, s3) == []
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    cut_after: int | None = None
+    """Close the connection after this many body bytes, as a dropped connection would."""
+
+
+@dataclass
+class CannedS3:
+    """An HTTP endpoint answering every request with ``answer(request)``, one per connection."""
+
+    answer: Callable[[Request], Reply]
+    requests: list[Request] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*self._handlers)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, _ = head[0].split(" ", 2)
+            headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if h)}
+            await reader.readexactly(int(headers.get("content-length", "0")))
+            request = Request(method, target, headers)
+            self.requests.append(request)
+            reply = self.answer(request)
+            lines = [f"HTTP/1.1 {reply.status} Canned", "Connection: close"]
+            lines += [f"{k}: {v}" for k, v in reply.headers.items()]
+            lines.append(f"Content-Length: {len(reply.body)}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+            body = reply.body if method != "HEAD" else b""
+            writer.write(body[: reply.cut_after])
+            await writer.drain()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+def _error(status: int, code: str) -> Reply:
+    xml = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>canned</Message></Error>"
+    return Reply(status, {"Content-Type": "application/xml"}, xml.encode())
+
+
+async def _canned_store(url: str) -> S3ObjectStore:
+    settings = CloudStorageSettings(
+        type="s3",
+        s3=S3Settings(bucket="canned", endpoint=url),
+        retry=RetrySettings(attempts=3, base_delay_seconds=0.001, max_delay_seconds=0.01),
+    )
+    secrets = StorageSecrets(access_key=SecretStr("AKIDCANNED"), secret_key=SecretStr(SECRET))
+    store = await connect(settings, secrets)
+    assert isinstance(store, S3ObjectStore)
+    return store
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected"),
+    [
+        (403, "InvalidAccessKeyId", Misconfigured),
+        (403, "SignatureDoesNotMatch", Misconfigured),
+        (403, "AccessDenied", PermissionDenied),
+        (404, "NoSuchBucket", Misconfigured),
+    ],
+)
+async def test_check_maps_refusals_without_leaking_the_secret(
+    status: int, code: str, expected: type[Exception]
+) -> None:
+    async with CannedS3(lambda _: _error(status, code)) as url:
+        store = await _canned_store(url)
+        try:
+            with pytest.raises(expected) as caught:
+                await store.check()
+        finally:
+            await store.close()
+    assert code in str(caught.value)
+    assert "canned" in str(caught.value)  # the bucket or the server's message
+    assert SECRET not in str(caught.value)
+
+
+async def test_throttling_is_retried_by_our_policy_only() -> None:
+    canned = CannedS3(lambda _: _error(503, "SlowDown"))
+    async with canned as url:
+        store = await _canned_store(url)
+        try:
+            with pytest.raises(Unavailable, match="SlowDown"):
+                await store.get("k")
+        finally:
+            await store.close()
+    assert len(canned.requests) == 3  # RetrySettings.attempts, botocore adds none
+
+
+async def test_read_resumes_where_the_connection_dropped() -> None:
+    data = os.urandom(3 * MiB)
+    common = {
+        "ETag": '"v1"',
+        "Last-Modified": "Sun, 22 Nov 2026 03:00:00 GMT",
+        f"x-amz-meta-{SHA256_METADATA_KEY}": hashlib.sha256(data).hexdigest(),
+    }
+
+    def answer(request: Request) -> Reply:
+        if "range" not in request.headers:
+            return Reply(200, common, data, cut_after=MiB + 123)
+        start = int(request.headers["range"].removeprefix("bytes=").removesuffix("-"))
+        span = {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+        return Reply(206, common | span, data[start:])
+
+    canned = CannedS3(answer)
+    async with canned as url:
+        store = await _canned_store(url)
+        try:
+            read, info = await store.get("obj")
+        finally:
+            await store.close()
+    assert read == data
+    assert info.size == len(data)
+    [first, resumed] = canned.requests
+    assert "range" not in first.headers
+    assert resumed.headers["range"] == f"bytes={MiB + 123}-"
+    assert resumed.headers["if-match"] == '"v1"'
