@@ -64,7 +64,7 @@ from az_agent.drivers.storage.base import (
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
-from az_agent.drivers.storage.streams import BodyDigest
+from az_agent.drivers.storage.streams import BodyDigest, PartReader
 
 log = logging.getLogger(__name__)
 
@@ -148,49 +148,6 @@ def _info(key: str, props: BlobProperties) -> ObjectInfo:
     sha256 = (props.metadata or {}).get(SHA256_METADATA)
     modified: datetime | None = props.last_modified
     return ObjectInfo(key, int(props.size), _version(str(props.etag)), sha256, modified)
-
-
-async def _chunks_of(body: Body) -> AsyncIterator[bytes]:
-    if isinstance(body, bytes):
-        yield body
-        return
-    async for chunk in body:
-        yield chunk
-
-
-class _PartReader:
-    """Cuts a body into parts in one reused buffer: one part plus one incoming chunk in memory.
-
-    (``streams.iter_parts`` copies each part twice on the way out: three parts at its peak.)
-    """
-
-    def __init__(self, body: Body) -> None:
-        self._chunks = _chunks_of(body)
-        self._pending = memoryview(b"")
-        self.digest = BodyDigest()
-
-    async def has_more(self) -> bool:
-        """Whether any byte is left; pulls (and hashes) the next chunk when needed."""
-        while not self._pending:
-            chunk = await anext(self._chunks, None)
-            if chunk is None:
-                return False
-            self.digest.update(chunk)
-            self._pending = memoryview(chunk)
-        return True
-
-    async def fill(self, part: bytearray) -> int:
-        """Overwrite ``part`` from its start with the next bytes; how many (fewer at the end).
-
-        The buffer is never resized, so views of it handed to earlier requests stay valid.
-        """
-        filled = 0
-        while filled < len(part) and await self.has_more():
-            take = self._pending[: len(part) - filled]
-            part[filled : filled + len(take)] = take
-            filled += len(take)
-            self._pending = self._pending[len(take) :]
-        return filled
 
 
 class _PartFile(io.RawIOBase):
@@ -284,7 +241,7 @@ class AzureObjectStore(ObjectStore):
             digest.update(body)
             reply = await self._put_single(blob, body, digest, conditions)
         else:
-            reader = _PartReader(body)
+            reader = PartReader(body)
             size = min(len(body), self._part_size) if isinstance(body, bytes) else self._part_size
             part = bytearray(size)
             filled = await reader.fill(part)
@@ -316,7 +273,7 @@ class AzureObjectStore(ObjectStore):
         blob: BlobClient,
         part: bytearray,
         filled: int,
-        reader: _PartReader,
+        reader: PartReader,
         conditions: dict[str, Any],
     ) -> dict[str, Any]:
         subject = f"azure put {blob.blob_name!r}"

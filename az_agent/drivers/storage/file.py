@@ -34,7 +34,7 @@ from az_agent.drivers.storage.base import (
 )
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
-from az_agent.drivers.storage.streams import BodyDigest, iter_parts
+from az_agent.drivers.storage.streams import PartReader
 
 MAGIC = b"AZOBJ1 "
 RESERVED_PREFIX = ".az-"
@@ -101,7 +101,8 @@ class FileObjectStore(ObjectStore):
         path = self._path(key)
         await asyncio.to_thread(self._check_sync)
         version = uuid.uuid4().hex
-        digest = BodyDigest()
+        reader = PartReader(body, _WRITE_PART)
+        digest = reader.digest
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
             data_file = await asyncio.to_thread(tmp.open, "wb")
@@ -109,8 +110,8 @@ class FileObjectStore(ObjectStore):
                 # Placeholder header of fixed width, rewritten once the digest is known.
                 header_len = len(self._header(version, "0" * 64))
                 await asyncio.to_thread(data_file.write, b" " * header_len)
-                async for part in iter_parts(body, _WRITE_PART, digest):
-                    await asyncio.to_thread(data_file.write, part)
+                while await reader.advance():
+                    await asyncio.to_thread(data_file.write, reader.part)
                 header = self._header(version, digest.hexdigest())
                 await asyncio.to_thread(self._finish_temp, data_file, header)
             finally:

@@ -58,7 +58,7 @@ from az_agent.drivers.storage.base import (
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
-from az_agent.drivers.storage.streams import BodyDigest
+from az_agent.drivers.storage.streams import BodyDigest, PartReader
 
 log = logging.getLogger(__name__)
 
@@ -128,43 +128,6 @@ class _Slices:
         piece = self._view[self._offset : self._offset + _SEND_PIECE]
         self._offset += len(piece)
         return piece
-
-
-class _PartReader:
-    """Cuts a body into parts inside one caller-owned buffer; one incoming chunk is read ahead
-    so the caller knows whether a part is the last."""
-
-    def __init__(self, body: Body) -> None:
-        self._chunks = self._stream(body)
-        self._pending = memoryview(b"")
-        self.digest = BodyDigest()
-
-    @staticmethod
-    async def _stream(body: Body) -> AsyncIterator[bytes]:
-        if isinstance(body, bytes):
-            yield body
-            return
-        async for chunk in body:
-            yield chunk
-
-    async def has_more(self) -> bool:
-        while not self._pending:
-            chunk = await anext(self._chunks, None)
-            if chunk is None:
-                return False
-            self.digest.update(chunk)
-            self._pending = memoryview(chunk)
-        return True
-
-    async def fill(self, part: bytearray) -> int:
-        """Overwrite ``part`` from the start with the next bytes; how many were written."""
-        filled = 0
-        while filled < len(part) and await self.has_more():
-            take = self._pending[: len(part) - filled]
-            part[filled : filled + len(take)] = take
-            filled += len(take)
-            self._pending = self._pending[len(take) :]
-        return filled
 
 
 def _parse_time(value: object) -> datetime | None:
@@ -368,7 +331,7 @@ class GcsObjectStore(ObjectStore):
             digest = BodyDigest()
             digest.update(body)
             return await self._put_single(key, body, digest, generation)
-        reader = _PartReader(body)
+        reader = PartReader(body)
         part = bytearray(self._part_size)
         filled = await reader.fill(part)
         if not await reader.has_more():
@@ -402,7 +365,7 @@ class GcsObjectStore(ObjectStore):
         return replace(_object_info(await self.retry.run(f"gcs put {key}", once)), sha256=sha256)
 
     async def _put_resumable(
-        self, key: str, reader: _PartReader, part: bytearray, generation: str | None
+        self, key: str, reader: PartReader, part: bytearray, generation: str | None
     ) -> ObjectInfo:
         if generation is not None:
             await self._precheck(key, generation)

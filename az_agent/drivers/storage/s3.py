@@ -9,8 +9,6 @@ Choices that are not obvious from the interface:
   condition sits on ``CompleteMultipartUpload``; its SHA-256 is known only at the end, so it is
   then attached by a server-side copy of the object onto itself, guarded by
   ``x-amz-copy-source-if-match`` (a multipart copy above S3's 5 GiB single-copy limit).
-* Parts are cut here rather than by :func:`~az_agent.drivers.storage.streams.first_part`,
-  which holds two parts plus the buffer being cut (~5 parts at peak): too much at 8 MiB.
 * Request checksums are sent only when an operation requires them: S3-compatible stores often
   reject botocore's default CRC trailers, and we verify SHA-256 end to end ourselves.
 """
@@ -51,7 +49,7 @@ from az_agent.drivers.storage.base import (
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
-from az_agent.drivers.storage.streams import BodyDigest
+from az_agent.drivers.storage.streams import BodyDigest, PartReader
 
 log = logging.getLogger(__name__)
 
@@ -126,56 +124,6 @@ def _vendor_errors(subject: str, bucket: str) -> Iterator[None]:
         yield
     except _VENDOR as exc:
         raise translate_error(exc, subject, bucket) from exc
-
-
-async def _chunks_of(body: Body) -> AsyncIterator[bytes]:
-    if isinstance(body, bytes):
-        yield body
-        return
-    async for chunk in body:
-        yield chunk
-
-
-class _PartReader:
-    """Cuts a body into parts; only it holds the current part, so dropping it frees the memory.
-
-    At most one part, the chunks being joined into the next one and one pending chunk are alive.
-    """
-
-    def __init__(self, body: Body, part_size: int) -> None:
-        self._chunks = _chunks_of(body)
-        self._part_size = part_size
-        self._pending = memoryview(b"")
-        self._started = False
-        self.part = b""
-        self.digest = BodyDigest()
-
-    async def has_more(self) -> bool:
-        """Whether any byte is left; pulls (and hashes) the next chunk when needed."""
-        while not self._pending:
-            chunk = await anext(self._chunks, None)
-            if chunk is None:
-                return False
-            self.digest.update(chunk)
-            self._pending = memoryview(chunk)
-        return True
-
-    async def advance(self) -> bool:
-        """Make the next part current; ``False`` once the body is used up (an empty body has
-        one empty part)."""
-        self.part = b""
-        if self._started and not await self.has_more():
-            return False
-        self._started = True
-        pieces: list[memoryview] = []
-        size = 0
-        while size < self._part_size and await self.has_more():
-            piece = self._pending[: self._part_size - size]
-            pieces.append(piece)
-            size += len(piece)
-            self._pending = self._pending[len(piece) :]
-        self.part = b"".join(pieces)
-        return True
 
 
 class _S3Reader(ObjectReader):
@@ -265,7 +213,7 @@ class S3ObjectStore(ObjectStore):
         condition = {"IfNoneMatch": "*"} if if_none_match else {}
         if if_match is not None:
             condition = {"IfMatch": if_match}
-        reader = _PartReader(body, self._part_size)
+        reader = PartReader(body, self._part_size)
         try:
             await reader.advance()
             if not await reader.has_more():
@@ -277,7 +225,7 @@ class S3ObjectStore(ObjectStore):
             raise PreconditionFailed(f"{key}: does not exist, expected version {if_match}") from exc
 
     async def _put_single(
-        self, key: str, reader: _PartReader, condition: dict[str, str]
+        self, key: str, reader: PartReader, condition: dict[str, str]
     ) -> ObjectInfo:
         sha256 = reader.digest.hexdigest()
         metadata = {SHA256_METADATA_KEY: sha256}
@@ -287,7 +235,7 @@ class S3ObjectStore(ObjectStore):
         return ObjectInfo(key, reader.digest.size, reply["ETag"], sha256)
 
     async def _put_multipart(
-        self, key: str, reader: _PartReader, condition: dict[str, str]
+        self, key: str, reader: PartReader, condition: dict[str, str]
     ) -> ObjectInfo:
         upload_id: str = (await self._call(key, "create_multipart_upload", Key=key))["UploadId"]
         try:
@@ -299,7 +247,7 @@ class S3ObjectStore(ObjectStore):
         return await self._attach_digest(key, done["ETag"], reader.digest)
 
     async def _upload_parts(
-        self, key: str, upload_id: str, reader: _PartReader
+        self, key: str, upload_id: str, reader: PartReader
     ) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
         while True:

@@ -1,4 +1,9 @@
-"""Cutting an upload body into parts with bounded memory, and hashing it on the way."""
+"""Cutting an upload body into parts with bounded memory, and hashing it on the way.
+
+Every driver that uploads a stream in parts (S3 multipart, GCS resumable, Azure blocks, the
+file store's temp file) cuts it with :class:`PartReader`, so the memory bound is proved once:
+at most the current part plus one incoming chunk are alive.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,12 @@ DEFAULT_PART_SIZE = 8 << 20
 
 @dataclass
 class BodyDigest:
-    """Running SHA-256 and size of everything handed out by :func:`iter_parts`."""
+    """Running SHA-256 and size of every byte a :class:`PartReader` pulled from its body."""
 
     size: int = 0
     _sha: hashlib._Hash = field(default_factory=hashlib.sha256)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._sha.update(data)
         self.size += len(data)
 
@@ -27,7 +32,8 @@ class BodyDigest:
         return self._sha.hexdigest()
 
 
-async def _as_stream(body: Body) -> AsyncIterator[bytes]:
+async def body_chunks(body: Body) -> AsyncIterator[bytes]:
+    """``body`` as a stream of chunks, whether it is bytes or already a stream."""
     if isinstance(body, bytes | bytearray | memoryview):
         yield bytes(body)
         return
@@ -35,50 +41,66 @@ async def _as_stream(body: Body) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def iter_parts(
-    body: Body, part_size: int, digest: BodyDigest | None = None
-) -> AsyncIterator[bytes]:
-    """Yield ``body`` as parts of exactly ``part_size`` bytes, the last one shorter.
+class PartReader:
+    """Cuts a body into parts, reading one chunk ahead so callers know when a part is the last.
 
-    At most one part plus one incoming chunk is held at a time. An empty body yields one empty
-    part, so callers always have something to write.
+    Two ways to take parts, by what the upload API needs:
+
+    * :meth:`fill` copies the next bytes into a caller-owned buffer that can be reused for every
+      part (one part of memory for the whole upload);
+    * :meth:`advance` makes the next part of ``part_size`` bytes available as :attr:`part`
+      (immutable bytes, for APIs that keep a reference while they retry).
     """
-    buffer = bytearray()
-    emitted = False
-    async for chunk in _as_stream(body):
-        if digest is not None:
-            digest.update(chunk)
-        buffer += chunk
-        while len(buffer) >= part_size:
-            part = bytes(buffer[:part_size])
-            del buffer[:part_size]
-            emitted = True
-            yield part
-    if buffer or not emitted:
-        yield bytes(buffer)
 
+    def __init__(self, body: Body, part_size: int = DEFAULT_PART_SIZE) -> None:
+        self._chunks = body_chunks(body)
+        self._part_size = part_size
+        self._pending = memoryview(b"")
+        self._started = False
+        self.part = b""
+        self.digest = BodyDigest()
 
-async def first_part(
-    body: Body, part_size: int, digest: BodyDigest
-) -> tuple[bytes, AsyncIterator[bytes] | None]:
-    """Split off the first part; the iterator is ``None`` when the body fits in one part.
+    async def has_more(self) -> bool:
+        """Whether any byte is left; pulls (and hashes) the next chunk when needed."""
+        while not self._pending:
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                return False
+            self.digest.update(chunk)
+            self._pending = memoryview(chunk)
+        return True
 
-    Drivers use this to send small bodies as one simple request (with the checksum in its
-    metadata) and larger ones as a multipart upload.
-    """
-    parts = iter_parts(body, part_size, digest)
-    head = await anext(parts)
-    try:
-        second = await anext(parts)
-    except StopAsyncIteration:
-        return head, None
+    async def fill(self, part: bytearray) -> int:
+        """Overwrite ``part`` from its start with the next bytes; how many (fewer at the end).
 
-    async def rest() -> AsyncIterator[bytes]:
-        yield second
-        async for part in parts:
-            yield part
+        The buffer is never resized, so views of it handed to earlier requests stay valid.
+        """
+        filled = 0
+        while filled < len(part) and await self.has_more():
+            take = self._pending[: len(part) - filled]
+            part[filled : filled + len(take)] = take
+            filled += len(take)
+            self._pending = self._pending[len(take) :]
+        return filled
 
-    return head, rest()
+    async def advance(self) -> bool:
+        """Make the next part current in :attr:`part`; ``False`` once the body is used up.
+
+        An empty body has one empty part, so callers always have something to write.
+        """
+        self.part = b""  # drop the previous part before building the next one
+        if self._started and not await self.has_more():
+            return False
+        self._started = True
+        pieces: list[memoryview] = []
+        size = 0
+        while size < self._part_size and await self.has_more():
+            piece = self._pending[: self._part_size - size]
+            pieces.append(piece)
+            size += len(piece)
+            self._pending = self._pending[len(piece) :]
+        self.part = b"".join(pieces)
+        return True
 
 
 async def aiter_bytes(data: bytes, chunk_size: int) -> AsyncIterable[bytes]:
