@@ -1,0 +1,42 @@
+"""The Pinot controller: the interface the agent uses, its HTTP client, and segment helpers."""
+
+from az_agent.drivers.pinot.auth import PinotCredentials, read_pinot_credentials
+from az_agent.drivers.pinot.base import ConsumeFrom, PinotController, SegmentDownload, UploadBody
+from az_agent.drivers.pinot.config import PinotSettings
+from az_agent.drivers.pinot.errors import Conflict, RequestRejected
+from az_agent.drivers.pinot.http import HttpPinotController
+from az_agent.drivers.pinot.models import (
+    ConsumerInfo,
+    ConsumingSegmentsInfo,
+    PauseStatus,
+    SegmentMetadata,
+    SegmentStatus,
+    TableRef,
+    TableType,
+    UploadResult,
+    Watermark,
+    is_backup_ready,
+)
+
+__all__ = [
+    "Conflict",
+    "ConsumeFrom",
+    "ConsumerInfo",
+    "ConsumingSegmentsInfo",
+    "HttpPinotController",
+    "PauseStatus",
+    "PinotController",
+    "PinotCredentials",
+    "PinotSettings",
+    "RequestRejected",
+    "SegmentDownload",
+    "SegmentMetadata",
+    "SegmentStatus",
+    "TableRef",
+    "TableType",
+    "UploadBody",
+    "UploadResult",
+    "Watermark",
+    "is_backup_ready",
+    "read_pinot_credentials",
+]

@@ -1,0 +1,399 @@
+"""The Pinot controller over its REST API (aiohttp), as described in ``pinot-controller-api.md``.
+
+Segment bytes are streamed both ways: downloads hand out the response body chunk by chunk,
+uploads send a multipart body built from an async stream of unknown length (chunked transfer
+encoding), so neither direction holds a segment in memory. Every vendor exception is turned
+into our error types by :mod:`az_agent.drivers.pinot.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import payload as aiohttp_payload
+from yarl import URL
+
+from az_agent.drivers.errors import DriverError, Misconfigured, NotFound, Unavailable
+from az_agent.drivers.pinot.auth import PinotCredentials
+from az_agent.drivers.pinot.base import (
+    ConsumeFrom,
+    PinotController,
+    SegmentDownload,
+    UploadBody,
+)
+from az_agent.drivers.pinot.config import PinotSettings
+from az_agent.drivers.pinot.errors import (
+    controller_message,
+    error_for_status,
+    translate_transport_errors,
+)
+from az_agent.drivers.pinot.models import (
+    ConsumingSegmentsInfo,
+    JsonObject,
+    PauseStatus,
+    SegmentMetadata,
+    TableRef,
+    TableType,
+    UploadResult,
+    Watermark,
+    raw_table_name,
+)
+
+DEFAULT_CHUNK_SIZE = 1 << 20
+_UPLOAD_ANSWER_FACTOR = 10
+_METADATA_CONCURRENCY = 8
+_UPLOADED = re.compile(r"Successfully uploaded segment: (.+) of table: ")
+
+
+def _path(*parts: str) -> str:
+    return "/" + "/".join(quote(part, safe="") for part in parts)
+
+
+class _Source:
+    """The upload body, remembering an error of its own so that it is not reported as a
+    connection failure (aiohttp wraps whatever the body raises)."""
+
+    def __init__(self, body: UploadBody) -> None:
+        self._body = body
+        self.error: Exception | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        assert not isinstance(self._body, bytes | bytearray | memoryview)
+        try:
+            async for chunk in self._body:
+                yield chunk
+        except Exception as exc:
+            self.error = exc
+            raise
+
+
+class _HttpSegmentDownload(SegmentDownload):
+    def __init__(
+        self, response: aiohttp.ClientResponse, table: TableRef | str, segment: str, chunk: int
+    ) -> None:
+        self._response = response
+        self._chunk = chunk
+        self.table = table
+        self.segment = segment
+        self.length = response.content_length
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        received = 0
+        what = f"GET segment {self.segment}"
+        with translate_transport_errors(what):
+            async for chunk in self._response.content.iter_chunked(self._chunk):
+                received += len(chunk)
+                yield chunk
+        if self.length is not None and received != self.length:
+            raise Unavailable(f"{what}: got {received} of {self.length} bytes")
+        self.finished = True
+
+
+class HttpPinotController(PinotController):
+    """A :class:`PinotController` talking HTTP(S) to one controller (or its load balancer)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credentials: PinotCredentials | None = None,
+        tls_verify: bool = True,
+        ca_file: str = "",
+        timeout_seconds: float = 30.0,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._authorization = credentials.authorization() if credentials else None
+        self._tls_verify = tls_verify
+        self._ca_file = ca_file
+        self._chunk = chunk_size
+        self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_seconds, sock_read=timeout_seconds
+        )
+        self._upload_timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=timeout_seconds,
+            sock_read=timeout_seconds * _UPLOAD_ANSWER_FACTOR,
+        )
+        self._session_obj: aiohttp.ClientSession | None = None
+        self._session_lock = asyncio.Lock()
+        self._bulk_zk_metadata = True
+
+    @classmethod
+    def from_settings(
+        cls, settings: PinotSettings, credentials: PinotCredentials | None = None
+    ) -> HttpPinotController:
+        return cls(
+            settings.controller_url,
+            credentials=credentials,
+            tls_verify=settings.tls_verify,
+            ca_file=settings.ca_file,
+            timeout_seconds=settings.timeout_seconds,
+        )
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self._tls_verify:
+            return False
+        return ssl.create_default_context(cafile=self._ca_file or None)
+
+    async def _session(self) -> aiohttp.ClientSession:
+        async with self._session_lock:
+            if self._session_obj is None:
+                try:
+                    context = await asyncio.to_thread(self._ssl)
+                except (OSError, ssl.SSLError) as exc:
+                    raise error_for_ca(self._ca_file, exc) from exc
+                headers = {"Authorization": self._authorization} if self._authorization else {}
+                self._session_obj = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=context), headers=headers
+                )
+            return self._session_obj
+
+    def _url(self, path: str) -> URL:
+        return URL(self._base + path, encoded=True)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Any:
+        """One JSON request; the decoded body, or the typed error for a non-2xx answer."""
+        what = f"{method} {path}"
+        session = await self._session()
+        with translate_transport_errors(what):
+            async with session.request(
+                method, self._url(path), params=params, json=json_body, timeout=self._timeout
+            ) as response:
+                body = await response.read()
+        if response.status >= 300:
+            raise error_for_status(response.status, what, controller_message(body))
+        if response.content_type != "application/json":
+            return body.decode("utf-8", "replace")
+        try:
+            return json.loads(body) if body else None
+        except ValueError as exc:
+            raise Unavailable(f"{what}: unreadable JSON answer: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._session_obj is not None:
+            await self._session_obj.close()
+            self._session_obj = None
+
+    # --- health and tables -----------------------------------------------------------------
+
+    async def health(self) -> None:
+        await self._call("GET", "/health")
+
+    async def list_tables(self, table_type: TableType | None = None) -> list[TableRef]:
+        types = [table_type] if table_type else list(TableType)
+        tables: list[TableRef] = []
+        for kind in types:
+            body = await self._call("GET", "/tables", params={"type": kind.value.lower()})
+            tables += [TableRef.parse(name, kind) for name in body.get("tables", [])]
+        return sorted(tables)
+
+    async def table_configs(
+        self, table: str, table_type: TableType | None = None
+    ) -> dict[TableType, JsonObject]:
+        params = {"type": table_type.value} if table_type else None
+        body = await self._call("GET", _path("tables", table), params=params)
+        return {TableType(kind): config for kind, config in body.items() if config is not None}
+
+    async def table_schema(self, table: str) -> JsonObject:
+        result: JsonObject = await self._call("GET", _path("tables", table, "schema"))
+        return result
+
+    async def schema(self, name: str) -> JsonObject:
+        result: JsonObject = await self._call("GET", _path("schemas", name))
+        return result
+
+    async def create_schema(
+        self, schema: JsonObject, *, override: bool = True, force: bool = False
+    ) -> None:
+        params = {"override": str(override).lower(), "force": str(force).lower()}
+        await self._call("POST", "/schemas", params=params, json_body=schema)
+
+    async def create_table(self, config: JsonObject) -> TableRef:
+        await self._call("POST", "/tables", json_body=config)
+        return TableRef.parse(str(config["tableName"]), TableType(str(config["tableType"]).upper()))
+
+    # --- segments ---------------------------------------------------------------------------
+
+    async def segments(self, table: TableRef) -> list[SegmentMetadata]:
+        params = {"type": table.type.value}
+        if self._bulk_zk_metadata:
+            path = _path("segments", table.raw, "zkmetadata")
+            try:
+                body = await self._call("GET", path, params=params)
+            except NotFound:
+                pass  # < 1.0 has no /zkmetadata, or the table is missing: the list tells which
+            else:
+                return [SegmentMetadata.from_zk(table, n, f) for n, f in body.items()]
+        names = await self._segment_names(table)
+        self._bulk_zk_metadata = False
+        return await self._segments_one_by_one(table, names)
+
+    async def _segment_names(self, table: TableRef) -> list[str]:
+        body = await self._call(
+            "GET", _path("segments", table.raw), params={"type": table.type.value}
+        )
+        return [name for entry in body for name in entry.get(table.type.value, [])]
+
+    async def _segments_one_by_one(
+        self, table: TableRef, names: list[str]
+    ) -> list[SegmentMetadata]:
+        limit = asyncio.Semaphore(_METADATA_CONCURRENCY)
+        found: list[SegmentMetadata] = []
+
+        async def fetch(name: str) -> None:
+            async with limit:
+                try:
+                    found.append(await self.segment(table, name))
+                except NotFound:
+                    return  # deleted since it was listed
+
+        async with asyncio.TaskGroup() as group:
+            for name in names:
+                group.create_task(fetch(name))
+        return found
+
+    async def segment(self, table: TableRef, segment: str) -> SegmentMetadata:
+        body = await self._call("GET", _path("segments", table.name_with_type, segment, "metadata"))
+        return SegmentMetadata.from_zk(table, segment, body)
+
+    def download_segment(
+        self, table: TableRef | str, segment: str
+    ) -> AbstractAsyncContextManager[SegmentDownload]:
+        return self._download(table, segment)
+
+    @asynccontextmanager
+    async def _download(
+        self, table: TableRef | str, segment: str
+    ) -> AsyncIterator[SegmentDownload]:
+        raw = table.raw if isinstance(table, TableRef) else raw_table_name(table)
+        path = _path("segments", raw, segment)
+        what = f"GET {path}"
+        session = await self._session()
+        with translate_transport_errors(what):
+            response = await session.get(
+                self._url(path), timeout=self._stream_timeout, auto_decompress=False
+            )
+        try:
+            if response.status != 200:
+                with translate_transport_errors(what):
+                    body = await response.content.read(64 << 10)
+                raise error_for_status(response.status, what, controller_message(body))
+            download = _HttpSegmentDownload(response, table, segment, self._chunk)
+            yield download
+            if download.finished:
+                response.release()  # the connection can serve the next request
+        finally:
+            response.close()  # no-op after a release; drops a half-read connection
+
+    async def upload_segment(
+        self,
+        table: TableRef,
+        body: UploadBody,
+        *,
+        segment_name: str,
+        allow_refresh: bool = True,
+        if_match_crc: int | None = None,
+    ) -> UploadResult:
+        source = _Source(body)
+        part: aiohttp_payload.Payload
+        if isinstance(body, bytes | bytearray | memoryview):
+            part = aiohttp_payload.BytesPayload(
+                bytes(body), content_type="application/octet-stream"
+            )
+        else:
+            part = aiohttp_payload.AsyncIterablePayload(
+                source, content_type="application/octet-stream"
+            )
+        part.set_content_disposition("form-data", name=segment_name, filename=segment_name)
+        form = aiohttp.MultipartWriter("form-data")
+        form.append_payload(part)
+        headers = {"UPLOAD_TYPE": "SEGMENT"}
+        if if_match_crc is not None:
+            headers["If-Match"] = str(if_match_crc)
+        params = {
+            "tableName": table.raw,
+            "tableType": table.type.value,
+            "allowRefresh": str(allow_refresh).lower(),
+        }
+        what = "POST /v2/segments"
+        session = await self._session()
+        try:
+            with translate_transport_errors(what):
+                async with session.post(
+                    self._url("/v2/segments"),
+                    params=params,
+                    data=form,
+                    headers=headers,
+                    timeout=self._upload_timeout,
+                ) as response:
+                    answer = await response.read()
+        except DriverError:
+            if source.error is not None:
+                raise source.error from None  # the source failed, not the controller
+            raise
+        if response.status >= 300:
+            raise error_for_status(response.status, what, controller_message(answer))
+        message = str(json.loads(answer).get("status", "")) if answer else ""
+        match = _UPLOADED.search(message)
+        return UploadResult(table, match.group(1) if match else segment_name, message)
+
+    # --- realtime consumption ---------------------------------------------------------------
+
+    async def pause_consumption(self, table: str, *, comment: str | None = None) -> PauseStatus:
+        params = {"comment": comment} if comment is not None else None
+        path = _path("tables", table, "pauseConsumption")
+        return PauseStatus.from_json(await self._call("POST", path, params=params))
+
+    async def resume_consumption(
+        self,
+        table: str,
+        *,
+        consume_from: ConsumeFrom | None = None,
+        comment: str | None = None,
+    ) -> PauseStatus:
+        params: dict[str, str] = {}
+        if consume_from is not None:
+            params["consumeFrom"] = consume_from.value
+        if comment is not None:
+            params["comment"] = comment
+        path = _path("tables", table, "resumeConsumption")
+        return PauseStatus.from_json(await self._call("POST", path, params=params))
+
+    async def pause_status(self, table: str) -> PauseStatus:
+        return PauseStatus.from_json(await self._call("GET", _path("tables", table, "pauseStatus")))
+
+    async def consuming_segments(self, table: str) -> ConsumingSegmentsInfo:
+        body = await self._call("GET", _path("tables", table, "consumingSegmentsInfo"))
+        return ConsumingSegmentsInfo.from_json(body)
+
+    async def consumer_watermarks(self, table: str) -> list[Watermark]:
+        body = await self._call("GET", _path("tables", table, "consumerWatermarks"))
+        return [
+            Watermark(int(w["partitionGroupId"]), int(w["sequenceNumber"]), int(w["offset"]))
+            for w in body.get("watermarks", [])
+        ]
+
+
+def error_for_ca(ca_file: str, exc: Exception) -> Misconfigured:
+    """A CA file that cannot be loaded is a configuration error, not a transient one."""
+    return Misconfigured(f"pinot: cannot load CA file {ca_file!r}: {exc}")
