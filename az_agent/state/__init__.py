@@ -1,0 +1,165 @@
+"""What must survive a crash: the lease, the fenced commit log, checkpoints and the catalog.
+
+Everything lives in the bucket under ``<zone>/`` and is reached only through
+:class:`~az_agent.drivers.storage.base.ObjectStore` (create-only and compare-and-swap writes).
+``state`` imports nothing from ``az_agent.agent``.
+
+Lease (``lease.py``, records in ``lease_record.py``) -- ``<zone>/lease.json``::
+
+    settings = LeaseSettings(ttl_seconds=15, renew_deadline_seconds=10, retry_period_seconds=2)
+    keeper = LeaseKeeper(store, zone, new_holder_id("az1-agent"), settings, clock=SystemClock())
+    keeper.is_leader -> bool        # live: last renewal started < renew deadline ago
+    keeper.epoch -> int | None      # the fencing token held (or last held)
+    await keeper.tick() -> bool     # one round: renew, or acquire absent/released/expired
+    await keeper.run()              # tick every retry period until cancelled; releases on exit
+    await keeper.wait_leader(); await keeper.wait_not_leader(); keeper.add_listener(cb)
+    await keeper.observe() -> LeaseObservation   # read only; .is_expired / .is_live
+    await keeper.take_over(force=False) -> int   # LeaseHeld while another holder is live
+    await keeper.release(LeaseState.RELEASED | LeaseState.PAUSED) -> bool
+    keeper.status() -> LeaseStatus
+
+  Expiry is "version unchanged for the record's ttl on my monotonic clock", never a wall-clock
+  comparison. A ``paused`` lease is only taken by ``take_over``; ``released`` by anyone. Epochs
+  only grow and stay above every epoch in the zone's log. Holder ids must be unique per
+  process incarnation (``new_holder_id``).
+
+Commit log (``log.py``, entry models in ``entries.py``) -- ``<zone>/log/<seq:020d>.json``::
+
+    writer = LogWriter(store, zone, epoch, holder_id, clock=clock,
+                       guard=lambda: keeper.is_leader and keeper.epoch == epoch)
+    await writer.write_fence(reason="...") -> LogEntry   # first, once per epoch
+    await writer.append(SegmentPayload(...)) -> LogEntry # Fenced / NotLeader / SplitBrain
+    await find_tail(store, zone) -> int; await last_entry(store, zone) -> LogEntry | None
+    read_entries(store, zone, after) -> AsyncIterator[LogEntry]
+
+  Payloads: ``SegmentPayload``, ``DumpPayload``, ``DumpDeletedPayload``,
+  ``TableConfigPayload``, ``SchemaPayload``, ``PausedPayload``, ``FencePayload``,
+  ``ResumedPayload``. Write the data object first, then append its entry.
+
+Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, ``sweep.py``)::
+
+    catalog = await load_catalog(store, zone)     # newest valid checkpoint + later entries
+    await apply_committed(store, catalog, entry)  # after each append of this agent's writer
+    await refresh_catalog(store, catalog)         # follow another writer (warm standby)
+    catalog.segments(as_of=None, table=None) -> list[SegmentRecord]  # numbers are properties
+    catalog.segment(table, name, as_of=None); catalog.tables(); catalog.segment_count
+    catalog.dumps(database, as_of=None); catalog.newest_dump(database, as_of=None)
+    catalog.table_configs(as_of=None); catalog.schemas(as_of=None); catalog.databases()
+    catalog.last_seq, catalog.epoch, catalog.last_paused, catalog.last_fence
+    await write_checkpoint(store, catalog); await prune_checkpoints(store, zone, keep=3)
+    await sweep_orphans(store, zone, catalog, grace, clock) -> list[ObjectInfo]
+
+  "As of T": records whose log entry was committed at or before T.
+
+Typical use::
+
+    # own zone: keeper.run() in the agent's TaskGroup; once keeper.wait_leader() returns:
+    epoch = keeper.epoch; catalog = await load_catalog(store, zone)
+    writer = LogWriter(store, zone, epoch, keeper.holder_id, guard=...)
+    await apply_committed(store, catalog, await writer.write_fence())
+    # ...then per backup: upload the object, entry = await writer.append(payload),
+    # await apply_committed(store, catalog, entry); stop on Fenced / NotLeader.
+    # activation of a source zone: fence whoever may still write there
+    source = LeaseKeeper(store, "az1", keeper.holder_id, settings)
+    epoch = await source.take_over(force=...)      # LeaseHeld while live and not forced
+    await LogWriter(store, "az1", epoch, keeper.holder_id).write_fence(reason="activation")
+
+Errors (``errors.py``): ``StateError`` > ``LeaseHeld``, ``LeaseCorrupted``, ``NotLeader``,
+``Fenced``, ``LogCorrupted`` > ``SplitBrain``, ``CheckpointInvalid``. Storage errors
+(``Unavailable`` ...) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from az_agent.state.backups import ConfigRecord, DumpRecord, SegmentRecord
+from az_agent.state.catalog import Catalog, CatalogSnapshot, apply_committed, refresh_catalog
+from az_agent.state.checkpoint import (
+    load_catalog,
+    prune_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
+from az_agent.state.clock import Clock, SystemClock
+from az_agent.state.entries import (
+    DumpDeletedPayload,
+    DumpPayload,
+    FencePayload,
+    LogEntry,
+    PausedPayload,
+    Payload,
+    ResumedPayload,
+    SchemaPayload,
+    SegmentPayload,
+    TableConfigPayload,
+)
+from az_agent.state.errors import (
+    CheckpointInvalid,
+    Fenced,
+    LeaseCorrupted,
+    LeaseHeld,
+    LogCorrupted,
+    NotLeader,
+    SplitBrain,
+    StateError,
+)
+from az_agent.state.lease import LeaseKeeper, new_holder_id
+from az_agent.state.lease_record import (
+    LeaseObservation,
+    LeaseRecord,
+    LeaseSettings,
+    LeaseState,
+    LeaseStatus,
+)
+from az_agent.state.log import LogWriter, find_tail, last_entry, read_entries, read_entry
+from az_agent.state.sweep import sweep_orphans
+
+LeaderElector = LeaseKeeper
+"""The same class under the name leader-election literature uses."""
+
+__all__ = [
+    "Catalog",
+    "CatalogSnapshot",
+    "CheckpointInvalid",
+    "Clock",
+    "ConfigRecord",
+    "DumpDeletedPayload",
+    "DumpPayload",
+    "DumpRecord",
+    "FencePayload",
+    "Fenced",
+    "LeaderElector",
+    "LeaseCorrupted",
+    "LeaseHeld",
+    "LeaseKeeper",
+    "LeaseObservation",
+    "LeaseRecord",
+    "LeaseSettings",
+    "LeaseState",
+    "LeaseStatus",
+    "LogCorrupted",
+    "LogEntry",
+    "LogWriter",
+    "NotLeader",
+    "PausedPayload",
+    "Payload",
+    "ResumedPayload",
+    "SchemaPayload",
+    "SegmentPayload",
+    "SegmentRecord",
+    "SplitBrain",
+    "StateError",
+    "SystemClock",
+    "TableConfigPayload",
+    "apply_committed",
+    "find_tail",
+    "last_entry",
+    "load_catalog",
+    "new_holder_id",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "read_entries",
+    "read_entry",
+    "refresh_catalog",
+    "sweep_orphans",
+    "write_checkpoint",
+]

@@ -1,0 +1,319 @@
+"""The fenced commit log: what is listed here is part of the backup, and nothing else is.
+
+Entries live at ``<zone>/log/<seq:020d>.json`` and are created with create-only writes at
+consecutive sequence numbers starting at 1, so the log has no gaps and a name can be taken
+once. Every entry carries its writer's epoch. A new leader writes a ``fence`` entry with its
+higher epoch at the next free number; an older writer then loses the race for that name, reads
+the entry, sees the higher epoch and stops for good. Data objects are written before their
+entry: a fenced or crashed writer leaves orphans (swept later), never a half-recorded backup.
+
+The tail is found without listing the log: from a known entry (the newest checkpoint) probe
+``+1, +2, +4, ...`` with ``head`` until a name is free, then bisect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
+
+from az_agent.drivers.errors import NotFound, PreconditionFailed
+from az_agent.drivers.storage.base import ObjectStore
+from az_agent.state.clock import Clock, SystemClock
+from az_agent.state.entries import FencePayload, LogEntry, Payload
+from az_agent.state.errors import Fenced, LogCorrupted, NotLeader, SplitBrain
+from az_agent.state.keys import (
+    CHECKPOINT_SUFFIX,
+    check_zone,
+    checkpoint_prefix,
+    log_key,
+    parse_seq,
+)
+
+log = logging.getLogger(__name__)
+
+READ_WINDOW = 64
+"""Entries fetched concurrently while replaying the log."""
+
+
+async def entry_exists(store: ObjectStore, zone: str, seq: int) -> bool:
+    try:
+        await store.head(log_key(zone, seq))
+    except NotFound:
+        return False
+    return True
+
+
+async def read_entry(store: ObjectStore, zone: str, seq: int) -> LogEntry | None:
+    """Entry ``seq``, or None when that name is free."""
+    key = log_key(zone, seq)
+    try:
+        data, _ = await store.get(key)
+    except NotFound:
+        return None
+    entry = LogEntry.decode(data, key)
+    if entry.seq != seq:
+        raise LogCorrupted(f"{key}: holds entry number {entry.seq}")
+    return entry
+
+
+async def checkpoint_seqs(store: ObjectStore, zone: str) -> list[int]:
+    """Sequence numbers of the checkpoints present (valid or not), newest first."""
+    prefix = checkpoint_prefix(zone)
+    seqs = [
+        seq
+        async for info in store.list(prefix)
+        if (seq := parse_seq(info.key, prefix, CHECKPOINT_SUFFIX)) is not None
+    ]
+    return sorted(seqs, reverse=True)
+
+
+async def known_entry(store: ObjectStore, zone: str) -> int:
+    """A sequence number known to exist (the newest checkpoint's), or 0.
+
+    A checkpoint is only written for an entry that was read, so its number is a lower bound of
+    the tail. The entry is checked anyway: a stray object in ``checkpoints/`` must not make the
+    writer believe the log is longer than it is.
+    """
+    for seq in await checkpoint_seqs(store, zone):
+        if seq >= 1 and await entry_exists(store, zone, seq):
+            return seq
+    return 0
+
+
+async def find_tail(store: ObjectStore, zone: str, known: int | None = None) -> int:
+    """The number of the last entry (0 for an empty log), in O(log n) ``head`` calls.
+
+    ``known`` must exist (or be 0); by default the newest checkpoint's number is used. Entries
+    appended concurrently may or may not be counted: the answer is a tail that existed.
+    """
+    low = await known_entry(store, zone) if known is None else known
+    step, high = 1, None
+    while high is None:
+        probe = low + step
+        if await entry_exists(store, zone, probe):
+            low, step = probe, step * 2
+        else:
+            high = probe
+    while high - low > 1:
+        middle = (low + high) // 2
+        if await entry_exists(store, zone, middle):
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+async def last_entry(store: ObjectStore, zone: str) -> LogEntry | None:
+    """The newest entry of the log, or None when the log is empty."""
+    tail = await find_tail(store, zone)
+    return None if tail == 0 else await read_entry(store, zone, tail)
+
+
+async def read_entries(
+    store: ObjectStore, zone: str, after: int, *, window: int = READ_WINDOW
+) -> AsyncGenerator[LogEntry, None]:
+    """Entries ``after + 1, after + 2, ...`` in order, up to the first free number.
+
+    Reads ahead concurrently, starting with one entry and doubling up to ``window`` while
+    entries keep coming, so polling an idle log costs one request and a long replay is fast.
+    """
+    next_seq, batch_size = after + 1, 1
+    while True:
+        batch = await asyncio.gather(
+            *(read_entry(store, zone, seq) for seq in range(next_seq, next_seq + batch_size))
+        )
+        for entry in batch:
+            if entry is None:
+                return
+            yield entry
+        next_seq += batch_size
+        batch_size = min(batch_size * 2, window)
+
+
+class LogWriter:
+    """Appends entries of one epoch for one writer; fenced for good once a newer epoch wrote.
+
+    Call :meth:`write_fence` first (it finds the tail and claims the log for this epoch), then
+    :meth:`append`. ``guard`` is consulted before every write and raises ``NotLeader`` when it
+    returns False: pass ``lambda: keeper.is_leader and keeper.epoch == epoch`` so that a holder
+    whose lease lapsed stops by itself. The writer is not safe for concurrent appends; callers
+    serialise them (one writer task per zone).
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        zone: str,
+        epoch: int,
+        writer_id: str,
+        *,
+        clock: Clock | None = None,
+        guard: Callable[[], bool] | None = None,
+    ) -> None:
+        if epoch < 1:
+            raise ValueError(f"epoch must be >= 1, got {epoch}")
+        self._store = store
+        self._zone = check_zone(zone)
+        self._epoch = epoch
+        self._writer_id = writer_id
+        self._clock = clock or SystemClock()
+        self._guard = guard
+        self._next_seq: int | None = None
+        self._fence: LogEntry | None = None
+        self._fenced_by: Fenced | None = None
+        self._unknown: deque[str] = deque(maxlen=256)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def zone(self) -> str:
+        return self._zone
+
+    @property
+    def next_seq(self) -> int | None:
+        """Where the next append will try to write; None until the tail is known."""
+        return self._next_seq
+
+    @property
+    def is_fenced(self) -> bool:
+        return self._fenced_by is not None
+
+    async def write_fence(self, *, reason: str = "") -> LogEntry:
+        """Claim the log for this epoch: a ``fence`` entry at the next free number.
+
+        Entries of older epochs found on the way (an old leader still finishing) are stepped
+        over; a newer epoch raises ``Fenced``. Calling it again after success is a no-op.
+        """
+        if self._fence is not None:
+            return self._fence
+        self._check_usable()
+        known = None if self._next_seq is None else self._next_seq - 1
+        tail = await find_tail(self._store, self._zone, known=known)
+        newest = await read_entry(self._store, self._zone, tail) if tail else None
+        if newest is not None:
+            self._judge(newest, "", fencing=True)  # a newer epoch already there: Fenced
+        self._next_seq = tail + 1
+        payload = FencePayload(
+            epoch=self._epoch,
+            previous_epoch=newest.epoch if newest else 0,
+            by=self._writer_id,
+            reason=reason,
+        )
+        self._fence = fence = await self._append(payload, fencing=True)
+        assert isinstance(fence.payload, FencePayload)
+        log.info(
+            "zone %s: fence written at entry %d, epoch %d (previous epoch %d) by %s",
+            self._zone,
+            fence.seq,
+            self._epoch,
+            fence.payload.previous_epoch,
+            self._writer_id,
+        )
+        return fence
+
+    async def append(self, payload: Payload) -> LogEntry:
+        """Commit ``payload`` as the next entry and return it.
+
+        Raises ``Fenced`` (now and forever after) when a newer epoch owns the log, ``NotLeader``
+        when the guard refuses, ``SplitBrain`` when someone else wrote with our epoch or an
+        older one after our fence. Storage errors propagate; the outcome of such an append is
+        unknown and is settled by the next one (an entry that did land is stepped over).
+        """
+        if self._fence is None:
+            raise RuntimeError("write_fence() must succeed before append()")
+        return await self._append(payload, fencing=False)
+
+    def _check_usable(self) -> None:
+        if self._fenced_by is not None:
+            raise self._fenced_by
+        if self._guard is not None and not self._guard():
+            raise NotLeader(f"zone {self._zone}: epoch {self._epoch} is not held by this agent")
+
+    async def _append(self, payload: Payload, *, fencing: bool) -> LogEntry:
+        nonce = uuid.uuid4().hex
+        self._unknown.append(nonce)  # until we know: a lost response may still have landed
+        while True:
+            self._check_usable()
+            assert self._next_seq is not None
+            entry = LogEntry(
+                seq=self._next_seq,
+                epoch=self._epoch,
+                writer=self._writer_id,
+                nonce=nonce,
+                time=self._clock.now(),
+                payload=payload,
+            )
+            existing = await self._try_create(entry, fencing=fencing)
+            if existing is None or existing.nonce == nonce:
+                self._unknown.remove(nonce)
+                self._next_seq = entry.seq + 1
+                return existing or entry
+            if not isinstance(payload, FencePayload):
+                self._next_seq = entry.seq + 1  # stepped over our own earlier entry
+                continue
+            newest = await self._catch_up(existing)
+            self._next_seq = newest.seq + 1
+            previous = max(payload.previous_epoch, newest.epoch)
+            payload = payload.model_copy(update={"previous_epoch": previous})
+
+    async def _try_create(self, entry: LogEntry, *, fencing: bool) -> LogEntry | None:
+        """Create ``entry``: None when it was written, else the (judged) entry under its name."""
+        key = log_key(self._zone, entry.seq)
+        for _ in range(3):
+            try:
+                await self._store.put(key, entry.encode(), if_none_match=True)
+            except PreconditionFailed:
+                existing = await read_entry(self._store, self._zone, entry.seq)
+            else:
+                return None
+            if existing is not None:
+                self._judge(existing, entry.nonce, fencing=fencing)
+                return existing
+        raise LogCorrupted(f"{key}: create-only writes refused, yet no entry can be read")
+
+    async def _catch_up(self, stepped: LogEntry) -> LogEntry:
+        """While fencing, jump to the current tail instead of chasing a busy old writer one
+        entry at a time. Epochs never decrease along the log, so judging the newest entry
+        judges every one in between."""
+        tail = await find_tail(self._store, self._zone, known=stepped.seq)
+        newest = await read_entry(self._store, self._zone, tail) if tail > stepped.seq else None
+        if newest is None:
+            return stepped
+        self._judge(newest, "", fencing=True)
+        return newest
+
+    def _judge(self, existing: LogEntry, nonce: str, *, fencing: bool) -> None:
+        """Accept an entry found under a name we wanted (ours, or one to step over), or raise
+        ``Fenced`` (newer epoch) or ``SplitBrain`` (anyone else)."""
+        if existing.epoch > self._epoch:
+            self._fenced_by = Fenced(
+                self._zone, self._epoch, existing.seq, existing.epoch, existing.writer
+            )
+            log.error("zone %s: %s; this writer stops for good", self._zone, self._fenced_by)
+            raise self._fenced_by
+        if existing.writer == self._writer_id and existing.nonce == nonce:
+            return  # our own write; only its response was lost
+        if existing.writer == self._writer_id and existing.nonce in self._unknown:
+            self._unknown.remove(existing.nonce)
+            return  # an earlier append whose outcome was unknown did land
+        if fencing and (existing.epoch < self._epoch or existing.writer == self._writer_id):
+            return  # an older leader still finishing before our fence
+        log.critical(
+            "zone %s: SPLIT BRAIN: entry %d has epoch %d by %s, we are epoch %d (%s)%s",
+            self._zone,
+            existing.seq,
+            existing.epoch,
+            existing.writer,
+            self._epoch,
+            self._writer_id,
+            "" if fencing else " after our fence",
+        )
+        raise SplitBrain(
+            f"zone {self._zone}: entry {existing.seq} written by {existing.writer!r} with epoch "
+            f"{existing.epoch} where writer {self._writer_id!r} of epoch {self._epoch} appends"
+        )

@@ -1,0 +1,168 @@
+"""Catalog load time and peak memory: from a checkpoint vs. from the raw commit log.
+
+    python -m benchmarks.catalog_load [--count 1000000] [--dir DIR] [--keep]
+
+Builds a zone whose log holds one fence and ``count - 1`` segment entries in a ``file`` store
+(the objects are written straight in the file driver's on-disk format by a thread pool, since
+a million ``put`` calls would take far longer than what is being measured), then loads the
+catalog in fresh subprocesses, so that each peak RSS belongs to one load only: once from the raw
+log, then, after writing a checkpoint, from the checkpoint. Prints both side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from az_agent.drivers.storage.file import FileObjectStore
+from az_agent.state import load_catalog, write_checkpoint
+from az_agent.state.keys import log_key, log_prefix, segment_key
+
+ZONE = "az1"
+TABLES = 20
+CHUNK = 10_000
+
+
+def _object(body: bytes) -> bytes:
+    """An object file as the ``file`` driver writes it: header line, then the bytes."""
+    sha = hashlib.sha256(body).hexdigest()
+    return FileObjectStore._header(uuid.uuid4().hex, sha) + body
+
+
+def _entry(seq: int) -> dict[str, Any]:
+    base = {"seq": seq, "epoch": 1, "writer": "bench", "nonce": uuid.uuid4().hex}
+    base["time"] = f"2030-01-01T00:00:00.{seq % 1_000_000:06d}+00:00"
+    if seq == 1:
+        return base | {"payload": {"kind": "fence", "epoch": 1, "previousEpoch": 0, "by": "b"}}
+    table = f"table{seq % TABLES}_OFFLINE"
+    name = f"table{seq % TABLES}__{seq}__20300101T0000Z_20300101T0100Z"
+    crc = str(1_000_000_000 + seq)
+    payload = {
+        "kind": "segment",
+        "table": table,
+        "tableType": "OFFLINE",
+        "segment": name,
+        "crc": crc,
+        "size": 50_000_000 + seq,
+        "sha256": f"{seq:064x}",
+        "key": segment_key(ZONE, table, name, crc),
+        "startTimeMs": 1_893_456_000_000 + seq,
+        "endTimeMs": 1_893_459_600_000 + seq,
+        "commitTimeMs": 1_893_459_700_000 + seq,
+        "backedUpAt": "2030-01-01T01:00:00+00:00",
+    }
+    return base | {"payload": payload}
+
+
+def _write_chunk(root: Path, start: int, stop: int) -> None:
+    for seq in range(start, stop):
+        body = json.dumps(_entry(seq), separators=(",", ":")).encode()
+        (root / log_key(ZONE, seq)).write_bytes(_object(body))
+
+
+def build_log(root: Path, count: int, workers: int) -> float:
+    began = time.perf_counter()
+    (root / log_prefix(ZONE)).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(workers) as pool:
+        chunks = [(s, min(s + CHUNK, count + 1)) for s in range(1, count + 1, CHUNK)]
+        for future in [pool.submit(_write_chunk, root, a, b) for a, b in chunks]:
+            future.result()
+    return time.perf_counter() - began
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+async def _measure(root: Path, phase: str) -> dict[str, Any]:
+    store = FileObjectStore(root)
+    result: dict[str, Any] = {"baseline_mib": _rss_mib()}
+    if phase == "baseline":
+        return result
+    began = time.perf_counter()
+    catalog = await load_catalog(store, ZONE)
+    result["seconds"] = time.perf_counter() - began
+    gc.collect()
+    result |= {"segments": catalog.segment_count, "seq": catalog.last_seq}
+    result |= {"peak_mib": _peak_mib(), "retained_mib": _rss_mib()}
+    if phase == "raw":
+        began = time.perf_counter()
+        info = await write_checkpoint(store, catalog)
+        result["checkpoint_seconds"] = time.perf_counter() - began
+        result["checkpoint_bytes"] = info.size if info else 0
+    return result
+
+
+def run_phase(root: Path, phase: str) -> dict[str, Any]:
+    """One measurement in a fresh interpreter, so peak RSS is that load's alone."""
+    command = [sys.executable, "-m", "benchmarks.catalog_load", "--phase", phase, str(root)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def report(count: int, build_seconds: float, raw: dict[str, Any], cp: dict[str, Any]) -> None:
+    base = raw["baseline_mib"]
+    print(f"catalog load, {count:,} log entries ({raw['segments']:,} segments), file store")
+    print(f"raw log written in {build_seconds:.1f} s; interpreter baseline {base:.0f} MiB RSS")
+    print(f"checkpoint written in {raw['checkpoint_seconds']:.1f} s, ", end="")
+    print(f"{raw['checkpoint_bytes'] / 2**20:.1f} MiB gzipped")
+    print(f"{'':24}{'raw log':>12}{'checkpoint':>12}{'ratio':>10}")
+    rows = [
+        ("load time (s)", raw["seconds"], cp["seconds"]),
+        ("peak RSS (MiB)", raw["peak_mib"], cp["peak_mib"]),
+        ("RSS after load (MiB)", raw["retained_mib"], cp["retained_mib"]),
+    ]
+    for label, from_raw, from_cp in rows:
+        ratio = from_raw / from_cp if from_cp else float("inf")
+        print(f"{label:24}{from_raw:12.2f}{from_cp:12.2f}{ratio:9.1f}x")
+    per_segment = (cp["retained_mib"] - base) * 2**20 / max(cp["segments"], 1)
+    print(f"catalog memory: about {per_segment:.0f} bytes per segment (RSS over the baseline)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=1_000_000, help="log entries to build")
+    parser.add_argument("--dir", type=Path, help="where to build the store (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
+    parser.add_argument("--workers", type=int, default=8, help="threads writing the raw log")
+    parser.add_argument(
+        "--phase", choices=["baseline", "raw", "checkpoint"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("root", nargs="?", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(asyncio.run(_measure(args.root, args.phase))))
+        return
+    root = args.dir or Path(tempfile.mkdtemp(prefix="az-catalog-bench-"))
+    try:
+        build_seconds = build_log(root, args.count, args.workers)
+        raw = run_phase(root, "raw") | {"baseline_mib": run_phase(root, "baseline")["baseline_mib"]}
+        cp = run_phase(root, "checkpoint")
+        report(args.count, build_seconds, raw, cp)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
