@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from az_agent.agent.metrics import AgentMetrics
 from az_agent.drivers.storage.base import ObjectStore
-from az_agent.state import Catalog, Clock, LogEntry, LogWriter, Payload
+from az_agent.state import Catalog, Clock, LogEntry, LogWriter, Payload, refresh_catalog
 
 
 @dataclass
@@ -39,7 +39,12 @@ class LeaderSession:
         """
         async with self._lock:
             entry = await self.writer.append(payload)
-            self.catalog.apply(entry)
+            if entry.seq > self.catalog.last_seq + 1:
+                # The writer stepped over entries that landed although their answer was lost
+                # (an earlier append that raised): read them in, in order, before this one.
+                await refresh_catalog(self.store, self.catalog)
+            if entry.seq > self.catalog.last_seq:
+                self.catalog.apply(entry)
             return entry
 
     @property

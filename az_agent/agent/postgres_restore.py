@@ -1,0 +1,204 @@
+"""Which dump of each database an activation restores, and the restores themselves.
+
+The choice is made from a catalog alone (the log is the only truth about what is backed up),
+and the catalog may be another zone's: the agent activating zone B restores from zone A's
+``load_catalog(store, "A")``. "At or before ``latest_time``" compares with the time each dump's
+log entry was committed, the instant it became part of the backup.
+
+Also home of what the backup loop shares with restores: the metric labels (``KIND``,
+:func:`failure_reason`) and the JSON shape of a dump (:func:`describe_dump`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from az_agent.agent.metrics import AgentMetrics
+from az_agent.drivers.errors import (
+    CorruptObject,
+    DriverError,
+    Misconfigured,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from az_agent.drivers.postgres.base import PostgresDumper, RestoreResult, ToolFailed
+from az_agent.drivers.storage.base import ObjectStore
+from az_agent.state import Catalog, DumpRecord
+
+log = logging.getLogger(__name__)
+
+KIND = "postgres"
+"""The ``kind`` label of the backup and restore metrics."""
+
+_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (ToolFailed, "tool"), (NotFound, "not-found"), (Unavailable, "unavailable"),
+    (PermissionDenied, "permission-denied"), (Misconfigured, "misconfigured"),
+    (CorruptObject, "corrupt"), (DriverError, "driver"),
+)  # fmt: skip
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of ``backup_failures``/``restore_failures`` for an error."""
+    return next((label for kind, label in _REASONS if isinstance(exc, kind)), "internal")
+
+
+def describe_dump(record: DumpRecord, now: datetime | None = None) -> dict[str, Any]:
+    """A dump as ``/status`` shows it (JSON-ready), with its age when ``now`` is given."""
+    described: dict[str, Any] = {
+        "seq": record.seq,
+        "epoch": record.epoch,
+        "key": record.key,
+        "size": record.size,
+        "sha256": record.sha256,
+        "serverVersion": record.server_version,
+        "startedAt": record.started_at.isoformat(),
+        "finishedAt": record.finished_at.isoformat(),
+        "committedAt": record.committed_at.isoformat(),
+    }
+    if now is not None:
+        described["ageSeconds"] = max((now - record.started_at).total_seconds(), 0.0)
+    return described
+
+
+class RestoreError(Exception):
+    """Base of the errors of PostgreSQL restores."""
+
+
+class NoBackup(RestoreError):
+    """No dump of some database was committed at or before the requested time (HTTP 404)."""
+
+    def __init__(self, zone: str, databases: Sequence[str], latest_time: datetime | None) -> None:
+        when = "" if latest_time is None else f" committed at or before {latest_time.isoformat()}"
+        super().__init__(
+            f"zone {zone!r} holds no dump of {', '.join(repr(db) for db in databases)}{when}"
+        )
+        self.zone = zone
+        self.databases = list(databases)
+        self.latest_time = latest_time
+
+
+class RestoreFailed(RestoreError):
+    """The restore of ``database`` failed; the driver left that database as it was.
+
+    ``corrupt`` says the stored dump did not match the log's checksum or size (retrying the
+    same dump cannot help). The driver's error is the ``__cause__``.
+    """
+
+    def __init__(self, database: str, record: DumpRecord, cause: Exception) -> None:
+        super().__init__(
+            f"restore of database {database!r} from {record.key} (log entry {record.seq}) "
+            f"failed, the database is unchanged: {cause}"
+        )
+        self.database = database
+        self.record = record
+        self.corrupt = isinstance(cause, CorruptObject)
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """The dump chosen for each database, in configuration order."""
+
+    zone: str
+    latest_time: datetime | None
+    dumps: tuple[DumpRecord, ...]
+
+    @property
+    def databases(self) -> list[str]:
+        return [record.database for record in self.dumps]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready, for the operation's status."""
+        return {
+            "zone": self.zone,
+            "latestTime": None if self.latest_time is None else self.latest_time.isoformat(),
+            "dumps": {record.database: describe_dump(record) for record in self.dumps},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreProgress:
+    """One step of :func:`restore_databases`: a database started (``result`` None) or done."""
+
+    database: str
+    index: int
+    total: int
+    phase: Literal["restoring", "restored"]
+    record: DumpRecord
+    result: RestoreResult | None = None
+
+
+ProgressCallback = Callable[[RestoreProgress], Awaitable[None] | None]
+
+
+def plan_restore(
+    catalog: Catalog, databases: Sequence[str], latest_time: datetime | None
+) -> RestorePlan:
+    """For each database, the newest dump committed at or before ``latest_time`` (None: the
+    newest). Raises ``NoBackup`` naming every database without one."""
+    if latest_time is not None and latest_time.utcoffset() is None:
+        raise ValueError(f"latest_time must carry a time zone: {latest_time.isoformat()}")
+    chosen: list[DumpRecord] = []
+    missing: list[str] = []
+    for db in databases:
+        record = catalog.newest_dump(db, as_of=latest_time)
+        if record is None:
+            missing.append(db)
+        else:
+            chosen.append(record)
+    if missing:
+        raise NoBackup(catalog.zone, missing, latest_time)
+    plan = RestorePlan(catalog.zone, latest_time, tuple(chosen))
+    log.info(
+        "restore plan from zone %s as of %s: %s",
+        catalog.zone,
+        "now" if latest_time is None else latest_time.isoformat(),
+        ", ".join(f"{r.database} <- entry {r.seq} ({r.started_at.isoformat()})" for r in chosen),
+    )
+    return plan
+
+
+async def restore_databases(
+    plan: RestorePlan,
+    dumper: PostgresDumper,
+    store: ObjectStore,
+    progress_callback: ProgressCallback | None = None,
+    *,
+    metrics: AgentMetrics | None = None,
+) -> list[RestoreResult]:
+    """Restore each planned database in turn, checking bytes against the log's record.
+
+    Stops at the first failure with ``RestoreFailed`` naming the database: that one is
+    unchanged (the driver restores into a scratch database and swaps), those before it are
+    restored, those after it untouched. Restoring the same plan again is safe.
+    """
+    results: list[RestoreResult] = []
+    total = len(plan.dumps)
+    for index, record in enumerate(plan.dumps):
+        db = record.database
+        await _report(progress_callback, RestoreProgress(db, index, total, "restoring", record))
+        try:
+            result = await dumper.restore(db, store, record.key, record.sha256, record.size)
+        except Exception as exc:
+            if metrics is not None:
+                metrics.restore_failures.labels(kind=KIND, reason=failure_reason(exc)).inc()
+            log.error("restore of %s from %s failed: %s", db, record.key, exc)
+            raise RestoreFailed(db, record, exc) from exc
+        results.append(result)
+        await _report(
+            progress_callback, RestoreProgress(db, index, total, "restored", record, result)
+        )
+    return results
+
+
+async def _report(callback: ProgressCallback | None, progress: RestoreProgress) -> None:
+    if callback is None:
+        return
+    outcome = callback(progress)
+    if inspect.isawaitable(outcome):
+        await outcome
