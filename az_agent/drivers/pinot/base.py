@@ -181,6 +181,12 @@ class PinotController(abc.ABC):
         """Per partition, the sequence number and offset consumption continues from (1.5+)."""
 
     @abc.abstractmethod
+    async def delete_segment(self, table: TableRef, segment: str) -> None:
+        """Delete one segment (``DELETE /segments/{tableNameWithType}/{segment}``): used to
+        drop the sequence-0 segments a restored REALTIME table's creation committed, so they
+        are not counted twice. ``NotFound`` when the table or segment does not exist."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release connections; the controller client cannot be used afterwards."""
 

@@ -276,6 +276,9 @@ class HttpPinotController(PinotController):
         body = await self._call("GET", _path("segments", table.name_with_type, segment, "metadata"))
         return SegmentMetadata.from_zk(table, segment, body)
 
+    async def delete_segment(self, table: TableRef, segment: str) -> None:
+        await self._call("DELETE", _path("segments", table.name_with_type, segment))
+
     def download_segment(
         self, table: TableRef | str, segment: str
     ) -> AbstractAsyncContextManager[SegmentDownload]:

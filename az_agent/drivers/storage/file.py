@@ -49,6 +49,26 @@ def _read_header(handle: BinaryIO, key: str) -> tuple[str, str]:
     return str(header["version"]), str(header["sha256"])
 
 
+async def _open_file(path: Path, mode: str) -> BinaryIO:
+    """``path.open(mode)`` in a thread, closing the handle if the caller is cancelled meanwhile
+    (the thread cannot be interrupted, so without this the handle would leak)."""
+
+    def open_binary() -> BinaryIO:
+        return path.open(mode)  # type: ignore[return-value]
+
+    opening = asyncio.ensure_future(asyncio.to_thread(open_binary))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 class _FileReader(ObjectReader):
     def __init__(self, handle: BinaryIO, info: ObjectInfo, chunk_size: int) -> None:
         self._handle = handle
@@ -105,7 +125,7 @@ class FileObjectStore(ObjectStore):
         digest = reader.digest
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
         try:
-            data_file = await asyncio.to_thread(tmp.open, "wb")
+            data_file = await _open_file(tmp, "wb")
             try:
                 # Placeholder header of fixed width, rewritten once the digest is known.
                 header_len = len(self._header(version, "0" * 64))
@@ -165,7 +185,7 @@ class FileObjectStore(ObjectStore):
     async def _open(self, key: str, chunk_size: int) -> AsyncIterator[ObjectReader]:
         path = self._path(key)
         try:
-            handle = await asyncio.to_thread(path.open, "rb")
+            handle = await _open_file(path, "rb")
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
             raise NotFound(key) from exc
         try:

@@ -1,0 +1,257 @@
+"""Pinot table configs and schemas in the bucket: saved while backing up, recreated on activation.
+
+Both directions use one encoding (:func:`encode_document`: sorted keys, compact), so "has it
+changed?" is a comparison of SHA-256s with the catalog's newest record.
+
+Restoring follows §8 of the controller reference: schemas first, then table configs. Creating a
+REALTIME table starts one sequence-0 consuming segment per partition (§11.4), and pausing it
+commits them. Those segments are not part of the backup: left in place, their rows would be
+counted twice, and in a partition whose newest restored segment is also sequence 0 the
+controller could resume after the wrong one. So a REALTIME table that will receive segments is
+paused right after its creation (an existing one before the restore), and once flushed, the
+segments the creation made are deleted from a table this restore created. That table is known
+by its pause comment, which survives a crashed activation. After rehydration,
+:func:`resume_after_restore` resumes with ``lastConsumed``: each partition continues from the
+end offset of its newest restored segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Literal
+
+from az_agent.agent.session import LeaderSession
+from az_agent.drivers.errors import CorruptObject, NotFound
+from az_agent.drivers.pinot.base import ConsumeFrom, PinotController
+from az_agent.drivers.pinot.errors import Conflict
+from az_agent.drivers.pinot.models import JsonObject, TableRef, TableType, table_type_of
+from az_agent.drivers.storage.base import ObjectStore
+from az_agent.state import Catalog, ConfigRecord, SchemaPayload, SegmentRecord, TableConfigPayload
+from az_agent.state.keys import schema_key, table_config_key
+
+log = logging.getLogger(__name__)
+
+DocumentKind = Literal["table-config", "schema"]
+CREATED_COMMENT = "az-agent: table created by a restore, paused until its segments are restored"
+PAUSED_COMMENT = "az-agent: paused while segments are restored"
+RESUMED_COMMENT = "az-agent: segments restored"
+
+
+def encode_document(body: JsonObject) -> bytes:
+    """The stored form of a table config or schema: equal documents give equal bytes."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def record_table(record: SegmentRecord) -> TableRef:
+    """The physical table of a backed-up segment (stored by typed or raw name)."""
+    return TableRef.parse(record.table, TableType(record.table_type))
+
+
+# -- saving (backup) --------------------------------------------------------------------------
+
+
+async def save_table_documents(
+    session: LeaderSession, pinot: PinotController, table: TableRef
+) -> list[DocumentKind]:
+    """Save ``table``'s config and schema where they differ from the catalog; what was saved."""
+    try:
+        configs = await pinot.table_configs(table.raw, table.type)
+        schema = await pinot.table_schema(table.raw)
+    except NotFound:
+        return []  # deleted since it was listed
+    saved: list[DocumentKind] = []
+    config = configs.get(table.type)
+    if config is not None and await _save(session, "table-config", table.name_with_type, config):
+        saved.append("table-config")
+    if await _save(session, "schema", str(schema.get("schemaName") or table.raw), schema):
+        saved.append("schema")
+    return saved
+
+
+async def _save(session: LeaderSession, kind: DocumentKind, name: str, body: JsonObject) -> bool:
+    data = encode_document(body)
+    digest = hashlib.sha256(data).hexdigest()
+    catalog = session.catalog
+    known = (catalog.table_configs() if kind == "table-config" else catalog.schemas()).get(name)
+    if known is not None and known.sha256 == digest:
+        return False
+    payload: TableConfigPayload | SchemaPayload
+    if kind == "table-config":
+        payload = TableConfigPayload(
+            name=name, key=table_config_key(session.zone, name), sha256=digest
+        )
+    else:
+        payload = SchemaPayload(name=name, key=schema_key(session.zone, name), sha256=digest)
+    await session.store.put(payload.key, data)
+    await session.commit(payload)
+    log.info("saved %s %s to %s (%s)", kind, name, payload.key, "changed" if known else "new")
+    return True
+
+
+# -- restoring (activation) -------------------------------------------------------------------
+
+
+async def load_document(store: ObjectStore, record: ConfigRecord) -> JsonObject:
+    """A saved config or schema. The key is rewritten on every change, so a document newer
+    than ``record`` may be found: it is used (with a warning), the closest thing available."""
+    data, _ = await store.get(record.key)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record.sha256:
+        log.warning(
+            "%s %s changed after entry %d; restoring the version stored now",
+            record.kind,
+            record.name,
+            record.seq,
+        )
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise CorruptObject(f"{record.key}: not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise CorruptObject(f"{record.key}: not a JSON object")
+    return body
+
+
+async def restore_table_configs(
+    pinot: PinotController,
+    store: ObjectStore,
+    catalog: Catalog,
+    as_of: datetime | None = None,
+    *,
+    flush_timeout_seconds: float = 120.0,
+) -> list[TableRef]:
+    """Create the schemas and tables of the backup (as of ``as_of``) that Pinot lacks and get
+    every REALTIME table that will receive segments paused, flushed and free of segments the
+    restore did not bring (see the module docstring). The tables created by this call."""
+    existing = set(await pinot.list_tables())
+    for name, record in sorted(catalog.schemas(as_of).items()):
+        await _restore_schema(pinot, store, name, record)
+    segments = catalog.segments(as_of)
+    receiving = {record_table(r) for r in segments}
+    created: list[TableRef] = []
+    for name, record in sorted(catalog.table_configs(as_of).items()):
+        table = _typed(name)
+        if (
+            table is None
+            or table in existing
+            or not await _create_table(pinot, store, record, table)
+        ):
+            continue
+        created.append(table)
+        if table.type is TableType.REALTIME and table in receiving:
+            await pinot.pause_consumption(table.name_with_type, comment=CREATED_COMMENT)
+    realtime = sorted(t for t in receiving if t.type is TableType.REALTIME)
+    present = set(await pinot.list_tables(TableType.REALTIME))
+    ours = await _pause_for_restore(pinot, [t for t in realtime if t in present])
+    await wait_flushed(pinot, [t for t in realtime if t in present], flush_timeout_seconds)
+    for table in ours:
+        names = {r.name for r in segments if record_table(r) == table}
+        await _remove_strays(pinot, table, names)
+    return created
+
+
+async def _restore_schema(
+    pinot: PinotController, store: ObjectStore, name: str, record: ConfigRecord
+) -> None:
+    try:
+        await pinot.schema(name)
+        return
+    except NotFound:
+        pass
+    try:
+        await pinot.create_schema(await load_document(store, record), override=False)
+    except Conflict:
+        return  # created meanwhile
+    log.info("restored schema %s (entry %d)", name, record.seq)
+
+
+async def _create_table(
+    pinot: PinotController, store: ObjectStore, record: ConfigRecord, table: TableRef
+) -> bool:
+    config = await load_document(store, record)
+    try:
+        await pinot.create_table(config)
+    except Conflict:
+        return False  # created meanwhile
+    log.info("created table %s from its saved config (entry %d)", table, record.seq)
+    return True
+
+
+async def _pause_for_restore(pinot: PinotController, tables: list[TableRef]) -> list[TableRef]:
+    """Pause ``tables``; those a restore created (by their pause comment) are returned."""
+    ours: list[TableRef] = []
+    for table in tables:
+        status = await pinot.pause_status(table.name_with_type)
+        if status.paused and status.comment == CREATED_COMMENT:
+            ours.append(table)
+        else:
+            await pinot.pause_consumption(table.name_with_type, comment=PAUSED_COMMENT)
+    return ours
+
+
+async def wait_flushed(
+    pinot: PinotController, tables: list[TableRef], within: float, poll: float = 0.2
+) -> None:
+    """Wait until every table in ``tables`` is paused with no consuming segment left."""
+
+    async def flushed() -> None:
+        pending = list(tables)
+        while pending:
+            statuses = [await pinot.pause_status(t.name_with_type) for t in pending]
+            pending = [t for t, s in zip(pending, statuses, strict=True) if not s.is_flushed]
+            if pending:
+                await asyncio.sleep(poll)
+
+    try:
+        await asyncio.wait_for(flushed(), within)
+    except TimeoutError as exc:
+        raise TimeoutError(
+            f"consuming segments of {', '.join(map(str, tables))} not committed in {within:.0f} s"
+        ) from exc
+
+
+async def _remove_strays(pinot: PinotController, table: TableRef, backup: set[str]) -> None:
+    strays = [s.name for s in await pinot.segments(table) if s.name not in backup]
+    if not strays:
+        return
+    for name in strays:
+        await pinot.delete_segment(table, name)
+    log.info("table %s: deleted %d segments its creation committed", table, len(strays))
+
+
+def _typed(name: str) -> TableRef | None:
+    try:
+        return TableRef.parse(name)
+    except ValueError:
+        log.warning("saved table config %r has no type suffix; not restored", name)
+        return None
+
+
+def _as_realtime(name: str) -> TableRef | None:
+    kind = table_type_of(name)
+    if kind is TableType.OFFLINE:
+        return None
+    return TableRef.parse(name, TableType.REALTIME)
+
+
+async def resume_after_restore(pinot: PinotController, tables: Iterable[str]) -> list[TableRef]:
+    """Resume the paused REALTIME tables among ``tables`` (raw or typed names) from the end
+    offset of each partition's newest segment (``lastConsumed``); the tables resumed."""
+    present = set(await pinot.list_tables(TableType.REALTIME))
+    wanted = {ref for name in tables if (ref := _as_realtime(name)) is not None}
+    resumed: list[TableRef] = []
+    for table in sorted(wanted & present):
+        status = await pinot.pause_status(table.name_with_type)
+        if not status.paused:
+            continue
+        await pinot.resume_consumption(
+            table.name_with_type, consume_from=ConsumeFrom.LAST_CONSUMED, comment=RESUMED_COMMENT
+        )
+        resumed.append(table)
+        log.info("table %s: consumption resumed from the restored segments' end offsets", table)
+    return resumed

@@ -1,0 +1,591 @@
+"""Continuous segment backup: every completed Pinot segment is streamed to the bucket as it appears.
+
+While the agent leads its zone, :class:`SegmentBackupLoop` asks the controller every
+``pollIntervalSeconds`` for the backup-ready segments (committed or pushed, with a CRC and a
+deep-store copy) of the configured tables, or of every table, and copies each (table, name, CRC)
+that the catalog does not hold yet: controller download, CRC of ``creation.meta`` checked against
+ZooKeeper's on the way, streaming ``put`` to ``<zone>/segments/<table>/<segment>/<crc>.tar.gz``,
+then a ``segment`` log entry. A segment never sits in memory: a transfer holds one upload part.
+
+* At most ``concurrency`` transfers run at once (the loop and :meth:`flush` share the slots); a
+  failed segment is tried again after an exponential backoff and never holds up the others.
+* A segment gone from Pinot before it was copied (no longer listed, or 404 and no ZK metadata)
+  is reported as vanished (metric, status, log) and dropped; a refresh (same name, new CRC)
+  replaces the version still waiting.
+* An object already at its key (copied before a crash, before its entry was written) is adopted
+  without a second copy: the put of a verified stream only completes when the CRC matched.
+* Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
+* Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, TypeVar, cast
+
+from az_agent.agent.metrics import AgentMetrics
+from az_agent.agent.pinot_restore import save_table_documents
+from az_agent.agent.session import LeaderSession
+from az_agent.drivers.errors import (
+    CorruptObject,
+    DriverError,
+    Misconfigured,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from az_agent.drivers.pinot.base import PinotController
+from az_agent.drivers.pinot.config import PinotSettings
+from az_agent.drivers.pinot.models import SegmentMetadata, SegmentStatus, TableRef
+from az_agent.drivers.pinot.tarstream import verified_segment_stream
+from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
+from az_agent.state import Clock, Fenced, NotLeader, SegmentPayload, StateError
+from az_agent.state.keys import segment_key
+
+log = logging.getLogger(__name__)
+
+KIND = "segments"
+T = TypeVar("T")
+Key = tuple[str, str]
+"""(table name with type, segment name): one segment, whatever its CRC."""
+
+
+def completed_at_ms(segment: SegmentMetadata, seen_ms: int) -> int:
+    """When ``segment`` became complete in Pinot, never later than when it was first seen.
+
+    Pushes and refreshes carry their time. A committed realtime segment does not: its ZK
+    creation time is when it started consuming, and its newest row (end time) precedes the
+    commit, so the later of the two bounds the commit from below and the age is never understated.
+    """
+    exact = segment.refresh_time_ms or segment.push_time_ms
+    if exact and segment.status is not SegmentStatus.DONE:
+        return min(exact, seen_ms)
+    bounds = [t for t in (segment.end_time_ms, segment.creation_time_ms, exact) if t]
+    return min(max(bounds), seen_ms) if bounds else seen_ms
+
+
+def _ms(clock: Clock) -> int:
+    return int(clock.now().timestamp() * 1000)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label of ``backup_failures`` for an error."""
+    reasons: list[tuple[type[BaseException], str]] = [
+        (NotFound, "not-found"),
+        (CorruptObject, "corrupt"),
+        (Unavailable, "unavailable"),
+        (PermissionDenied, "permission-denied"),
+        (Misconfigured, "misconfigured"),
+        (DriverError, "driver"),
+        (StateError, "state"),
+    ]
+    return next((label for kind, label in reasons if isinstance(exc, kind)), "internal")
+
+
+def _segment(key: Key | None) -> dict[str, str]:
+    return {} if key is None else {"table": key[0], "segment": key[1]}
+
+
+@dataclass
+class BackupStats:
+    """What ``/status`` shows about segment backup, kept across the leader sessions."""
+
+    segments: int = 0
+    bytes: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    documents: Counter[str] = field(default_factory=Counter)
+    vanished_total: int = 0
+    vanished: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
+    last_error: dict[str, Any] | None = None
+    last_segment: dict[str, Any] | None = None
+    tables: list[str] = field(default_factory=list)
+    last_poll: datetime | None = None
+
+    def failed(self, key: Key | None, reason: str, exc: BaseException, at: datetime) -> None:
+        self.failures[reason] += 1
+        error = f"{type(exc).__name__}: {exc}"
+        self.last_error = {**_segment(key), "reason": reason, "error": error, "at": at.isoformat()}
+
+    def vanish(self, key: Key, crc: str, why: str, at: datetime) -> None:
+        self.vanished_total += 1
+        self.vanished.append({**_segment(key), "crc": crc, "why": why, "at": at.isoformat()})
+
+    def backed_up(self, key: Key, crc: str, size: int, lag: float, at: datetime) -> None:
+        self.segments += 1
+        self.bytes += size
+        self.last_segment = {
+            **_segment(key),
+            "crc": crc,
+            "size": size,
+            "lagSeconds": round(lag, 3),
+            "at": at.isoformat(),
+        }
+
+    def polled(self, tables: list[str], at: datetime) -> None:
+        self.tables = tables
+        self.last_poll = at
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "segmentsBackedUp": self.segments,
+            "bytesBackedUp": self.bytes,
+            "lagSeconds": self.last_segment["lagSeconds"] if self.last_segment else None,
+            "lastSegment": self.last_segment,
+            "failures": dict(self.failures),
+            "lastError": self.last_error,
+            "vanished": {"total": self.vanished_total, "recent": list(self.vanished)},
+            "tableConfigsSaved": self.documents["table-config"],
+            "schemasSaved": self.documents["schema"],
+            "tables": self.tables,
+            "lastPollAt": self.last_poll.isoformat() if self.last_poll else None,
+        }
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A backup-ready segment version not yet in the catalog."""
+
+    table: TableRef
+    meta: SegmentMetadata
+    completed_ms: int
+    attempts: int = 0
+    next_try: float = 0.0
+    error: BaseException | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.table.name_with_type, self.meta.name)
+
+    @property
+    def crc(self) -> str:
+        return str(self.meta.crc)
+
+    def describe(self) -> str:
+        return f"{self.table}/{self.meta.name} (CRC {self.crc})"
+
+
+class Outcome(Enum):
+    COMMITTED = "committed"
+    PRESENT = "present"
+    """The catalog already held this version (copied by someone else meanwhile)."""
+    GONE = "gone"
+    """Vanished from Pinot, or replaced by a refresh: this version will not be copied."""
+    FAILED = "failed"
+
+
+class SegmentBackupLoop:
+    """The :class:`~az_agent.agent.loops.SegmentBackup` of the agent (see the module docstring).
+
+    One :meth:`run` at a time; :meth:`flush` may run beside it. All waits go through ``clock``.
+    """
+
+    def __init__(
+        self,
+        pinot: PinotController,
+        settings: PinotSettings,
+        metrics: AgentMetrics,
+        clock: Clock,
+        *,
+        retry_min_seconds: float = 2.0,
+        retry_max_seconds: float = 300.0,
+        config_interval_seconds: float = 60.0,
+        flush_attempts: int = 5,
+    ) -> None:
+        self._pinot = pinot
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._retry = (retry_min_seconds, retry_max_seconds)
+        self._config_interval = config_interval_seconds
+        self._flush_attempts = max(1, flush_attempts)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._pending: dict[Key, _Pending] = {}
+        self._claims: dict[Key, asyncio.Future[None]] = {}
+        self._scheduled: set[Key] = set()
+        self._wake = asyncio.Event()
+        self._session: LeaderSession | None = None
+        self._configs_due = 0.0
+        self.stats = BackupStats()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, session: LeaderSession) -> None:
+        """Back up new segments until cancelled; returns quietly when fenced or not leader."""
+        if self._session is not None:
+            raise RuntimeError("the segment backup loop is already running")
+        self._session = session
+        self._configs_due = 0.0
+        log.info(
+            "zone %s: segment backup starts for epoch %d: %s, every %.1f s, %d at a time",
+            session.zone,
+            session.epoch,
+            ", ".join(self._settings.tables) or "every table",
+            self._settings.poll_interval_seconds,
+            self._settings.concurrency,
+        )
+        try:
+            async with asyncio.TaskGroup() as workers:
+                await self._serve(session, workers)
+        except* (Fenced, NotLeader) as group:
+            log.info("zone %s: segment backup stops: %s", session.zone, group.exceptions[0])
+        finally:
+            self._session = None
+            self._scheduled.clear()
+            self.refresh_metrics()
+
+    async def _serve(self, session: LeaderSession, workers: asyncio.TaskGroup) -> None:
+        next_poll = self._clock.monotonic()
+        while session.is_usable:
+            if self._clock.monotonic() >= next_poll:
+                await self._poll(session, strict=False)
+                next_poll = self._clock.monotonic() + self._settings.poll_interval_seconds
+            self._start_due(session, workers)
+            await self._wait(min(next_poll, self._next_due()) - self._clock.monotonic())
+        log.info("zone %s: segment backup stops: the log writer is fenced", session.zone)
+
+    def _start_due(self, session: LeaderSession, workers: asyncio.TaskGroup) -> None:
+        """Start the oldest due segments in the free worker places."""
+        now = self._clock.monotonic()
+        free = self._settings.concurrency - len(self._scheduled)
+        due = [
+            item
+            for key, item in self._pending.items()
+            if key not in self._scheduled and key not in self._claims and item.next_try <= now
+        ]
+        for item in sorted(due, key=lambda p: p.completed_ms)[: max(free, 0)]:
+            self._scheduled.add(item.key)
+            workers.create_task(self._work(session, item), name=f"backup {item.meta.name}")
+
+    def _next_due(self) -> float:
+        """When a waiting segment is next due; never while every worker place is taken."""
+        if len(self._scheduled) >= self._settings.concurrency:
+            return math.inf
+        waiting = (
+            item.next_try
+            for key, item in self._pending.items()
+            if key not in self._scheduled and key not in self._claims
+        )
+        return min(waiting, default=math.inf)
+
+    async def _work(self, session: LeaderSession, item: _Pending) -> None:
+        try:
+            await self._attempt(session, item)
+        finally:
+            self._scheduled.discard(item.key)
+            self._wake.set()
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the clock, or less when a worker finishes."""
+        if not self._wake.is_set():
+            sleeper = asyncio.ensure_future(self._clock.sleep(max(min(seconds, 3600.0), 0.0)))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+                await asyncio.gather(sleeper, waker, return_exceptions=True)
+        self._wake.clear()
+
+    # -- flush (pause) ----------------------------------------------------------------------
+
+    async def flush(self, session: LeaderSession) -> int:
+        """Back up everything backup-ready now (for /pause); how many segments were committed.
+
+        Discovery errors propagate; each segment gets ``flush_attempts`` tries with backoff, and
+        when one still fails the first such error is raised after the others are done.
+        Vanished segments are reported and do not count as failures.
+        """
+        await self._poll(session, strict=True, configs=True)
+        wanted = sorted(self._pending.values(), key=lambda p: p.completed_ms)
+        log.info("zone %s: flushing %d pending segments", session.zone, len(wanted))
+        results = await asyncio.gather(
+            *(self._flush_one(session, item) for item in wanted), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, Fenced | NotLeader | asyncio.CancelledError):
+                raise result
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for error in failed:
+            log.error("flush: a segment could not be backed up: %s", error)
+        if failed:
+            raise failed[0]
+        self.refresh_metrics()
+        return sum(1 for r in results if r is True)
+
+    async def _flush_one(self, session: LeaderSession, item: _Pending) -> bool:
+        for attempt in range(self._flush_attempts):
+            outcome = await self._attempt(session, item)
+            if outcome in (Outcome.COMMITTED, Outcome.PRESENT):
+                return True  # committed during this flush, by it or by the loop
+            current = self._pending.get(item.key)
+            if outcome is Outcome.GONE and current is None:
+                return False
+            if current is not None and current is not item:
+                item = current  # refreshed meanwhile: the new version is the one to flush
+                continue
+            if attempt + 1 < self._flush_attempts:
+                await self._clock.sleep(self._backoff(attempt + 1))
+        raise item.error or Unavailable(f"{item.describe()} kept changing during the flush")
+
+    # -- one segment ------------------------------------------------------------------------
+
+    async def _attempt(self, session: LeaderSession, item: _Pending) -> Outcome:
+        """Copy ``item`` unless another task is copying it, in which case wait for that one."""
+        while (claim := self._claims.get(item.key)) is not None:
+            await asyncio.wait((claim,))
+        record = session.catalog.segment(*item.key)
+        if record is not None and record.crc == item.crc:
+            self._forget(item)
+            return Outcome.PRESENT
+        if self._pending.get(item.key) is not item:
+            return Outcome.GONE
+        claim = self._claims[item.key] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._copy(session, item)
+        finally:
+            del self._claims[item.key]
+            claim.set_result(None)
+
+    async def _copy(self, session: LeaderSession, item: _Pending) -> Outcome:
+        started = self._clock.monotonic()
+        try:
+            payload = await self._transfer(session, item)
+        except (Fenced, NotLeader):
+            raise
+        except (NotFound, CorruptObject) as exc:
+            return await self._check_gone(item, exc)
+        except (DriverError, StateError) as exc:
+            return self._failed(item, exc)
+        except Exception as exc:
+            log.exception("backing up %s failed unexpectedly", item.describe())
+            return self._failed(item, exc)
+        self._succeeded(item, payload, self._clock.monotonic() - started)
+        return Outcome.COMMITTED
+
+    async def _transfer(self, session: LeaderSession, item: _Pending) -> SegmentPayload:
+        key = segment_key(session.zone, item.table.name_with_type, item.meta.name, item.crc)
+        info = await _adoptable(session.store, key)
+        if info is None:
+            async with self._slots:
+                info = await self._stream(session.store, item, key)
+        else:
+            log.info("adopting %s: already in the bucket at %s", item.describe(), key)
+        if info.sha256 is None:
+            raise CorruptObject(f"{key}: the store did not report the SHA-256 it recorded")
+        llc = item.meta.llc_name
+        payload = SegmentPayload(
+            table=item.table.name_with_type,
+            table_type=item.table.type.value,
+            segment=item.meta.name,
+            crc=item.crc,
+            size=info.size,
+            sha256=info.sha256,
+            key=key,
+            start_time_ms=item.meta.start_time_ms,
+            end_time_ms=item.meta.end_time_ms,
+            commit_time_ms=item.completed_ms,
+            backed_up_at=self._clock.now(),
+            partition=llc.partition if llc else None,
+            start_offset=item.meta.start_offset if llc else None,
+            end_offset=item.meta.end_offset if llc else None,
+        )
+        await session.commit(payload)
+        return payload
+
+    async def _stream(self, store: ObjectStore, item: _Pending, key: str) -> ObjectInfo:
+        async with self._pinot.download_segment(item.table, item.meta.name) as download:
+            checked = cast(
+                AsyncGenerator[bytes, None],
+                verified_segment_stream(download, item.meta.crc, item.describe()),
+            )
+            async with contextlib.aclosing(checked) as stream:
+                return await store.put(key, stream)
+
+    async def _check_gone(self, item: _Pending, exc: DriverError) -> Outcome:
+        """After a 404 or a CRC mismatch: vanished, refreshed meanwhile, or a plain failure."""
+        try:
+            current = await self._pinot.segment(item.table, item.meta.name)
+        except NotFound:
+            self._vanished(item, f"deleted from Pinot before it was copied ({exc})")
+            return Outcome.GONE
+        except DriverError:
+            return self._failed(item, exc)
+        if current.crc == item.meta.crc:
+            return self._failed(item, exc)
+        log.info("%s was refreshed while being copied; now CRC %s", item.describe(), current.crc)
+        self._forget(item)
+        if current.is_backup_ready:
+            self._track(item.table, current)
+        return Outcome.GONE
+
+    # -- bookkeeping --------------------------------------------------------------------------
+
+    def _track(self, table: TableRef, meta: SegmentMetadata) -> None:
+        seen = _ms(self._clock)
+        item = _Pending(table, meta, completed_at_ms(meta, seen))
+        self._pending[item.key] = item
+
+    def _forget(self, item: _Pending) -> None:
+        if self._pending.get(item.key) is item:
+            del self._pending[item.key]
+
+    def _backoff(self, attempts: int) -> float:
+        low, high = self._retry
+        return min(high, low * 2.0 ** min(attempts - 1, 30)) * random.uniform(0.5, 1.0)
+
+    def _failed(self, item: _Pending, exc: BaseException) -> Outcome:
+        item.attempts += 1
+        item.error = exc
+        delay = self._backoff(item.attempts)
+        item.next_try = self._clock.monotonic() + delay
+        reason = failure_reason(exc)
+        self._metrics.backup_failures.labels(kind=KIND, reason=reason).inc()
+        self.stats.failed(item.key, reason, exc, self._clock.now())
+        log.warning(
+            "backing up %s failed (%s, attempt %d); retrying in %.1f s: %s",
+            item.describe(),
+            reason,
+            item.attempts,
+            delay,
+            exc,
+        )
+        return Outcome.FAILED
+
+    def _vanished(self, item: _Pending, why: str) -> None:
+        self._forget(item)
+        self._metrics.backup_failures.labels(kind=KIND, reason="vanished").inc()
+        self.stats.vanish(item.key, item.crc, why, self._clock.now())
+        log.warning("segment %s vanished, not backed up: %s", item.describe(), why)
+
+    def _succeeded(self, item: _Pending, payload: SegmentPayload, seconds: float) -> None:
+        self._forget(item)
+        lag = max(payload.backed_up_at.timestamp() - item.completed_ms / 1000, 0.0)
+        self._metrics.segments_backed_up.inc()
+        self._metrics.segment_bytes_backed_up.inc(payload.size)
+        self._metrics.segment_backup_lag.set(lag)
+        self.stats.backed_up(item.key, payload.crc, payload.size, lag, payload.backed_up_at)
+        self.refresh_metrics()
+        log.info(
+            "backed up %s: %d bytes in %.2f s, %.2f s after it completed in Pinot",
+            item.describe(),
+            payload.size,
+            seconds,
+            lag,
+        )
+
+    # -- discovery --------------------------------------------------------------------------
+
+    async def _poll(self, session: LeaderSession, *, strict: bool, configs: bool = False) -> None:
+        """Refresh the pending set from the controller (and save configs when due). A failing
+        table is counted and logged, the others are still polled; ``strict`` raises instead."""
+        now = self._clock.monotonic()
+        configs = configs or now >= self._configs_due
+        tables = await self._guarded(self._tables(), "the table list", strict)
+        if tables is None:
+            return
+        for table in tables:
+            await self._guarded(self._poll_table(session, table), str(table), strict)
+            if configs:
+                await self._guarded(self._save_configs(session, table), str(table), strict)
+        names = {t.name_with_type for t in tables}
+        for key, item in list(self._pending.items()):
+            if key[0] not in names and key not in self._claims:
+                self._vanished(item, "its table is no longer listed by the controller")
+        self.stats.polled(sorted(names), self._clock.now())
+        if configs:
+            self._configs_due = now + self._config_interval
+        self.refresh_metrics()
+
+    async def _guarded(self, step: Awaitable[T], what: str, strict: bool) -> T | None:
+        try:
+            return await step
+        except (Fenced, NotLeader):
+            raise
+        except (DriverError, StateError) as exc:
+            if strict:
+                raise
+            self._metrics.backup_failures.labels(kind=KIND, reason="discovery").inc()
+            self.stats.failed(None, "discovery", exc, self._clock.now())
+            log.warning("segment discovery failed for %s: %s", what, exc)
+            return None
+
+    async def _tables(self) -> list[TableRef]:
+        tables = await self._pinot.list_tables()
+        wanted = set(self._settings.tables)
+        if not wanted:
+            return tables
+        return [t for t in tables if t.raw in wanted or t.name_with_type in wanted]
+
+    async def _poll_table(self, session: LeaderSession, table: TableRef) -> None:
+        try:
+            ready = await self._pinot.backup_ready_segments(table)
+        except NotFound:
+            ready = []  # the table was deleted: what it still had pending is gone with it
+        listed: set[Key] = set()
+        for meta in ready:
+            key = (table.name_with_type, meta.name)
+            listed.add(key)
+            record = session.catalog.segment(*key)
+            current = self._pending.get(key)
+            if record is not None and record.crc == str(meta.crc):
+                if current is not None and key not in self._claims:
+                    del self._pending[key]
+            elif current is None or current.meta.crc != meta.crc:
+                self._track(table, meta)
+        for key, item in list(self._pending.items()):
+            if key[0] == table.name_with_type and key not in listed and key not in self._claims:
+                self._vanished(item, "no longer listed by the controller")
+
+    async def _save_configs(self, session: LeaderSession, table: TableRef) -> None:
+        for kind in await save_table_documents(session, self._pinot, table):
+            self.stats.documents[kind] += 1
+
+    # -- status and metrics -------------------------------------------------------------------
+
+    def rpo_seconds(self) -> float:
+        """Age of the oldest segment complete in Pinot but not yet durable; 0 when none."""
+        if not self._pending:
+            return 0.0
+        oldest = min(item.completed_ms for item in self._pending.values())
+        return max(_ms(self._clock) - oldest, 0) / 1000
+
+    def refresh_metrics(self) -> None:
+        self._metrics.rpo_seconds.labels(kind=KIND).set(self.rpo_seconds())
+        self._metrics.segments_pending.set(len(self._pending))
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready: leadership, recovery point, counts, failures, vanished segments."""
+        session = self._session
+        return {
+            "leading": session is not None,
+            "epoch": session.epoch if session is not None else None,
+            "rpoSeconds": round(self.rpo_seconds(), 3),
+            "pending": len(self._pending),
+            "copying": len(self._claims),
+            "retrying": sum(1 for item in self._pending.values() if item.attempts),
+            "concurrency": self._settings.concurrency,
+            "pollIntervalSeconds": self._settings.poll_interval_seconds,
+            **self.stats.describe(),
+        }
+
+
+async def _adoptable(store: ObjectStore, key: str) -> ObjectInfo | None:
+    """The object at ``key`` if a complete, checksummed copy is already there."""
+    try:
+        info = await store.head(key)
+    except NotFound:
+        return None
+    return info if info.sha256 is not None and info.size > 0 else None
+
+
+__all__ = ["KIND", "BackupStats", "Outcome", "SegmentBackupLoop", "completed_at_ms"]
