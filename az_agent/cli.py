@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(show)
     check = commands.add_parser("storage-check", help="probe the configured object store")
     _add_config_flag(check)
+    run = commands.add_parser("run", help="run the agent: lease, backups, HTTP API")
+    _add_config_flag(run)
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    sandbox = commands.add_parser(
+        "sandbox", help="a local two-zone stack: bucket, Pinot and PostgreSQL, two agents"
+    )
+    sandbox.add_argument("--dir", default="./az-agent-sandbox", help="where the stack keeps data")
+    sandbox.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL out")
+    sandbox.add_argument("--log-level", default="WARNING", help="agent log level")
     commands.add_parser(
         "pinot-emulator", help="run the Pinot controller emulator (see --help)", add_help=False
     )
@@ -83,6 +92,34 @@ async def _storage_check(config: AgentConfig) -> int:
     return EXIT_OK if passed == len(results) else EXIT_FAILED
 
 
+def _run(config: AgentConfig, log_level: str) -> int:
+    from az_agent.agent.logs import configure_logging
+    from az_agent.agent.runner import StartupRefused, run_agent
+
+    configure_logging(log_level.upper())
+    try:
+        asyncio.run(run_agent(config))
+    except StartupRefused as exc:
+        sys.stderr.write(f"az-agent: refusing to start: {exc}\n")
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from az_agent.agent.logs import configure_logging
+    from az_agent.sandbox.stack import SandboxOptions, run_sandbox
+
+    configure_logging(args.log_level.upper())
+    options = SandboxOptions(base_dir=Path(args.dir), postgres=not args.no_postgres)
+    try:
+        asyncio.run(run_sandbox(options))
+    except KeyboardInterrupt:
+        sys.stdout.write("sandbox stopped\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["pinot-emulator"]:
@@ -90,12 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(emulator_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
+    if args.command == "sandbox":
+        return _sandbox(args)
     try:
         config = load_config(args.config)
         if args.command == "config":
             return _show_config(config)
         if args.command == "storage-check":
             return asyncio.run(_storage_check(config))
+        if args.command == "run":
+            return _run(config, args.log_level)
     except ConfigError as exc:
         sys.stderr.write(f"az-agent: configuration error: {exc}\n")
         return EXIT_CONFIG

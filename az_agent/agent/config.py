@@ -98,6 +98,26 @@ class AlertmanagerSettings(SettingsModel):
     matchers: list[SilenceMatcher] = Field(
         default_factory=list, description="Matchers of the silences this agent creates."
     )
+    silence_hours: float = Field(
+        default=12, gt=0, description="End time of each silence, so a forgotten one expires."
+    )
+    created_by: str = Field(default="az-agent", description="createdBy of the silences.")
+    timeout_seconds: float = Field(default=10, gt=0, description="Per-request timeout.")
+    token_secret: str = Field(
+        default="", description="Secret under secretsDir with key 'token' (bearer); '' = none."
+    )
+
+
+class KubernetesSettings(SettingsModel):
+    """How ``/activate?namespace=`` reaches the source agent through the API server."""
+
+    enabled: bool = Field(default=False, description="Allow the namespace parameter.")
+    host: str = Field(default="", description="API server URL; '' = in-cluster or kubeconfig.")
+    kubeconfig: str = Field(default="", description="Path of a kubeconfig; '' = default.")
+    context: str = Field(default="", description="kubeconfig context; '' = current.")
+    source_service: str = Field(default="az-service", description="Service of the source agent.")
+    source_port: int = Field(default=8080, ge=1, le=65535, description="Its port.")
+    timeout_seconds: float = Field(default=600, gt=0, description="Wait for the source pause.")
 
 
 class RehydrationSettings(SettingsModel):
@@ -130,6 +150,7 @@ class ServiceConfig(SettingsModel):
     pinot: PinotSettings = Field(default_factory=PinotSettings)
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
 
 

@@ -68,3 +68,14 @@ class DependencyDown(ApiError):
     def __init__(self, detail: str, retry_after: int = 5, **extra: Any) -> None:
         super().__init__(detail, **extra)
         self.headers["Retry-After"] = str(retry_after)
+
+
+class OperationFailed(ApiError):
+    """503: the operation ran and failed; the body holds it, and it can be retried."""
+
+    status = 503
+    code = "operation-failed"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["Retry-After"] = "10"

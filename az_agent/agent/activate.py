@@ -1,0 +1,346 @@
+"""``POST /activate?zone=<source>``: restore another zone's backups here and take over.
+
+Phases, each checkpointed in ``<own zone>/operations/current.json`` so a restarted agent resumes
+where it stopped (done phases are skipped; rehydration re-plans against what Pinot already has):
+
+1. ``pause-source`` - with ``namespace``, ask the source agent to pause through the Kubernetes
+   API server's service proxy (best effort: it may be gone with its zone);
+2. ``silence-alerts`` - this zone's alerts, until an operator calls ``/resume``;
+3. ``fence-source`` - take the source's lease with a higher epoch, write a fence entry in its log
+   (any writer still there is refused from then on), leave its lease ``paused`` so its agent
+   does not take it back;
+4. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
+5. ``restore-pinot-config`` - missing schemas and table configs;
+6. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
+7. ``resume-consumption`` - each partition continues from its newest restored segment's end;
+8. ``take-over-zone`` - this zone's lease with the next epoch; the agent becomes ``ACTIVE``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from az_agent.agent.http.errors import BadParameter, Conflict, NotFoundError
+from az_agent.agent.logs import log_context
+from az_agent.agent.operations import Operation
+from az_agent.agent.pinot_restore import restore_table_configs, resume_after_restore
+from az_agent.agent.postgres_restore import (
+    NoBackup,
+    RestoreError,
+    RestoreProgress,
+    plan_restore,
+    restore_databases,
+)
+from az_agent.agent.rehydrate import RehydrationPlan, Rehydrator, plan_rehydration
+from az_agent.agent.requests import ActivateRequest
+from az_agent.agent.states import Request
+from az_agent.drivers.errors import DriverError, NotFound
+from az_agent.state import (
+    Catalog,
+    LeaseKeeper,
+    LeaseState,
+    LogWriter,
+    StateError,
+    last_entry,
+    load_catalog,
+)
+
+if TYPE_CHECKING:
+    from az_agent.agent.core import Agent
+
+log = logging.getLogger(__name__)
+
+PHASES = (
+    "pause-source",
+    "silence-alerts",
+    "fence-source",
+    "restore-postgres",
+    "restore-pinot-config",
+    "rehydrate-segments",
+    "resume-consumption",
+    "take-over-zone",
+)
+ESTIMATED_BYTES_PER_SECOND = 50 << 20
+"""Used by dryRun's duration estimate until this agent has measured a rehydration."""
+
+
+class Activation:
+    """One activation; :meth:`prepare` validates (4xx) and :meth:`run` carries it out."""
+
+    def __init__(self, agent: Agent, request: ActivateRequest, op: Operation | None = None) -> None:
+        self.agent = agent
+        self.request = request
+        self.op = op
+        self.catalog: Catalog | None = None
+
+    @classmethod
+    def resume(cls, agent: Agent, op: Operation) -> Activation:
+        """Continue an activation found running in the bucket after a restart."""
+        saved = op.request
+        latest = saved.get("latestTime")
+        request = ActivateRequest(
+            zone=str(op.source_zone),
+            latest_time=datetime.fromisoformat(latest) if latest else None,
+            batch_size=saved.get("batchSize"),
+            force=True,  # the source was fenced (or is being fenced) by this very operation
+            namespace=None,
+        )
+        log.info("resuming activation %s from zone %s after a restart", op.id, op.source_zone)
+        return cls(agent, request, op)
+
+    # -------------------------------------------------------------- validation
+
+    async def prepare(self) -> None:
+        """Refuse what cannot work before anything is written: 400, 404, 409."""
+        agent, source = self.agent, self.request.zone
+        if source == agent.zone:
+            raise BadParameter("zone", f"{source!r} is this agent's own zone; name the source zone")
+        keeper = agent.source_keeper(source)
+        observation = await keeper.observe()
+        record = observation.record
+        if record is None and await last_entry(agent.deps.store, source) is None:
+            raise NotFoundError(f"zone {source!r} has no lease and no backups in this bucket")
+        forced = self.request.force or self.request.namespace is not None
+        if record is not None and observation.is_live and not forced:
+            wait = max(0.0, record.ttl_seconds - observation.seconds_unchanged)
+            raise Conflict(
+                f"zone {source!r} is live: its lease (holder {record.holder}, epoch "
+                f"{record.epoch}) changed {observation.seconds_unchanged:.0f}s ago. Pause it "
+                "first, wait until it expires, or pass force=true if it is dead.",
+                state=agent.state.value,
+                retryAfterSeconds=round(wait, 1),
+            )
+        self.catalog = await load_catalog(agent.deps.store, source)
+        try:
+            self._plan_databases()
+        except NoBackup as exc:
+            raise NotFoundError(str(exc)) from exc
+        if self.catalog.segment_count == 0 and not self._databases():
+            raise NotFoundError(f"zone {source!r} has nothing backed up")
+
+    def _databases(self) -> list[str]:
+        if self.agent.deps.dumper is None:
+            return []
+        return list(self.agent.deps.config.service.postgres.databases)
+
+    def _plan_databases(self) -> Any:
+        assert self.catalog is not None
+        databases = self._databases()
+        if not databases:
+            return None
+        return plan_restore(self.catalog, databases, self.request.latest_time)
+
+    async def dry_run(self) -> dict[str, Any]:
+        """The plan, with nothing written anywhere."""
+        assert self.catalog is not None
+        segments = self.catalog.segments(as_of=self.request.latest_time)
+        plan = await plan_rehydration(self.agent.deps.pinot, segments)
+        restore = self._plan_databases()
+        configs = self.catalog.table_configs(as_of=self.request.latest_time)
+        existing = {t.name_with_type for t in await self.agent.deps.pinot.list_tables()}
+        estimate = plan.bytes_total / ESTIMATED_BYTES_PER_SECOND
+        return {
+            "dryRun": True,
+            "request": self.request.describe(),
+            "postgres": restore.describe() if restore else None,
+            "tablesToCreate": sorted(name for name in configs if name not in existing),
+            "segments": {"toMove": plan.segments_total, "bytesToMove": plan.bytes_total},
+            "segmentsAlreadyPresent": len(segments) - plan.segments_total,
+            "estimatedSeconds": round(estimate, 1),
+        }
+
+    # -------------------------------------------------------------- execution
+
+    async def begin(self) -> Operation:
+        agent = self.agent
+        agent.set_state(Request.ACTIVATE)
+        described = self.request.describe()
+        self.op = Operation.start(
+            "activate",
+            PHASES,
+            agent.deps.clock.now(),
+            request=described,
+            source_zone=self.request.zone,
+        )
+        agent.operation = self.op
+        await agent.journal.save(self.op)
+        return self.op
+
+    async def run(self) -> None:
+        op, agent = self.op, self.agent
+        assert op is not None
+        with log_context(operation=op.id, zone=agent.zone, source=self.request.zone):
+            try:
+                for name, step in self._steps():
+                    if op.is_done(name):
+                        continue
+                    await agent.journal.begin_phase(op, name)
+                    detail = await step()
+                    await agent.journal.end_phase(op, name, detail)
+                    agent.deps.metrics.activation_phase_duration.labels(phase=name).set(
+                        op.get_phase(name).seconds or 0.0
+                    )
+            except (DriverError, StateError, RestoreError, TimeoutError) as exc:
+                log.error("activation failed in phase %s: %s", op.phase, exc)
+                await agent.journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
+                agent.deps.metrics.errors.labels(kind="activate").inc()
+                agent.set_state(Request.FAIL)
+                return
+            await agent.journal.finish(op)
+            total = (op.finished_at - op.started_at).total_seconds() if op.finished_at else 0.0
+            agent.deps.metrics.activation_duration.set(total)
+            agent.set_state(Request.FINISH)
+            log.info("activation from zone %s done in %.1fs", self.request.zone, total)
+
+    def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+        return [
+            ("pause-source", self._pause_source),
+            ("silence-alerts", self._silence),
+            ("fence-source", self._fence_source),
+            ("restore-postgres", self._restore_postgres),
+            ("restore-pinot-config", self._restore_configs),
+            ("rehydrate-segments", self._rehydrate),
+            ("resume-consumption", self._resume_consumption),
+            ("take-over-zone", self._take_over_zone),
+        ]
+
+    async def _pause_source(self) -> str:
+        proxy, namespace = self.agent.deps.service_proxy, self.request.namespace
+        if namespace is None:
+            return "skipped: no namespace given"
+        if proxy is None:
+            raise StateError("namespace given but no Kubernetes access is configured")
+        try:
+            reply = await proxy.pause_agent(namespace, force=self.request.force_pause)
+        except DriverError as exc:
+            log.warning("pausing the source through Kubernetes failed: %s", exc)
+            return f"source not reachable ({exc}); continuing"
+        return f"source answered {reply.status}"
+
+    async def _silence(self) -> str:
+        assert self.op is not None
+        return await self.agent.silence_alerts(self.op, f"activation from {self.request.zone}")
+
+    async def _fence_source(self) -> str:
+        agent, source = self.agent, self.request.zone
+        keeper = agent.source_keeper(source)
+        epoch = await keeper.take_over(force=self.request.force)
+        writer = LogWriter(agent.deps.store, source, epoch, agent.holder, clock=agent.deps.clock)
+        fence = await writer.write_fence(reason=f"activated by zone {agent.zone}")
+        await keeper.release(LeaseState.PAUSED)
+        assert self.op is not None
+        self.op.epoch = epoch
+        return f"zone {source} fenced at entry {fence.seq} with epoch {epoch}"
+
+    async def _load_catalog(self) -> Catalog:
+        if self.catalog is None or not self.op or self.op.is_done("fence-source"):
+            # After the fence the log is closed: reload so nothing committed before it is missed.
+            self.catalog = await load_catalog(self.agent.deps.store, self.request.zone)
+        return self.catalog
+
+    async def _restore_postgres(self) -> str:
+        dumper = self.agent.deps.dumper
+        databases = self._databases()
+        if dumper is None or not databases:
+            return "no databases configured"
+        catalog = await self._load_catalog()
+        plan = plan_restore(catalog, databases, self.request.latest_time)
+        assert self.op is not None
+        self.op.result["postgres"] = plan.describe()
+
+        async def progress(step: RestoreProgress) -> None:
+            assert self.op is not None
+            self.op.get_phase("restore-postgres").detail = f"{step.phase} {step.database}"
+            await self.agent.journal.save(self.op)
+
+        results = await restore_databases(
+            plan, dumper, self.agent.deps.store, progress, metrics=self.agent.deps.metrics
+        )
+        return ", ".join(f"{r.database}: {r.tables} tables, {r.rows} rows" for r in results)
+
+    async def _restore_configs(self) -> str:
+        catalog = await self._load_catalog()
+        created = await restore_table_configs(
+            self.agent.deps.pinot, self.agent.deps.store, catalog, self.request.latest_time
+        )
+        return f"created {len(created)} tables" if created else "every table already present"
+
+    async def _rehydrate(self) -> str:
+        agent, op = self.agent, self.op
+        assert op is not None
+        catalog = await self._load_catalog()
+        segments = catalog.segments(as_of=self.request.latest_time)
+        plan: RehydrationPlan = await plan_rehydration(agent.deps.pinot, segments)
+        already = len(segments) - plan.segments_total
+        op.progress.segments_total = op.progress.segments_done + plan.segments_total
+        op.progress.bytes_total = op.progress.bytes_done + plan.bytes_total
+        metrics = agent.deps.metrics
+        metrics.rehydration_segments.labels(of="total").set(op.progress.segments_total)
+        metrics.rehydration_bytes.labels(of="total").set(op.progress.bytes_total)
+        await agent.journal.save(op)
+
+        async def on_progress(segments_done: int, bytes_done: int) -> None:
+            op.progress.segments_done += segments_done
+            op.progress.bytes_done += bytes_done
+            metrics.rehydration_segments.labels(of="done").set(op.progress.segments_done)
+            metrics.rehydration_bytes.labels(of="done").set(op.progress.bytes_done)
+            await agent.journal.save_throttled(op)
+
+        rehydration = agent.deps.config.service.rehydration
+        rehydrator = Rehydrator(
+            agent.deps.pinot,
+            agent.deps.store,
+            concurrency=rehydration.concurrency,
+            batch_size=self.request.batch_size or rehydration.batch_size,
+            on_progress=on_progress,
+        )
+        await rehydrator.run(plan)
+        return f"{plan.segments_total} segments moved, {already} already present"
+
+    async def _resume_consumption(self) -> str:
+        catalog = await self._load_catalog()
+        tables = sorted({r.table for r in catalog.segments(as_of=self.request.latest_time)})
+        resumed = await resume_after_restore(self.agent.deps.pinot, tables)
+        return f"consumption resumed on {len(resumed)} realtime tables"
+
+    async def _take_over_zone(self) -> str:
+        agent = self.agent
+        observation = await agent.keeper.observe()
+        record = observation.record
+        if record is None:
+            await agent.keeper.tick()
+        elif record.state in (LeaseState.PAUSED, LeaseState.RELEASED) or observation.is_expired:
+            await agent.keeper.take_over(force=True)
+        elif record.holder != agent.holder:
+            raise StateError(
+                f"zone {agent.zone} is held by {record.holder} (live): another agent of this "
+                "zone is active; stop it before activating here"
+            )
+        if not agent.keeper.is_leader:
+            raise StateError(f"could not take zone {agent.zone}'s lease")
+        return f"zone {agent.zone} taken with epoch {agent.keeper.epoch}"
+
+
+async def start_activation(agent: Agent, request: ActivateRequest) -> tuple[int, dict[str, Any]]:
+    """The ``/activate`` handler's work: validate, then dry-run or start the operation."""
+    activation = Activation(agent, request)
+    if not request.dry_run:
+        # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
+        from az_agent.agent.states import transition
+
+        transition(agent.state, Request.ACTIVATE)
+    try:
+        await activation.prepare()
+    except NotFound as exc:
+        raise NotFoundError(str(exc)) from exc
+    if request.dry_run:
+        return 200, await activation.dry_run()
+    op = await activation.begin()
+    agent.start_operation(activation.run())
+    return 202, {"operation": op.describe(agent.deps.clock.now())}
+
+
+__all__ = ["PHASES", "Activation", "LeaseKeeper", "start_activation"]

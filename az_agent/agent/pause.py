@@ -1,0 +1,190 @@
+"""``POST /pause``: hand the zone over without losing anything.
+
+Silence alerts, pause ingestion, wait until the consuming segments are committed (unless
+``force``), back up every remaining segment, take a final dump of every database, write the
+``paused`` handover entry, stop the backup loops and release the lease as ``paused`` so the other
+zone can activate at once. With ``force`` (Pinot or Kafka unreachable), steps that need Pinot are
+attempted and their failures recorded instead of failing the pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from az_agent.agent.logs import log_context
+from az_agent.agent.operations import Operation
+from az_agent.agent.requests import PauseRequest
+from az_agent.agent.session import LeaderSession
+from az_agent.agent.states import Request
+from az_agent.drivers.errors import DriverError
+from az_agent.drivers.pinot.models import TableRef, TableType
+from az_agent.state import LeaseState, StateError
+
+if TYPE_CHECKING:
+    from az_agent.agent.core import Agent
+
+log = logging.getLogger(__name__)
+
+PHASES = (
+    "silence-alerts",
+    "pause-consumption",
+    "wait-committed",
+    "flush-segments",
+    "final-dump",
+    "write-handover",
+    "release-lease",
+)
+COMMIT_WAIT_SECONDS = 300.0
+
+
+async def realtime_tables(agent: Agent) -> list[TableRef]:
+    """The REALTIME tables in scope: the configured ones, or every table."""
+    wanted = set(agent.deps.config.service.pinot.tables)
+    tables = await agent.deps.pinot.list_tables(TableType.REALTIME)
+    return [t for t in tables if not wanted or t.raw in wanted]
+
+
+class Pause:
+    """One pause operation; :meth:`begin` validates and records it, :meth:`run` carries it out."""
+
+    def __init__(self, agent: Agent, request: PauseRequest) -> None:
+        self.agent = agent
+        self.request = request
+        self.op: Operation | None = None
+
+    async def begin(self) -> Operation:
+        agent = self.agent
+        agent.set_state(Request.PAUSE)  # IllegalTransition (409) unless ACTIVE or FAILED
+        self.op = Operation.start(
+            "pause",
+            PHASES,
+            agent.deps.clock.now(),
+            request={"force": self.request.force},
+            epoch=agent.keeper.epoch,
+        )
+        agent.operation = self.op
+        await agent.journal.save(self.op)
+        return self.op
+
+    async def run(self) -> None:
+        op = self.op
+        assert op is not None
+        journal = self.agent.journal
+        with log_context(operation=op.id, zone=self.agent.zone):
+            try:
+                for name, step in self._steps():
+                    await journal.begin_phase(op, name)
+                    detail = await step()
+                    await journal.end_phase(op, name, detail)
+            except (DriverError, StateError, TimeoutError) as exc:
+                log.error("pause failed in phase %s: %s", op.phase, exc)
+                await journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
+                self.agent.deps.metrics.errors.labels(kind="pause").inc()
+                self.agent.set_state(Request.FAIL)
+                return
+            await journal.finish(op)
+            self.agent.set_state(Request.FINISH)
+            log.info("zone %s paused: handover written, lease released", self.agent.zone)
+
+    def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
+        return [
+            ("silence-alerts", self._silence),
+            ("pause-consumption", self._pause_consumption),
+            ("wait-committed", self._wait_committed),
+            ("flush-segments", self._flush_segments),
+            ("final-dump", self._final_dump),
+            ("write-handover", self._write_handover),
+            ("release-lease", self._release_lease),
+        ]
+
+    async def _tolerant(self, what: str, error: Exception) -> str:
+        """With ``force``, a Pinot failure is recorded and the pause goes on."""
+        if not self.request.force:
+            raise error
+        log.warning("force: %s failed and is skipped: %s", what, error)
+        return f"skipped (force): {error}"
+
+    async def _silence(self) -> str:
+        assert self.op is not None
+        return await self.agent.silence_alerts(self.op, "pause")
+
+    async def _pause_consumption(self) -> str:
+        try:
+            tables = await realtime_tables(self.agent)
+            for table in tables:
+                await self.agent.deps.pinot.pause_consumption(
+                    table.raw, comment=f"az-agent {self.op.id if self.op else ''}"
+                )
+        except DriverError as exc:
+            return await self._tolerant("pausing consumption", exc)
+        return f"{len(tables)} realtime tables paused"
+
+    async def _wait_committed(self) -> str:
+        if self.request.force:
+            return "skipped (force)"
+        pinot = self.agent.deps.pinot
+        tables = await realtime_tables(self.agent)
+        clock = self.agent.deps.clock
+
+        async def wait_all() -> None:
+            pending = list(tables)
+            while pending:
+                statuses = [await pinot.pause_status(t.raw) for t in pending]
+                pending = [t for t, s in zip(pending, statuses, strict=True) if not s.is_flushed]
+                if pending:
+                    await clock.sleep(0.5)
+
+        await asyncio.wait_for(wait_all(), COMMIT_WAIT_SECONDS)
+        return f"consuming segments of {len(tables)} tables committed"
+
+    async def _flush_segments(self) -> str:
+        session = self._session()
+        try:
+            count = await self.agent.deps.segment_backup.flush(session)
+        except DriverError as exc:
+            return await self._tolerant("backing up the last segments", exc)
+        return f"{count} segments backed up"
+
+    async def _final_dump(self) -> str:
+        backup = self.agent.deps.database_backup
+        if backup is None:
+            return "no databases configured"
+        results = await backup.dump_now("pause")
+        return f"{len(results)} databases dumped"
+
+    async def _write_handover(self) -> str:
+        session = self._session()
+        catalog = session.catalog
+        newest_segment = max((r.seq for r in catalog.segments()), default=None)
+        dump_seqs: dict[str, int] = {}
+        checksums: dict[str, str] = {}
+        for database in catalog.databases():
+            dump = catalog.newest_dump(database)
+            if dump is not None:
+                dump_seqs[database] = dump.seq
+                checksums[database] = dump.sha256
+        await self.agent.write_paused(
+            {
+                "epoch": session.epoch,
+                "newestSegmentSeq": newest_segment,
+                "dumpSeqs": dump_seqs,
+                "checksums": checksums,
+                "forced": self.request.force,
+                "detail": f"{catalog.segment_count} segments committed",
+            }
+        )
+        return f"handover at entry {catalog.last_seq}"
+
+    async def _release_lease(self) -> str:
+        await self.agent.stop_session()
+        released = await self.agent.keeper.release(LeaseState.PAUSED)
+        return "lease paused" if released else "lease was no longer ours"
+
+    def _session(self) -> LeaderSession:
+        session = self.agent.session
+        if session is None:
+            raise StateError(f"zone {self.agent.zone}: not leading (no lease), cannot pause")
+        return session

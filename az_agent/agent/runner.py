@@ -1,0 +1,192 @@
+"""``az-agent run``: build the agent from its configuration, serve the API, stop cleanly.
+
+Start-up refuses a misconfigured agent with one readable line (exit 2): bad configuration, a
+bucket that is missing or refuses the credentials, PostgreSQL tools missing or older than the
+server. SIGTERM and SIGINT cancel the agent's task group: the operation in flight is left
+checkpointed, the lease is released only when no operation is running, every task is awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from aiohttp import web
+
+from az_agent.agent.config import AgentConfig, ConfigError
+from az_agent.agent.core import Agent, AgentDeps
+from az_agent.agent.http.app import build_app
+from az_agent.agent.http.auth import TOKEN_ENV, Authenticator
+from az_agent.agent.metrics import AgentMetrics
+from az_agent.agent.postgres_backup import PostgresBackupLoop
+from az_agent.agent.secrets import read_secret, read_storage_secrets
+from az_agent.agent.segment_backup import SegmentBackupLoop
+from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
+from az_agent.drivers.errors import Misconfigured, PermissionDenied
+from az_agent.drivers.kubernetes.client import KubernetesConnection
+from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
+from az_agent.drivers.pinot.auth import read_pinot_credentials
+from az_agent.drivers.pinot.http import HttpPinotController
+from az_agent.drivers.postgres.config import resolve_password
+from az_agent.drivers.postgres.dumper import PgDumper
+from az_agent.drivers.storage.factory import open_object_store
+from az_agent.state import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+
+class StartupRefused(Exception):
+    """The agent cannot start as configured; the message is one line for the operator."""
+
+
+def read_api_token(config: AgentConfig) -> str | None:
+    token_file = config.service.http.token_file
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as handle:
+                token = handle.read().strip()
+        except OSError as exc:
+            raise StartupRefused(f"http.tokenFile {token_file}: {exc.strerror}") from None
+        if not token:
+            raise StartupRefused(f"http.tokenFile {token_file} is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    http = config.service.http
+    if not http.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupRefused(f"http TLS certificate/key cannot be loaded: {exc}") from None
+    return context
+
+
+@asynccontextmanager
+async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncIterator[Agent]:
+    """Connect every dependency, check them, and yield the agent; close them all on exit."""
+    clock = clock or SystemClock()
+    service = config.service
+    async with AsyncExitStack() as stack:
+        secrets = await asyncio.to_thread(read_storage_secrets, config)
+        store = await open_object_store(config.storage, secrets)
+        stack.push_async_callback(store.close)
+        try:
+            await store.check()
+        except (Misconfigured, PermissionDenied) as exc:
+            raise StartupRefused(f"object storage ({config.storage.type}): {exc}") from exc
+        credentials = await read_pinot_credentials(service.secrets_dir, service.pinot.auth_secret)
+        pinot = HttpPinotController.from_settings(service.pinot, credentials)
+        stack.push_async_callback(pinot.close)
+        metrics = AgentMetrics(config.zone)
+        dumper = None
+        database_backup = None
+        if service.postgres.databases:
+            password = resolve_password(service.postgres, service.secrets_dir)
+            dumper = PgDumper(service.postgres, password)
+            stack.push_async_callback(dumper.close)
+            try:
+                await dumper.check()
+            except Misconfigured as exc:
+                raise StartupRefused(f"postgres: {exc}") from exc
+            database_backup = PostgresBackupLoop(
+                dumper, service.postgres, service.backup_interval_minutes * 60, metrics, clock
+            )
+        silences = _silences(config)
+        stack.push_async_callback(silences.close)
+        proxy = None
+        if service.kubernetes.enabled:
+            kube = service.kubernetes
+            connection = KubernetesConnection(
+                host=kube.host,
+                kubeconfig=kube.kubeconfig or None,
+                context=kube.context or None,
+                timeout=kube.timeout_seconds,
+            )
+            proxy = await KubernetesServiceProxy.connect(connection)
+            stack.push_async_callback(proxy.close)
+        deps = AgentDeps(
+            config=config,
+            store=store,
+            clock=clock,
+            pinot=pinot,
+            dumper=dumper,
+            silences=silences,
+            segment_backup=SegmentBackupLoop(pinot, service.pinot, metrics, clock),
+            database_backup=database_backup,
+            metrics=metrics,
+            service_proxy=proxy,
+        )
+        yield Agent(deps)
+
+
+def _silences(config: AgentConfig) -> SilenceManager:
+    am = config.service.alertmanager
+    token = None
+    if am.token_secret:
+        token = read_secret(config.service.secrets_dir, am.token_secret, "token").get_secret_value()
+    matchers = [Matcher(m.name, m.value, m.is_regex, m.is_equal) for m in am.matchers]
+    return open_silence_manager(
+        am.url,
+        matchers=matchers,
+        created_by=f"{am.created_by}/{config.zone}",
+        timeout=am.timeout_seconds,
+        bearer_token=token,
+    )
+
+
+async def serve(agent: Agent, config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run the agent and its HTTP server until cancelled."""
+    authenticator = Authenticator(read_api_token(config))
+    http = config.service.http
+    runner = web.AppRunner(build_app(agent, authenticator), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, http.host, http.port, ssl_context=tls_context(config))
+
+        async def on_ready() -> None:
+            await site.start()
+            scheme = "https" if http.tls_cert_file else "http"
+            log.info(
+                "zone %s listening on %s://%s:%d (%s)",
+                agent.zone,
+                scheme,
+                http.host,
+                http.port,
+                authenticator.describe(),
+            )
+            if ready is not None:
+                ready.set()
+
+        await agent.run(on_ready=on_ready)
+    finally:
+        await runner.cleanup()
+
+
+async def run_agent(config: AgentConfig) -> None:
+    """``az-agent run``: serve until SIGTERM/SIGINT."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        async with build_agent(config) as agent:
+            with contextlib.suppress(asyncio.CancelledError):
+                await serve(agent, config)
+        log.info("stopped cleanly")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+__all__ = ["ConfigError", "StartupRefused", "build_agent", "run_agent", "serve"]

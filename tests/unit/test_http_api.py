@@ -1,0 +1,217 @@
+"""The HTTP layer on its own: validation, auth, error bodies, and the OpenAPI document.
+
+The agent behind it is a recorder that answers like the real one, so these tests pin what the
+HTTP layer itself decides; the end-to-end tests drive the real agent through the same app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from az_agent.agent.http.app import ROUTES, build_app
+from az_agent.agent.http.auth import Authenticator
+from az_agent.agent.http.errors import Forbidden
+from az_agent.agent.http.openapi import openapi_document
+from az_agent.agent.requests import ActivateRequest, PauseRequest
+from az_agent.agent.states import AgentState, IllegalTransition, Request
+from az_agent.drivers.errors import NotFound, Unavailable
+
+TOKEN = "s3cret-token"
+
+
+class RecordingAgent:
+    """Answers like an agent in ``state``; remembers the requests it was handed."""
+
+    def __init__(self) -> None:
+        self.state = AgentState.STANDBY
+        self.calls: list[Any] = []
+        self.fail_with: Exception | None = None
+
+    async def pause(self, request: PauseRequest) -> tuple[int, dict[str, Any]]:
+        self.calls.append(request)
+        if self.state is not AgentState.ACTIVE:
+            raise IllegalTransition(self.state, Request.PAUSE)
+        return 200, {"state": "PAUSED"}
+
+    async def activate(self, request: ActivateRequest) -> tuple[int, dict[str, Any]]:
+        self.calls.append(request)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return 202, {"operation": {"id": "op-1", "kind": "activate"}}
+
+    async def resume(self) -> tuple[int, dict[str, Any]]:
+        self.calls.append("resume")
+        return 200, {"state": self.state.value}
+
+    def status(self) -> dict[str, Any]:
+        return {"zone": "az2", "state": self.state.value}
+
+    def healthz(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"ok": True}
+
+    async def readyz(self) -> tuple[bool, dict[str, Any]]:
+        raise Unavailable("pinot: connection refused")
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return b"az_agent_leader 0.0\n", "text/plain; version=0.0.4; charset=utf-8"
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[RecordingAgent, str, aiohttp.ClientSession]]:
+    agent = RecordingAgent()
+    runner = web.AppRunner(build_app(agent, Authenticator(TOKEN)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        yield agent, f"http://127.0.0.1:{port}", client
+    await runner.cleanup()
+
+
+Served = tuple[RecordingAgent, str, aiohttp.ClientSession]
+
+
+async def _post(client: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any]]:
+    async with client.post(url) as response:
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("", "zone"),
+        ("zone=", "zone"),
+        ("zone=a/b", "zone"),
+        ("zone=az1&latestTime=yesterday", "latestTime"),
+        ("zone=az1&latestTime=2026-11-22T10:00:00", "latestTime"),
+        ("zone=az1&batchSize=0", "batchSize"),
+        ("zone=az1&batchSize=-5", "batchSize"),
+        ("zone=az1&batchSize=many", "batchSize"),
+        ("zone=az1&force=perhaps", "force"),
+        ("zone=az1&dryrun=true", "dryrun"),
+    ],
+)
+async def test_activate_rejects_bad_parameters(served: Served, query: str, parameter: str) -> None:
+    agent, base, client = served
+    status, body = await _post(client, f"{base}/activate?{query}")
+    assert status == 400
+    assert body["error"] == "bad-parameter"
+    assert body["parameter"] == parameter
+    assert parameter in body["detail"]
+    assert body["requestId"]
+    assert agent.calls == []
+
+
+async def test_activate_passes_parsed_request(served: Served) -> None:
+    agent, base, client = served
+    status, body = await _post(
+        client, f"{base}/activate?zone=az1&latestTime=1795348800000&batchSize=20&dryRun=true"
+    )
+    assert status == 202
+    assert body["operation"]["kind"] == "activate"
+    [request] = agent.calls
+    assert request.zone == "az1"
+    assert request.batch_size == 20
+    assert request.dry_run is True
+    assert request.latest_time is not None
+    assert request.latest_time.isoformat() == "2026-11-22T12:00:00+00:00"
+
+
+async def test_unknown_zone_is_404(served: Served) -> None:
+    agent, base, client = served
+    agent.fail_with = NotFound("zone 'nowhere' has no lease and no backups")
+    status, body = await _post(client, f"{base}/activate?zone=nowhere")
+    assert status == 404
+    assert body["error"] == "not-found"
+    assert "nowhere" in body["detail"]
+
+
+async def test_illegal_transition_is_409_with_the_state(served: Served) -> None:
+    _, base, client = served
+    status, body = await _post(client, f"{base}/pause")
+    assert status == 409
+    assert body["state"] == "STANDBY"
+    assert "cannot pause while STANDBY" in body["detail"]
+
+
+async def test_pause_rejects_unknown_parameter(served: Served) -> None:
+    agent, base, client = served
+    agent.state = AgentState.ACTIVE
+    status, body = await _post(client, f"{base}/pause?froce=true")
+    assert (status, body["parameter"]) == (400, "froce")
+    status, _ = await _post(client, f"{base}/pause?force=true&wait=5")
+    assert status == 200
+    assert agent.calls == [PauseRequest(force=True, wait_seconds=5)]
+
+
+async def test_posts_need_the_token_gets_do_not(served: Served) -> None:
+    agent, base, _ = served
+    async with aiohttp.ClientSession() as anonymous:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic eDp5"}):
+            async with anonymous.post(f"{base}/resume", headers=headers) as response:
+                assert response.status == 401
+                assert (await response.json())["error"] == "unauthorized"
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        async with anonymous.post(f"{base}/resume", headers={"X-Az-Agent-Token": TOKEN}) as ok:
+            assert ok.status == 200  # relayed through the Kubernetes API server's proxy
+        async with anonymous.get(f"{base}/status") as response:
+            assert response.status == 200
+        async with anonymous.get(f"{base}/metrics") as response:
+            assert response.status == 200
+            assert "az_agent_leader" in await response.text()
+    assert agent.calls == ["resume"]
+
+
+def test_without_token_only_loopback_may_post() -> None:
+    authenticator = Authenticator(None)
+    cases = {"127.0.0.1": True, "127.9.9.9": True, "::1": True, "10.1.2.3": False, "": False}
+    for remote, allowed in cases.items():
+        request = make_mocked_request("POST", "/resume").clone(remote=remote)
+        if allowed:
+            authenticator.check(request)
+        else:
+            with pytest.raises(Forbidden):
+                authenticator.check(request)
+
+
+async def test_dependency_down_is_503(served: Served) -> None:
+    _, base, client = served
+    async with client.get(f"{base}/readyz") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"]
+        assert (await response.json())["error"] == "dependency-unavailable"
+
+
+async def test_unknown_route_is_json_404(served: Served) -> None:
+    _, base, client = served
+    async with client.get(f"{base}/nope") as response:
+        assert response.status == 404
+        assert (await response.json())["error"] == "not-found"
+
+
+async def test_openapi_document_matches_the_routes(served: Served) -> None:
+    _, base, client = served
+    async with client.get(f"{base}/openapi.json") as response:
+        served_doc = await response.json()
+    assert served_doc == openapi_document()
+    documented = {
+        (method.upper(), path)
+        for path, operations in served_doc["paths"].items()
+        for method in operations
+    }
+    assert documented == {(method, path) for method, path, _ in ROUTES}
+    activate = served_doc["paths"]["/activate"]["post"]
+    assert {p["name"] for p in activate["parameters"]} >= {
+        "zone",
+        "latestTime",
+        "batchSize",
+        "force",
+        "dryRun",
+    }
