@@ -99,6 +99,7 @@ class Agent:
         self._session_stop = asyncio.Event()
         self._session_ended = asyncio.Event()
         self._session_ended.set()
+        self._session_suspended = False
         self._state_changed = asyncio.Event()
         self._last_beat = time.monotonic()
         self._started = False
@@ -112,11 +113,15 @@ class Agent:
         if new is not self.state:
             log.info("state %s -> %s (%s)", self.state.value, new.value, request.value)
         self.state = new
+        if new in (AgentState.ACTIVE, AgentState.PAUSING):
+            self._session_suspended = False  # leading again, or a (retried) pause that needs it
         self.deps.metrics.set_state(new)
         self._state_changed.set()
         return new
 
     def wants_leadership(self) -> bool:
+        if self._session_suspended:  # a pause is handing the lease over
+            return False
         return self.state in (AgentState.ACTIVE, AgentState.PAUSING)
 
     # ------------------------------------------------------------- lifecycle
@@ -314,7 +319,9 @@ class Agent:
         raise _LeadershipEnded
 
     async def stop_session(self) -> None:
-        """End the current leader session (pause) and wait until its loops have stopped."""
+        """End the current leader session (pause) and wait until its loops have stopped; no
+        new session starts until the agent is ACTIVE again."""
+        self._session_suspended = True
         self._session_stop.set()
         await self._session_ended.wait()
 
@@ -358,7 +365,9 @@ class Agent:
         return self.deps.metrics.render(), CONTENT_TYPE
 
     def allowed(self) -> list[str]:
-        return [r.value for r in allowed_requests(self.state)]
+        """The operator requests the current state accepts."""
+        operator = (Request.PAUSE, Request.ACTIVATE, Request.RESUME)
+        return [r.value for r in allowed_requests(self.state) if r in operator]
 
     async def silence_alerts(self, op: Operation, reason: str) -> str:
         """Silence this zone's alerts for ``op``; the id is persisted before anything else."""

@@ -1,0 +1,112 @@
+"""``az-agent run`` as an operator starts and stops it: a real process, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from az_agent.sandbox.postgres import free_port
+
+
+def _config(tmp_path: Path, **service: object) -> Path:
+    port = free_port()
+    document = {
+        "global": {"cloudStorage": {"type": "file", "file": {"path": str(tmp_path / "bucket")}}},
+        "az-service": {
+            "config": {
+                "zone": "az1",
+                "secretsDir": str(tmp_path / "secrets"),
+                "http": {"host": "127.0.0.1", "port": port},
+                "pinot": {"controllerUrl": f"http://127.0.0.1:{free_port()}"},
+                "postgres": {"databases": []},
+                **service,
+            }
+        },
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+async def _spawn(config: Path) -> asyncio.subprocess.Process:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("AZ_AGENT")}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "az_agent.cli",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+
+
+async def _get(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as client, client.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_run_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    port = yaml.safe_load(config.read_text())["az-service"]["config"]["http"]["port"]
+    process = await _spawn(config)
+    try:
+        for _ in range(100):
+            try:
+                status, body = await _get(f"http://127.0.0.1:{port}/status")
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+                continue
+            if body["leader"]:
+                break
+            await asyncio.sleep(0.1)
+        assert body["leader"] is True
+        assert body["state"] == "ACTIVE"
+        status, _ = await _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200
+        status, ready = await _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 503  # Pinot is not there
+        assert "pinot" in json.dumps(ready)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    messages = [line["msg"] for line in lines]
+    assert any("loopback clients only" in m for m in messages), "says how POSTs are protected"
+    assert any("lease released on shutdown" in m for m in messages)
+    lease = (tmp_path / "bucket" / "az1" / "lease.json").read_bytes()
+    assert b'"state":"released"' in lease.replace(b" ", b"")
+
+
+async def test_misconfigured_agent_refuses_to_start_with_one_line(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path, postgres={"databases": ["configdb"], "binDir": str(tmp_path / "no-such-dir")}
+    )
+    process = await _spawn(config)
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    [line] = stderr.decode().strip().splitlines()[-1:]
+    assert line.startswith("az-agent: refusing to start: postgres:")
+    assert "pg_dump" in line
+
+
+async def test_bucket_that_cannot_work_refuses_to_start(tmp_path: Path) -> None:
+    (tmp_path / "bucket").write_text("a file where the bucket directory should be")
+    process = await _spawn(_config(tmp_path))
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("az-agent: refusing to start: object storage (file):")
