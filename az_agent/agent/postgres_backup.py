@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.config import ServiceConfig
 from az_agent.agent.metrics import AgentMetrics
 from az_agent.agent.postgres_restore import KIND, describe_dump, failure_reason
@@ -318,8 +319,10 @@ class PostgresBackupLoop:
         state.last_error = f"{type(exc).__name__}: {exc}"
         state.last_error_at = self._clock.now()
         state.last_duration = self._clock.monotonic() - started
-        backoff = self._retry_min * 2 ** min(state.consecutive_failures - 1, 30)
-        delay = min(backoff, self._retry_max, self._interval)
+        backoff = backoff_delay(
+            state.consecutive_failures, self._retry_min, self._retry_max, jitter=False
+        )
+        delay = min(backoff, self._interval)
         state.next_due = self._clock.monotonic() + delay
         self._metrics.backup_failures.labels(kind=KIND, reason=reason).inc()
         log.warning(

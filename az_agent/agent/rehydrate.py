@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.metrics import AgentMetrics
 from az_agent.agent.pinot_restore import record_table, restore_table_configs, resume_after_restore
 from az_agent.drivers.errors import (
@@ -236,8 +236,7 @@ class Rehydrator:
                     self._metrics.restore_failures.labels(kind="segments", reason=reason).inc()
                 if not isinstance(exc, RETRYABLE) or attempt == self._attempts:
                     raise RehydrationFailed(record, attempt, exc) from exc
-                low, high = self._retry
-                delay = min(high, low * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                delay = backoff_delay(attempt, *self._retry)
                 log.warning(
                     "restoring %s/%s failed (attempt %d), retrying in %.1f s: %s",
                     record.table,

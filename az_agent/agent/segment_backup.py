@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar, cast
 
+from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.metrics import AgentMetrics
 from az_agent.agent.pinot_restore import save_table_documents
 from az_agent.agent.session import LeaderSession
@@ -440,8 +440,7 @@ class SegmentBackupLoop:
             del self._pending[item.key]
 
     def _backoff(self, attempts: int) -> float:
-        low, high = self._retry
-        return min(high, low * 2.0 ** min(attempts - 1, 30)) * random.uniform(0.5, 1.0)
+        return backoff_delay(attempts, *self._retry)
 
     def _failed(self, item: _Pending, exc: BaseException) -> Outcome:
         item.attempts += 1
