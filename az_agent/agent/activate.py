@@ -275,8 +275,14 @@ class Activation:
         segments = catalog.segments(as_of=self.request.latest_time)
         plan: RehydrationPlan = await plan_rehydration(agent.deps.pinot, segments)
         already = len(segments) - plan.segments_total
-        op.progress.segments_total = op.progress.segments_done + plan.segments_total
-        op.progress.bytes_total = op.progress.bytes_done + plan.bytes_total
+        if op.progress.segments_total:
+            # Resumed after a restart: the totals were fixed by the first plan, and what the new
+            # plan no longer needs is done (the saved counters may lag behind a crash).
+            op.progress.segments_done = op.progress.segments_total - plan.segments_total
+            op.progress.bytes_done = op.progress.bytes_total - plan.bytes_total
+        else:
+            op.progress.segments_total = plan.segments_total
+            op.progress.bytes_total = plan.bytes_total
         metrics = agent.deps.metrics
         metrics.rehydration_segments.labels(of="total").set(op.progress.segments_total)
         metrics.rehydration_bytes.labels(of="total").set(op.progress.bytes_total)
