@@ -122,6 +122,10 @@ class Agent:
     def wants_leadership(self) -> bool:
         if self._session_suspended:  # a pause is handing the lease over
             return False
+        if self.state is AgentState.FAILED:
+            # A failed pause keeps the zone backed up until it is retried; a failed activation
+            # must not take this zone's lease.
+            return self.operation is not None and self.operation.kind == "pause"
         return self.state in (AgentState.ACTIVE, AgentState.PAUSING)
 
     # ------------------------------------------------------------- lifecycle

@@ -85,3 +85,31 @@ async def _dumped(zone: Zone) -> bool:
 async def _segments_backed_up(zone: Zone) -> bool:
     segments = (await call("GET", f"{zone.url}/status"))["backups"]["segments"]
     return bool(segments["segmentsBackedUp"] >= 2 and segments["pending"] == 0)
+
+
+async def test_pause_with_pinot_gone_fails_then_force_pauses(stack: tuple[Zone, Zone]) -> None:
+    """The docs' escape hatch: when Pinot (or Kafka) is unreachable, pause?force=true."""
+    one, _ = stack
+    await one.start()
+    await wait_for(lambda: _leads(one), "zone 1 to lead")
+    await wait_for(lambda: _dumped(one), "zone 1's first dumps")
+    await one.pinot.stop()
+
+    body = await call("POST", f"{one.url}/pause", expect=503)
+    assert body["error"] == "operation-failed"
+    assert body["operation"]["status"] == "failed"
+    assert body["operation"]["phase"] == "pause-consumption"
+    status = await call("GET", f"{one.url}/status")
+    assert status["state"] == "FAILED"
+    assert status["leader"] is True, "a failed pause keeps the zone backed up"
+
+    body = await call("POST", f"{one.url}/pause?force=true", expect=200)
+    assert body["state"] == "PAUSED"
+    phases = {p["name"]: p for p in body["operation"]["phases"]}
+    assert phases["wait-committed"]["detail"] == "skipped (force)"
+    assert phases["pause-consumption"]["detail"].startswith("skipped (force)")
+    assert phases["final-dump"]["detail"] == "2 databases dumped"
+    assert phases["release-lease"]["detail"] == "lease paused"
+    status = await call("GET", f"{one.url}/status")
+    assert status["lease"]["state"] == "paused"
+    assert status["leader"] is False
