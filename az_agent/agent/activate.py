@@ -63,6 +63,8 @@ PHASES = (
     "resume-consumption",
     "take-over-zone",
 )
+EXPECTED_FAILURES = (DriverError, StateError, RestoreError, TimeoutError)
+"""Failures an operator can act on from their message alone (logged without a traceback)."""
 ESTIMATED_BYTES_PER_SECOND = 50 << 20
 """Used by dryRun's duration estimate until this agent has measured a rehydration."""
 
@@ -102,6 +104,7 @@ class Activation:
         observation = await keeper.observe()
         record = observation.record
         if record is None and await last_entry(agent.deps.store, source) is None:
+            agent.forget_source(source)
             raise NotFoundError(f"zone {source!r} has no lease and no backups in this bucket")
         forced = self.request.force or self.request.namespace is not None
         if record is not None and observation.is_live and not forced:
@@ -183,8 +186,9 @@ class Activation:
                     agent.deps.metrics.activation_phase_duration.labels(phase=name).set(
                         op.get_phase(name).seconds or 0.0
                     )
-            except (DriverError, StateError, RestoreError, TimeoutError) as exc:
-                log.error("activation failed in phase %s: %s", op.phase, exc)
+            except Exception as exc:  # every failure ends FAILED with its reason, retryable
+                unexpected = not isinstance(exc, EXPECTED_FAILURES)
+                log.error("activation failed in phase %s: %s", op.phase, exc, exc_info=unexpected)
                 await agent.journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
                 agent.deps.metrics.errors.labels(kind="activate").inc()
                 agent.set_state(Request.FAIL)

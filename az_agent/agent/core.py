@@ -400,6 +400,10 @@ class Agent:
             await self.journal.save_silences([])
         return remembered
 
+    def forget_source(self, zone: str) -> None:
+        """Stop observing ``zone`` (it turned out not to exist)."""
+        self._observers.pop(zone, None)
+
     def source_keeper(self, zone: str) -> LeaseKeeper:
         """A keeper for another zone's lease, kept (and observed every lease round) so that
         its expiry is judged over time, as Kubernetes leader election does."""

@@ -79,8 +79,9 @@ class Pause:
                     await journal.begin_phase(op, name)
                     detail = await step()
                     await journal.end_phase(op, name, detail)
-            except (DriverError, StateError, TimeoutError) as exc:
-                log.error("pause failed in phase %s: %s", op.phase, exc)
+            except Exception as exc:  # every failure ends FAILED with its reason, retryable
+                unexpected = not isinstance(exc, (DriverError, StateError, TimeoutError))
+                log.error("pause failed in phase %s: %s", op.phase, exc, exc_info=unexpected)
                 await journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
                 self.agent.deps.metrics.errors.labels(kind="pause").inc()
                 self.agent.set_state(Request.FAIL)
