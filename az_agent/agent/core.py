@@ -35,6 +35,7 @@ from az_agent.state import (
     Fenced,
     FencePayload,
     LeaseKeeper,
+    LeaseObservation,
     LeaseSettings,
     LeaseState,
     LogWriter,
@@ -104,6 +105,7 @@ class Agent:
         self._last_beat = time.monotonic()
         self._started = False
         self._observers: dict[str, LeaseKeeper] = {}
+        self._judged_version: str | None = None
 
     # ----------------------------------------------------------------- state
 
@@ -236,25 +238,33 @@ class Agent:
             try:
                 if self.wants_leadership():
                     await self.keeper.tick()
-                else:
-                    await self.keeper.observe()
+                if not self.keeper.is_leader:
+                    await self._check_taken_over(await self.keeper.observe())
                 for observer in list(self._observers.values()):
                     await observer.observe()
-                self._check_taken_over()
             except (DriverError, StateError) as exc:
                 self.deps.metrics.errors.labels(kind="lease").inc()
                 log.warning("lease round failed: %s", exc)
             await self.deps.clock.sleep(period)
 
-    def _check_taken_over(self) -> None:
-        """Another agent paused our lease under a newer epoch: it activated from this zone."""
-        status = self.keeper.status()
-        if status.record_state is not LeaseState.PAUSED or status.record_holder == self.holder:
+    async def _check_taken_over(self, observation: LeaseObservation) -> None:
+        """Another zone's agent activated from this zone: our lease is paused under its name and
+        our log ends with its fence. (A paused lease held by an earlier incarnation of this agent
+        is not a takeover: then the log ends with that incarnation's ``paused`` entry.)"""
+        record = observation.record
+        if record is None or record.state is not LeaseState.PAUSED or record.holder == self.holder:
             return
-        if self.state in (AgentState.ACTIVE, AgentState.PAUSED) and not self.keeper.is_leader:
-            self.fenced_by = status.record_holder
-            log.warning("zone %s was taken over by %s", self.zone, status.record_holder)
-            self.set_state(Request.FENCE)
+        if self.state not in (AgentState.ACTIVE, AgentState.PAUSED):
+            return
+        if observation.version == self._judged_version:
+            return
+        self._judged_version = observation.version
+        newest = await last_entry(self.deps.store, self.zone)
+        if newest is None or not isinstance(newest.payload, FencePayload):
+            return
+        self.fenced_by = newest.payload.by
+        log.warning("zone %s was taken over by %s", self.zone, newest.payload.by)
+        self.set_state(Request.FENCE)
 
     async def _leadership_loop(self) -> None:
         while True:

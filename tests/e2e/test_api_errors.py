@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from az_agent.agent.secrets import read_storage_secrets
 from az_agent.drivers.storage.config import StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
 from tests.e2e.conftest import REALTIME_TABLE, TABLE, Zone, call, wait_for
+from tests.servers.alertmanager import AlertmanagerServer
 
 
 async def _bucket_keys(zone: Zone) -> list[tuple[str, str]]:
@@ -113,3 +116,34 @@ async def test_pause_with_pinot_gone_fails_then_force_pauses(stack: tuple[Zone, 
     status = await call("GET", f"{one.url}/status")
     assert status["lease"]["state"] == "paused"
     assert status["leader"] is False
+
+
+async def test_paused_zone_nobody_took_over_resumes_in_place(
+    stack: tuple[Zone, Zone], alertmanager: AlertmanagerServer
+) -> None:
+    one, _ = stack
+    await one.start()
+    await wait_for(lambda: _leads(one), "zone 1 to lead")
+    epoch = (await call("GET", f"{one.url}/status"))["epoch"]
+    body = await call("POST", f"{one.url}/pause", expect=200)
+    assert body["state"] == "PAUSED"
+
+    await one.stop()  # a restart: a new incarnation with a new holder id finds its zone paused
+    await one.start()
+    for _ in range(4):  # several lease rounds: it must not mistake its own pause for a takeover
+        status = await call("GET", f"{one.url}/status")
+        assert status["state"] == "PAUSED"
+        assert status["leader"] is False
+        await asyncio.sleep(one.config.service.lease.retry_period_seconds)
+
+    resumed = await call("POST", f"{one.url}/resume", expect=200)
+    assert resumed["state"] == "ACTIVE"
+    assert resumed["epoch"] > epoch
+    assert resumed["tablesResumed"] == [TABLE]
+    assert resumed["silencesLifted"], "the pause's silence is lifted after the restart too"
+    await wait_for(lambda: _leads(one), "zone 1 to lead again")
+    controller = one.controller()
+    try:
+        assert (await controller.pause_status(TABLE)).paused is False
+    finally:
+        await controller.close()
