@@ -292,11 +292,17 @@ class Activation:
         metrics.rehydration_bytes.labels(of="total").set(op.progress.bytes_total)
         await agent.journal.save(op)
 
+        started, moved = agent.deps.clock.monotonic(), 0
+
         async def on_progress(segments_done: int, bytes_done: int) -> None:
+            nonlocal moved
+            moved += bytes_done
             op.progress.segments_done += segments_done
             op.progress.bytes_done += bytes_done
             metrics.rehydration_segments.labels(of="done").set(op.progress.segments_done)
             metrics.rehydration_bytes.labels(of="done").set(op.progress.bytes_done)
+            elapsed = agent.deps.clock.monotonic() - started
+            metrics.rehydration_rate.set(moved / elapsed if elapsed > 0 else 0.0)
             await agent.journal.save_throttled(op)
 
         rehydration = agent.deps.config.service.rehydration

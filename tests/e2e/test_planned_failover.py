@@ -74,6 +74,19 @@ async def operation_done(zone: Zone) -> dict[str, Any] | None:
     return None
 
 
+async def prometheus(zone: Zone) -> dict[str, float]:
+    """The agent's /metrics as {series: value}."""
+    async with aiohttp.ClientSession() as client, client.get(f"{zone.url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples
+
+
 async def active_silences(alertmanager_url: str, zone: str) -> list[str]:
     async with (
         aiohttp.ClientSession() as client,
@@ -99,6 +112,13 @@ async def fail_over(source: Zone, target: Zone, alertmanager_url: str) -> dict[s
     )
     progress = done["operation"]["progress"]
     assert progress["segmentsDone"] == progress["segmentsTotal"]
+    metrics = await prometheus(target)
+    assert metrics["az_agent_activation_duration_seconds"] > 0
+    assert metrics['az_agent_state{state="ACTIVE"}'] == 1
+    assert metrics['az_agent_rehydration_segments{of="done"}'] == progress["segmentsDone"]
+    assert metrics['az_agent_rehydration_bytes{of="total"}'] == progress["bytesTotal"]
+    for phase in ("fence-source", "restore-postgres", "rehydrate-segments"):
+        assert f'az_agent_activation_phase_duration_seconds{{phase="{phase}"}}' in metrics
     created = set(await active_silences(alertmanager_url, target.name)) - earlier
     assert created, "activation silences the zone's alerts"
     resumed = await call("POST", f"{target.url}/resume", expect=200)
