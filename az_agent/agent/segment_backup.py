@@ -16,6 +16,9 @@ then a ``segment`` log entry. A segment never sits in memory: a transfer holds o
   without a second copy: the put of a verified stream only completes when the CRC matched.
 * Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
 * Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none.
+
+What a poll does to the set of waiting segments is in :mod:`~az_agent.agent.segment_discovery`,
+how backup is measured and shown in :mod:`~az_agent.agent.segment_stats`.
 """
 
 from __future__ import annotations
@@ -24,28 +27,32 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import Counter, deque
 from collections.abc import AsyncGenerator, Awaitable
-from dataclasses import dataclass, field
-from datetime import datetime
-from enum import Enum
 from typing import Any, TypeVar, cast
 
 from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.metrics import AgentMetrics
 from az_agent.agent.pinot_restore import save_table_documents
-from az_agent.agent.session import LeaderSession
-from az_agent.drivers.errors import (
-    CorruptObject,
-    DriverError,
-    Misconfigured,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
+from az_agent.agent.segment_discovery import (
+    Outcome,
+    Pending,
+    forget,
+    reconcile,
+    track,
+    wanted_tables,
 )
+from az_agent.agent.segment_stats import (
+    BackupStats,
+    Key,
+    completed_at_ms,
+    failure_reason,
+    now_ms,
+)
+from az_agent.agent.session import LeaderSession
+from az_agent.drivers.errors import CorruptObject, DriverError, NotFound, Unavailable
 from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.config import PinotSettings
-from az_agent.drivers.pinot.models import SegmentMetadata, SegmentStatus, TableRef
+from az_agent.drivers.pinot.models import TableRef
 from az_agent.drivers.pinot.tarstream import verified_segment_stream
 from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
 from az_agent.state import Clock, Fenced, NotLeader, SegmentPayload, StateError
@@ -54,132 +61,8 @@ from az_agent.state.keys import segment_key
 log = logging.getLogger(__name__)
 
 KIND = "segments"
+"""The ``kind`` label of the backup metrics."""
 T = TypeVar("T")
-Key = tuple[str, str]
-"""(table name with type, segment name): one segment, whatever its CRC."""
-
-
-def completed_at_ms(segment: SegmentMetadata, seen_ms: int) -> int:
-    """When ``segment`` became complete in Pinot, never later than when it was first seen.
-
-    Pushes and refreshes carry their time. A committed realtime segment does not: its ZK
-    creation time is when it started consuming, and its newest row (end time) precedes the
-    commit, so the later of the two bounds the commit from below and the age is never understated.
-    """
-    exact = segment.refresh_time_ms or segment.push_time_ms
-    if exact and segment.status is not SegmentStatus.DONE:
-        return min(exact, seen_ms)
-    bounds = [t for t in (segment.end_time_ms, segment.creation_time_ms, exact) if t]
-    return min(max(bounds), seen_ms) if bounds else seen_ms
-
-
-def _ms(clock: Clock) -> int:
-    return int(clock.now().timestamp() * 1000)
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The ``reason`` label of ``backup_failures`` for an error."""
-    reasons: list[tuple[type[BaseException], str]] = [
-        (NotFound, "not-found"),
-        (CorruptObject, "corrupt"),
-        (Unavailable, "unavailable"),
-        (PermissionDenied, "permission-denied"),
-        (Misconfigured, "misconfigured"),
-        (DriverError, "driver"),
-        (StateError, "state"),
-    ]
-    return next((label for kind, label in reasons if isinstance(exc, kind)), "internal")
-
-
-def _segment(key: Key | None) -> dict[str, str]:
-    return {} if key is None else {"table": key[0], "segment": key[1]}
-
-
-@dataclass
-class BackupStats:
-    """What ``/status`` shows about segment backup, kept across the leader sessions."""
-
-    segments: int = 0
-    bytes: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    documents: Counter[str] = field(default_factory=Counter)
-    vanished_total: int = 0
-    vanished: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=50))
-    last_error: dict[str, Any] | None = None
-    last_segment: dict[str, Any] | None = None
-    tables: list[str] = field(default_factory=list)
-    last_poll: datetime | None = None
-
-    def failed(self, key: Key | None, reason: str, exc: BaseException, at: datetime) -> None:
-        self.failures[reason] += 1
-        error = f"{type(exc).__name__}: {exc}"
-        self.last_error = {**_segment(key), "reason": reason, "error": error, "at": at.isoformat()}
-
-    def vanish(self, key: Key, crc: str, why: str, at: datetime) -> None:
-        self.vanished_total += 1
-        self.vanished.append({**_segment(key), "crc": crc, "why": why, "at": at.isoformat()})
-
-    def backed_up(self, key: Key, crc: str, size: int, lag: float, at: datetime) -> None:
-        self.segments += 1
-        self.bytes += size
-        self.last_segment = {
-            **_segment(key),
-            "crc": crc,
-            "size": size,
-            "lagSeconds": round(lag, 3),
-            "at": at.isoformat(),
-        }
-
-    def polled(self, tables: list[str], at: datetime) -> None:
-        self.tables = tables
-        self.last_poll = at
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "segmentsBackedUp": self.segments,
-            "bytesBackedUp": self.bytes,
-            "lagSeconds": self.last_segment["lagSeconds"] if self.last_segment else None,
-            "lastSegment": self.last_segment,
-            "failures": dict(self.failures),
-            "lastError": self.last_error,
-            "vanished": {"total": self.vanished_total, "recent": list(self.vanished)},
-            "tableConfigsSaved": self.documents["table-config"],
-            "schemasSaved": self.documents["schema"],
-            "tables": self.tables,
-            "lastPollAt": self.last_poll.isoformat() if self.last_poll else None,
-        }
-
-
-@dataclass(eq=False)
-class _Pending:
-    """A backup-ready segment version not yet in the catalog."""
-
-    table: TableRef
-    meta: SegmentMetadata
-    completed_ms: int
-    attempts: int = 0
-    next_try: float = 0.0
-    error: BaseException | None = None
-
-    @property
-    def key(self) -> Key:
-        return (self.table.name_with_type, self.meta.name)
-
-    @property
-    def crc(self) -> str:
-        return str(self.meta.crc)
-
-    def describe(self) -> str:
-        return f"{self.table}/{self.meta.name} (CRC {self.crc})"
-
-
-class Outcome(Enum):
-    COMMITTED = "committed"
-    PRESENT = "present"
-    """The catalog already held this version (copied by someone else meanwhile)."""
-    GONE = "gone"
-    """Vanished from Pinot, or replaced by a refresh: this version will not be copied."""
-    FAILED = "failed"
 
 
 class SegmentBackupLoop:
@@ -208,7 +91,7 @@ class SegmentBackupLoop:
         self._config_interval = config_interval_seconds
         self._flush_attempts = max(1, flush_attempts)
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._pending: dict[Key, _Pending] = {}
+        self._pending: dict[Key, Pending] = {}
         self._claims: dict[Key, asyncio.Future[None]] = {}
         self._scheduled: set[Key] = set()
         self._wake = asyncio.Event()
@@ -276,7 +159,7 @@ class SegmentBackupLoop:
         )
         return min(waiting, default=math.inf)
 
-    async def _work(self, session: LeaderSession, item: _Pending) -> None:
+    async def _work(self, session: LeaderSession, item: Pending) -> None:
         try:
             await self._attempt(session, item)
         finally:
@@ -322,7 +205,7 @@ class SegmentBackupLoop:
         self.refresh_metrics()
         return sum(1 for r in results if r is True)
 
-    async def _flush_one(self, session: LeaderSession, item: _Pending) -> bool:
+    async def _flush_one(self, session: LeaderSession, item: Pending) -> bool:
         for attempt in range(self._flush_attempts):
             outcome = await self._attempt(session, item)
             if outcome in (Outcome.COMMITTED, Outcome.PRESENT):
@@ -339,13 +222,13 @@ class SegmentBackupLoop:
 
     # -- one segment ------------------------------------------------------------------------
 
-    async def _attempt(self, session: LeaderSession, item: _Pending) -> Outcome:
+    async def _attempt(self, session: LeaderSession, item: Pending) -> Outcome:
         """Copy ``item`` unless another task is copying it, in which case wait for that one."""
         while (claim := self._claims.get(item.key)) is not None:
             await asyncio.wait((claim,))
         record = session.catalog.segment(*item.key)
         if record is not None and record.crc == item.crc:
-            self._forget(item)
+            forget(self._pending, item)
             return Outcome.PRESENT
         if self._pending.get(item.key) is not item:
             return Outcome.GONE
@@ -356,7 +239,7 @@ class SegmentBackupLoop:
             del self._claims[item.key]
             claim.set_result(None)
 
-    async def _copy(self, session: LeaderSession, item: _Pending) -> Outcome:
+    async def _copy(self, session: LeaderSession, item: Pending) -> Outcome:
         started = self._clock.monotonic()
         try:
             payload = await self._transfer(session, item)
@@ -372,7 +255,7 @@ class SegmentBackupLoop:
         self._succeeded(item, payload, self._clock.monotonic() - started)
         return Outcome.COMMITTED
 
-    async def _transfer(self, session: LeaderSession, item: _Pending) -> SegmentPayload:
+    async def _transfer(self, session: LeaderSession, item: Pending) -> SegmentPayload:
         key = segment_key(session.zone, item.table.name_with_type, item.meta.name, item.crc)
         info = await _adoptable(session.store, key)
         if info is None:
@@ -402,7 +285,7 @@ class SegmentBackupLoop:
         await session.commit(payload)
         return payload
 
-    async def _stream(self, store: ObjectStore, item: _Pending, key: str) -> ObjectInfo:
+    async def _stream(self, store: ObjectStore, item: Pending, key: str) -> ObjectInfo:
         async with self._pinot.download_segment(item.table, item.meta.name) as download:
             checked = cast(
                 AsyncGenerator[bytes, None],
@@ -411,7 +294,7 @@ class SegmentBackupLoop:
             async with contextlib.aclosing(checked) as stream:
                 return await store.put(key, stream)
 
-    async def _check_gone(self, item: _Pending, exc: DriverError) -> Outcome:
+    async def _check_gone(self, item: Pending, exc: DriverError) -> Outcome:
         """After a 404 or a CRC mismatch: vanished, refreshed meanwhile, or a plain failure."""
         try:
             current = await self._pinot.segment(item.table, item.meta.name)
@@ -423,26 +306,17 @@ class SegmentBackupLoop:
         if current.crc == item.meta.crc:
             return self._failed(item, exc)
         log.info("%s was refreshed while being copied; now CRC %s", item.describe(), current.crc)
-        self._forget(item)
+        forget(self._pending, item)
         if current.is_backup_ready:
-            self._track(item.table, current)
+            track(self._pending, item.table, current, self._clock)
         return Outcome.GONE
 
     # -- bookkeeping --------------------------------------------------------------------------
 
-    def _track(self, table: TableRef, meta: SegmentMetadata) -> None:
-        seen = _ms(self._clock)
-        item = _Pending(table, meta, completed_at_ms(meta, seen))
-        self._pending[item.key] = item
-
-    def _forget(self, item: _Pending) -> None:
-        if self._pending.get(item.key) is item:
-            del self._pending[item.key]
-
     def _backoff(self, attempts: int) -> float:
         return backoff_delay(attempts, *self._retry)
 
-    def _failed(self, item: _Pending, exc: BaseException) -> Outcome:
+    def _failed(self, item: Pending, exc: BaseException) -> Outcome:
         item.attempts += 1
         item.error = exc
         delay = self._backoff(item.attempts)
@@ -460,14 +334,14 @@ class SegmentBackupLoop:
         )
         return Outcome.FAILED
 
-    def _vanished(self, item: _Pending, why: str) -> None:
-        self._forget(item)
+    def _vanished(self, item: Pending, why: str) -> None:
+        forget(self._pending, item)
         self._metrics.backup_failures.labels(kind=KIND, reason="vanished").inc()
         self.stats.vanish(item.key, item.crc, why, self._clock.now())
         log.warning("segment %s vanished, not backed up: %s", item.describe(), why)
 
-    def _succeeded(self, item: _Pending, payload: SegmentPayload, seconds: float) -> None:
-        self._forget(item)
+    def _succeeded(self, item: Pending, payload: SegmentPayload, seconds: float) -> None:
+        forget(self._pending, item)
         lag = max(payload.backed_up_at.timestamp() - item.completed_ms / 1000, 0.0)
         self._metrics.segments_backed_up.inc()
         self._metrics.segment_bytes_backed_up.inc(payload.size)
@@ -519,31 +393,18 @@ class SegmentBackupLoop:
             return None
 
     async def _tables(self) -> list[TableRef]:
-        tables = await self._pinot.list_tables()
-        wanted = set(self._settings.tables)
-        if not wanted:
-            return tables
-        return [t for t in tables if t.raw in wanted or t.name_with_type in wanted]
+        return wanted_tables(await self._pinot.list_tables(), self._settings.tables)
 
     async def _poll_table(self, session: LeaderSession, table: TableRef) -> None:
         try:
             ready = await self._pinot.backup_ready_segments(table)
         except NotFound:
             ready = []  # the table was deleted: what it still had pending is gone with it
-        listed: set[Key] = set()
-        for meta in ready:
-            key = (table.name_with_type, meta.name)
-            listed.add(key)
-            record = session.catalog.segment(*key)
-            current = self._pending.get(key)
-            if record is not None and record.crc == str(meta.crc):
-                if current is not None and key not in self._claims:
-                    del self._pending[key]
-            elif current is None or current.meta.crc != meta.crc:
-                self._track(table, meta)
-        for key, item in list(self._pending.items()):
-            if key[0] == table.name_with_type and key not in listed and key not in self._claims:
-                self._vanished(item, "no longer listed by the controller")
+        unlisted = reconcile(
+            self._pending, table, ready, session.catalog, self._claims, self._clock
+        )
+        for item in unlisted:
+            self._vanished(item, "no longer listed by the controller")
 
     async def _save_configs(self, session: LeaderSession, table: TableRef) -> None:
         for kind in await save_table_documents(session, self._pinot, table):
@@ -556,7 +417,7 @@ class SegmentBackupLoop:
         if not self._pending:
             return 0.0
         oldest = min(item.completed_ms for item in self._pending.values())
-        return max(_ms(self._clock) - oldest, 0) / 1000
+        return max(now_ms(self._clock) - oldest, 0) / 1000
 
     def refresh_metrics(self) -> None:
         self._metrics.rpo_seconds.labels(kind=KIND).set(self.rpo_seconds())

@@ -2,7 +2,8 @@
 
 * gcloud-aio-storage does the plain calls (multipart upload, metadata, list, delete, bucket).
   What it lacks is sent directly on the same session with the same token: resumable chunked
-  uploads of streams of unknown length, generation-pinned streamed reads, status queries.
+  uploads of streams of unknown length (:mod:`~az_agent.drivers.storage.gcs_upload`),
+  generation-pinned streamed reads, status queries.
 * A body that fits in one part is one **multipart** upload carrying its SHA-256 in the object
   metadata and its condition (``ifGenerationMatch=0`` create-only, ``=<generation>`` CAS).
   A larger body is a resumable upload cut into parts in one reused buffer; its SHA-256 is known
@@ -31,7 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -56,6 +57,7 @@ from az_agent.drivers.storage.base import (
     check_conditions,
 )
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
+from az_agent.drivers.storage.gcs_upload import CONTENT_TYPE, Missing, ResumableUpload
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
 from az_agent.drivers.storage.streams import BodyDigest, PartReader
@@ -64,16 +66,11 @@ log = logging.getLogger(__name__)
 
 GOOGLE_API_ROOT = "https://storage.googleapis.com"
 SCOPES = ["https://www.googleapis.com/auth/devstorage.read_write"]
-CONTENT_TYPE = "application/octet-stream"
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _REQUEST_TIMEOUT = 30  # seconds, metadata-sized requests through gcloud-aio
 _UPLOAD_TIMEOUT = 600  # seconds, one part on the wire
-_SEND_PIECE = 1 << 20  # the part is handed to aiohttp in views of this size, never copied
 _PINNED_READ_TRIES = 3
 _SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=120)
-
-Missing = Literal["object", "bucket", "session"]
-"""What a 404 means for the request at hand."""
 
 
 def _translate(exc: Exception, what: str, bucket: str, missing: Missing, auth: bool) -> Exception:
@@ -112,24 +109,6 @@ class _Token(Token):
         await BaseToken.acquire_access_token.__wrapped__(self, *args, **kwargs)
 
 
-class _Slices:
-    """A part handed to aiohttp as views: no copy, and no 'large raw bytes' warning."""
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-        self._offset = 0
-
-    def __aiter__(self) -> _Slices:
-        return self
-
-    async def __anext__(self) -> memoryview:
-        if self._offset >= len(self._view):
-            raise StopAsyncIteration
-        piece = self._view[self._offset : self._offset + _SEND_PIECE]
-        self._offset += len(piece)
-        return piece
-
-
 def _parse_time(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -162,83 +141,6 @@ class _GcsReader(ObjectReader):
         with self._store.translated(f"read {self.info.key}"):
             async for chunk in self._response.content.iter_chunked(self._chunk_size):
                 yield chunk
-
-
-def _persisted(range_header: str | None) -> int:
-    """Bytes a resumable session holds, from a 308's ``Range: bytes=0-N`` (absent: none)."""
-    if not range_header:
-        return 0
-    return int(range_header.rpartition("-")[2]) + 1
-
-
-class _ResumableUpload:
-    """One resumable upload session; ``persisted`` counts the bytes the server confirmed."""
-
-    def __init__(self, store: GcsObjectStore, key: str, uri: str) -> None:
-        self._store = store
-        self._key = key
-        self._uri = uri
-        self._in_doubt = False
-        self.persisted = 0
-
-    async def write(self, part: memoryview, *, last: bool) -> dict[str, Any] | None:
-        """Send ``part``, which starts at ``persisted``; the stored object once ``last`` lands."""
-        start = self.persisted
-        end = start + len(part)
-        total = end if last else None
-        while True:
-            before = self.persisted
-            obj = await self._store.retry.run(
-                f"gcs upload {self._key}", lambda: self._attempt(part, start, total)
-            )
-            if obj is not None or (not last and self.persisted >= end):
-                return obj
-            if self.persisted <= before:
-                raise DriverError(f"gcs upload {self._key}: the server accepts no more bytes")
-            # The server kept a prefix only: the loop sends the rest of the part.
-
-    async def _attempt(
-        self, part: memoryview, start: int, total: int | None
-    ) -> dict[str, Any] | None:
-        if self._in_doubt:
-            obj = await self._put(memoryview(b""), "bytes */*")
-            if obj is not None:
-                return obj
-            self._in_doubt = False
-        if self.persisted < start:
-            raise DriverError(f"gcs upload {self._key}: the server lost confirmed bytes")
-        piece = part[self.persisted - start :]
-        size = "*" if total is None else str(total)
-        if piece:
-            content_range = f"bytes {self.persisted}-{self.persisted + len(piece) - 1}/{size}"
-        elif total is None:
-            return None  # the server has all of this part already
-        else:
-            content_range = f"bytes */{size}"
-        try:
-            return await self._put(piece, content_range)
-        except Unavailable:
-            # Some bytes may have landed: real GCS says how many on a status query. fake-gcs
-            # 1.54 would finalize on one, and its failures here never reached it anyway.
-            self._in_doubt = not self._store.emulated
-            raise
-
-    async def _put(self, piece: memoryview, content_range: str) -> dict[str, Any] | None:
-        headers = {
-            "Content-Range": content_range,
-            "Content-Type": CONTENT_TYPE,
-            "Content-Length": str(len(piece)),
-        }
-        data = _Slices(piece) if piece else b""
-        with self._store.translated(f"upload {self._key}", missing="session"):
-            response = await self._store.send("PUT", self._uri, data=data, headers=headers)
-            async with response:
-                if response.status == 308:
-                    self.persisted = _persisted(response.headers.get("Range"))
-                    await response.read()
-                    return None
-                obj: dict[str, Any] = await response.json(content_type=None)
-                return obj
 
 
 class GcsObjectStore(ObjectStore):
@@ -369,43 +271,13 @@ class GcsObjectStore(ObjectStore):
     ) -> ObjectInfo:
         if generation is not None:
             await self._precheck(key, generation)
-        uri = await self.retry.run(
-            f"gcs start upload {key}", lambda: self._start_upload(key, generation)
-        )
-        upload = _ResumableUpload(self, key, uri)
-        filled = len(part)
-        while True:
-            last = not await reader.has_more()
-            obj = await upload.write(memoryview(part)[:filled], last=last)
-            if last:
-                break
-            filled = await reader.fill(part)
-        if obj is None:
-            raise DriverError(f"gcs upload {key}: the server did not finalize the object")
+        url = f"{self._root}/upload/storage/v1/b/{quote(self._bucket, safe='')}/o"
+        upload = await ResumableUpload.start(self, url, key, generation)
+        obj = await upload.write_all(reader, part)
         sha256 = reader.digest.hexdigest()
         info = _object_info(obj)
         await self._record_sha256(info, sha256)
         return replace(info, sha256=sha256)
-
-    async def _start_upload(self, key: str, generation: str | None) -> str:
-        params = {"uploadType": "resumable", "name": key}
-        if generation is not None:
-            params["ifGenerationMatch"] = generation
-        url = f"{self._root}/upload/storage/v1/b/{quote(self._bucket, safe='')}/o"
-        with self.translated(f"put {key}", missing="bucket"):
-            response = await self.send(
-                "POST",
-                url,
-                params=params,
-                json={"name": key, "contentType": CONTENT_TYPE},
-                headers={"X-Upload-Content-Type": CONTENT_TYPE},
-            )
-            async with response:
-                await response.read()
-        location = response.headers.get("Location")
-        if not location:
-            raise DriverError(f"gcs put {key}: no resumable session in the answer")
-        return location
 
     async def _record_sha256(self, info: ObjectInfo, sha256: str) -> None:
         """Attach the checksum to the generation just written, and to no other."""
