@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import http.client
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.servers.process import free_port, stop_process
 
 START_TIMEOUT = 20.0
 BINARIES = ("prometheus-alertmanager", "alertmanager")
@@ -26,13 +27,6 @@ CONFIG = 'route: {receiver: "null"}\nreceivers: [{name: "null"}]\n'
 BASIC_AUTH_USER = "admin"
 BASIC_AUTH_PASSWORD = "test"
 _BASIC_AUTH_HASH = "$2b$12$hNf2lSsxfm0.i4a.1kVpSOVyBCfIB51VRjgBUyv6kdnyTlgWj81Ay"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _binary() -> str:
@@ -75,7 +69,7 @@ class AlertmanagerServer:
 
     def _launch(self) -> bool:
         assert self._dir is not None
-        self._port = _free_port()
+        self._port = free_port()
         command = [
             _binary(),
             f"--config.file={self._dir / 'am.yml'}",
@@ -113,14 +107,7 @@ class AlertmanagerServer:
             connection.close()
 
     def _terminate(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process)
         self._process = None
 
     def stop(self) -> None:

