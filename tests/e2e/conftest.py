@@ -446,3 +446,27 @@ async def activation_done(url: str) -> dict[str, Any] | None:
     if body["state"] == "ACTIVE" and operation["status"] == "succeeded":
         return body
     return None
+
+
+async def leads(zone: Zone) -> bool:
+    """Whether ``zone``'s agent holds its lease now."""
+    return bool((await call("GET", f"{zone.url}/status"))["leader"])
+
+
+async def dumped(zone: Zone) -> bool:
+    """Whether ``zone``'s agent has a good dump of every configured database."""
+    postgres = (await call("GET", f"{zone.url}/status"))["backups"]["postgres"]
+    return all(db.get("newestDump") for db in postgres["databases"].values())
+
+
+async def prometheus(zone: Zone) -> dict[str, float]:
+    """The agent's /metrics as {series: value}."""
+    async with aiohttp.ClientSession() as client, client.get(f"{zone.url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples

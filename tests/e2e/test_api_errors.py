@@ -7,7 +7,7 @@ import asyncio
 from az_agent.agent.secrets import read_storage_secrets
 from az_agent.drivers.storage.config import StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
-from tests.e2e.conftest import REALTIME_TABLE, TABLE, Zone, call, wait_for
+from tests.e2e.conftest import REALTIME_TABLE, TABLE, Zone, call, dumped, leads, wait_for
 from tests.servers.alertmanager import AlertmanagerServer
 
 
@@ -23,15 +23,11 @@ def _secrets(zone: Zone) -> StorageSecrets | None:
     return read_storage_secrets(zone.config)
 
 
-async def _leads(zone: Zone) -> bool:
-    return bool((await call("GET", f"{zone.url}/status"))["leader"])
-
-
 async def test_refusals_and_dry_run(stack: tuple[Zone, Zone]) -> None:
     one, two = stack
     await one.start()
     await two.start()
-    await wait_for(lambda: _leads(one), "zone 1 to lead")
+    await wait_for(lambda: leads(one), "zone 1 to lead")
     await one.pinot.cluster.commit_consuming(REALTIME_TABLE)
 
     # Wrong state: a standby has nothing to pause or resume; an active zone cannot activate.
@@ -64,7 +60,7 @@ async def test_refusals_and_dry_run(stack: tuple[Zone, Zone]) -> None:
     assert "configdb" in body["detail"]
 
     # A dry run shows the plan and writes nothing, anywhere.
-    await wait_for(lambda: _dumped(one), "zone 1's first dumps")
+    await wait_for(lambda: dumped(one), "zone 1's first dumps")
     await wait_for(lambda: _segments_backed_up(one), "zone 1's segments in the bucket")
     before = await _bucket_keys(one)
     body = await call("POST", f"{two.url}/activate?zone=az1&force=true&dryRun=true", expect=200)
@@ -80,11 +76,6 @@ async def test_refusals_and_dry_run(stack: tuple[Zone, Zone]) -> None:
     assert (await call("GET", f"{two.url}/status"))["operation"] is None
 
 
-async def _dumped(zone: Zone) -> bool:
-    postgres = (await call("GET", f"{zone.url}/status"))["backups"]["postgres"]
-    return all(db.get("newestDump") for db in postgres["databases"].values())
-
-
 async def _segments_backed_up(zone: Zone) -> bool:
     segments = (await call("GET", f"{zone.url}/status"))["backups"]["segments"]
     return bool(segments["segmentsBackedUp"] >= 2 and segments["pending"] == 0)
@@ -94,8 +85,8 @@ async def test_pause_with_pinot_gone_fails_then_force_pauses(stack: tuple[Zone, 
     """The docs' escape hatch: when Pinot (or Kafka) is unreachable, pause?force=true."""
     one, _ = stack
     await one.start()
-    await wait_for(lambda: _leads(one), "zone 1 to lead")
-    await wait_for(lambda: _dumped(one), "zone 1's first dumps")
+    await wait_for(lambda: leads(one), "zone 1 to lead")
+    await wait_for(lambda: dumped(one), "zone 1's first dumps")
     await one.pinot.stop()
 
     body = await call("POST", f"{one.url}/pause", expect=503)
@@ -123,7 +114,7 @@ async def test_paused_zone_nobody_took_over_resumes_in_place(
 ) -> None:
     one, _ = stack
     await one.start()
-    await wait_for(lambda: _leads(one), "zone 1 to lead")
+    await wait_for(lambda: leads(one), "zone 1 to lead")
     epoch = (await call("GET", f"{one.url}/status"))["epoch"]
     body = await call("POST", f"{one.url}/pause", expect=200)
     assert body["state"] == "PAUSED"
@@ -141,7 +132,7 @@ async def test_paused_zone_nobody_took_over_resumes_in_place(
     assert resumed["epoch"] > epoch
     assert resumed["tablesResumed"] == [TABLE]
     assert resumed["silencesLifted"], "the pause's silence is lifted after the restart too"
-    await wait_for(lambda: _leads(one), "zone 1 to lead again")
+    await wait_for(lambda: leads(one), "zone 1 to lead again")
     controller = one.controller()
     try:
         assert (await controller.pause_status(TABLE)).paused is False

@@ -12,7 +12,17 @@ from typing import Any
 import aiohttp
 
 from az_agent.drivers.pinot.models import TableRef, TableType
-from tests.e2e.conftest import DATABASES, REALTIME_TABLE, TABLE, Zone, call, table_rows, wait_for
+from tests.e2e.conftest import (
+    DATABASES,
+    REALTIME_TABLE,
+    TABLE,
+    Zone,
+    call,
+    leads,
+    prometheus,
+    table_rows,
+    wait_for,
+)
 
 REALTIME = TableRef(TABLE, TableType.REALTIME)
 
@@ -72,19 +82,6 @@ async def operation_done(zone: Zone) -> dict[str, Any] | None:
     if body["state"] == "ACTIVE" and operation["status"] == "succeeded":
         return body
     return None
-
-
-async def prometheus(zone: Zone) -> dict[str, float]:
-    """The agent's /metrics as {series: value}."""
-    async with aiohttp.ClientSession() as client, client.get(f"{zone.url}/metrics") as response:
-        assert response.status == 200
-        text = await response.text()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, value = line.rsplit(" ", 1)
-            samples[series] = float(value)
-    return samples
 
 
 async def active_silences(alertmanager_url: str, zone: str) -> list[str]:
@@ -154,7 +151,7 @@ async def test_planned_failover_and_back(stack: tuple[Zone, Zone], alertmanager:
     await one.start()
     await two.start()
     assert (await status(two))["state"] == "STANDBY"
-    await wait_for(lambda: _leads(one), "zone 1 to lead")
+    await wait_for(lambda: leads(one), "zone 1 to lead")
     for _ in range(3):
         await one.pinot.cluster.commit_consuming(REALTIME_TABLE)
     await wait_for(lambda: fully_backed_up(one), "zone 1 to back up its segments")
@@ -171,10 +168,6 @@ async def test_planned_failover_and_back(stack: tuple[Zone, Zone], alertmanager:
     await assert_nothing_lost(two, one)
     assert (await status(two))["state"] == "STANDBY"
     assert (await status(one))["leader"] is True
-
-
-async def _leads(zone: Zone) -> bool:
-    return bool((await status(zone))["leader"])
 
 
 async def execute_in(zone: Zone, sql: str) -> None:
