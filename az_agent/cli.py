@@ -64,9 +64,15 @@ def effective_config_document(config: AgentConfig) -> dict[str, Any]:
     service["cloudStorage"] = config.storage.model_dump(mode="json", by_alias=True)
     storage = config.storage
     keys = STORAGE_SECRET_KEYS[storage.type] if storage.use_secret else ()
-    document["secrets"] = {
-        f"{service['secretsDir']}/{storage.secret_name}/{key}": "<redacted>" for key in keys
-    }
+    files = [(storage.secret_name, key) for key in keys]
+    agent = config.service
+    if agent.postgres.password_secret and agent.postgres.databases:
+        files.append((agent.postgres.password_secret, "password"))
+    if agent.pinot.auth_secret:
+        files.append((agent.pinot.auth_secret, "username|password or token"))
+    if agent.alertmanager.token_secret:
+        files.append((agent.alertmanager.token_secret, "token"))
+    document["secrets"] = {f"{service['secretsDir']}/{n}/{k}": "<redacted>" for n, k in files}
     return document
 
 
