@@ -152,9 +152,14 @@ async def serve(agent: Agent, config: AgentConfig, *, ready: asyncio.Event | Non
     await runner.setup()
     try:
         site = web.TCPSite(runner, http.host, http.port, ssl_context=tls_context(config))
+        try:
+            await site.start()  # before the agent runs: a busy port refuses the start cleanly
+        except OSError as exc:
+            raise StartupRefused(
+                f"http: cannot listen on {http.host}:{http.port}: {exc.strerror}"
+            ) from None
 
         async def on_ready() -> None:
-            await site.start()
             scheme = "https" if http.tls_cert_file else "http"
             log.info(
                 "zone %s listening on %s://%s:%d (%s)",

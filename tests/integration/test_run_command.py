@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import aiohttp
 import yaml
 
 from az_agent.sandbox.postgres import free_port
+from tests.servers.tls import self_signed
 
 
 def _config(tmp_path: Path, **service: object) -> Path:
@@ -110,3 +113,71 @@ async def test_bucket_that_cannot_work_refuses_to_start(tmp_path: Path) -> None:
     assert process.returncode == 2
     last = stderr.decode().strip().splitlines()[-1]
     assert last.startswith("az-agent: refusing to start: object storage (file):")
+
+
+async def _wait_serving(url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+    connector = aiohttp.TCPConnector(ssl=ssl_context) if ssl_context else None
+    async with aiohttp.ClientSession(connector=connector) as client:
+        for _ in range(100):
+            try:
+                async with client.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered")
+
+
+async def test_tls_and_bearer_token(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text("t0ken-from-a-mounted-secret\n")
+    config = _config(
+        tmp_path,
+        http={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "tokenFile": str(token_file),
+            "tlsCertFile": str(cert),
+            "tlsKeyFile": str(key),
+        },
+    )
+    port = yaml.safe_load(config.read_text())["az-service"]["config"]["http"]["port"]
+    trust = ssl.create_default_context(cafile=str(cert))
+    url = f"https://127.0.0.1:{port}"
+    process = await _spawn(config)
+    try:
+        await _wait_serving(url, trust)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as client:
+            async with client.post(f"{url}/resume") as response:
+                assert response.status == 401
+            headers = {"Authorization": "Bearer t0ken-from-a-mounted-secret"}
+            async with client.post(f"{url}/resume", headers=headers) as response:
+                assert response.status == 200  # authorised; the active agent lifts nothing
+                assert (await response.json())["silencesLifted"] == []
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert "POST endpoints require a bearer token" in stderr.decode()
+    assert "t0ken" not in stderr.decode()
+
+
+async def test_busy_port_refuses_to_start_with_one_line(tmp_path: Path) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    busy = holder.getsockname()[1]
+    try:
+        config = _config(tmp_path, http={"host": "127.0.0.1", "port": busy})
+        process = await _spawn(config)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        holder.close()
+    assert process.returncode == 2
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith(f"az-agent: refusing to start: http: cannot listen on 127.0.0.1:{busy}")

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import ssl
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from az_agent.drivers.errors import Misconfigured, Unavailable
@@ -28,40 +22,10 @@ from az_agent.drivers.pinot import (
 )
 from az_agent.emulators.pinot import EmulatorAuth, EmulatorOptions, PinotEmulator, SeedTable
 from tests.integration.pinot.support import RawHttp
+from tests.servers.tls import self_signed
 
 EVENTS = TableRef("events", TableType.REALTIME)
 MiB = 1 << 20
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pinot-emulator")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def test_basic_and_bearer_auth(tmp_path: Path) -> None:
@@ -97,7 +61,7 @@ async def test_basic_and_bearer_auth(tmp_path: Path) -> None:
 
 
 async def test_tls_verification(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     async with PinotEmulator(tmp_path / "data", ssl_context=context) as emu:
