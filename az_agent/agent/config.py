@@ -120,6 +120,22 @@ class KubernetesSettings(SettingsModel):
     timeout_seconds: float = Field(default=600, gt=0, description="Wait for the source pause.")
 
 
+class AutomaticFailoverSettings(SettingsModel):
+    """The standby runs the handshake itself once the source zone's lease has expired."""
+
+    enabled: bool = Field(default=False, description="Activate without an operator.")
+    source_zone: str = Field(default="", description="The zone this standby takes over.")
+    grace_seconds: float = Field(
+        default=60, ge=0, description="Wait this long beyond the lease TTL before acting."
+    )
+
+    @model_validator(mode="after")
+    def _source_named(self) -> AutomaticFailoverSettings:
+        if self.enabled and not ZONE_PATTERN.match(self.source_zone):
+            raise ValueError("sourceZone must name the zone to take over when enabled")
+        return self
+
+
 class RehydrationSettings(SettingsModel):
     concurrency: int = Field(default=8, ge=1, le=256, description="Parallel segment uploads.")
     batch_size: int = Field(default=50, ge=1, description="Segments per rehydration batch.")
@@ -151,6 +167,9 @@ class ServiceConfig(SettingsModel):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    automatic_failover: AutomaticFailoverSettings = Field(
+        default_factory=AutomaticFailoverSettings
+    )
     rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
 
 
@@ -198,6 +217,9 @@ class AgentConfig(SettingsModel):
         if self.service.cloud_storage is None and self.global_.cloud_storage is None:
             raise ValueError("global.cloudStorage: required (type: s3 | gcs | azure | file)")
         zone = self.zone
+        automatic = self.service.automatic_failover
+        if automatic.enabled and automatic.source_zone == zone:
+            raise ValueError("az-service.config.automaticFailover.sourceZone: is this zone")
         if not ZONE_PATTERN.match(zone):
             raise ValueError(
                 f"az-service.config.zone: {zone!r} must be 1-63 letters, digits, '.', '_' "

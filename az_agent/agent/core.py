@@ -17,13 +17,19 @@ from datetime import timedelta
 from typing import Any
 
 from az_agent.agent.config import AgentConfig
-from az_agent.agent.http.errors import Conflict, DependencyDown, OperationFailed
+from az_agent.agent.http.errors import ApiError, Conflict, DependencyDown, OperationFailed
 from az_agent.agent.loops import DatabaseBackup, SegmentBackup
 from az_agent.agent.metrics import CONTENT_TYPE, AgentMetrics
 from az_agent.agent.operations import Operation, OperationJournal
 from az_agent.agent.requests import ActivateRequest, PauseRequest
 from az_agent.agent.session import LeaderSession
-from az_agent.agent.states import AgentState, Request, allowed_requests, transition
+from az_agent.agent.states import (
+    AgentState,
+    IllegalTransition,
+    Request,
+    allowed_requests,
+    transition,
+)
 from az_agent.drivers.alerts.base import SilenceManager
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
@@ -175,6 +181,8 @@ class Agent:
                 group.create_task(self._lease_loop(), name="lease")
                 group.create_task(self._leadership_loop(), name="leadership")
                 group.create_task(self._heartbeat(), name="heartbeat")
+                if self.deps.config.service.automatic_failover.enabled:
+                    group.create_task(self._automatic_failover(), name="automatic-failover")
                 if self.state is AgentState.ACTIVATING and self.operation is not None:
                     self.start_operation(self._resume_activation(self.operation))
                 if on_ready is not None:
@@ -265,6 +273,43 @@ class Agent:
         self.fenced_by = newest.payload.by
         log.warning("zone %s was taken over by %s", self.zone, newest.payload.by)
         self.set_state(Request.FENCE)
+
+    async def _automatic_failover(self) -> None:
+        """While STANDBY, watch the source zone's lease; once it has not changed for its TTL
+        plus the grace period (judged on this agent's clock), activate from it. A paused
+        source (a planned handshake in progress) is left to the operator."""
+        settings = self.deps.config.service.automatic_failover
+        keeper = self.source_keeper(settings.source_zone)
+        while True:
+            await self.deps.clock.sleep(self.lease_settings.retry_period_seconds)
+            if self.state is not AgentState.STANDBY:
+                continue
+            try:
+                observation = await keeper.observe()
+            except (DriverError, StateError) as exc:
+                log.warning("automatic failover: cannot read zone %s's lease: %s", keeper.zone, exc)
+                continue
+            record = observation.record
+            if record is None or record.state is LeaseState.PAUSED:
+                continue
+            silent = observation.seconds_unchanged
+            if silent < record.ttl_seconds + settings.grace_seconds:
+                continue
+            log.warning(
+                "zone %s's lease (holder %s) has not changed for %.0fs: automatic failover",
+                keeper.zone,
+                record.holder,
+                silent,
+            )
+            await self._activate_automatically(settings.source_zone)
+
+    async def _activate_automatically(self, source: str) -> None:
+        from az_agent.agent.activate import start_activation
+
+        try:
+            await start_activation(self, ActivateRequest(zone=source))
+        except (ApiError, DriverError, StateError, IllegalTransition) as exc:
+            log.error("automatic failover from zone %s could not start: %s", source, exc)
 
     async def _leadership_loop(self) -> None:
         while True:
