@@ -167,9 +167,7 @@ class ServiceConfig(SettingsModel):
     postgres: PostgresSettings = Field(default_factory=PostgresSettings)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
-    automatic_failover: AutomaticFailoverSettings = Field(
-        default_factory=AutomaticFailoverSettings
-    )
+    automatic_failover: AutomaticFailoverSettings = Field(default_factory=AutomaticFailoverSettings)
     rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
 
 
