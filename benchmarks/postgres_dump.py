@@ -35,6 +35,7 @@ from az_agent.drivers.postgres.tools import ConnectionParams
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.factory import open_object_store
 from az_agent.drivers.storage.file import FileObjectStore
+from benchmarks.memory import rss_bytes, sampled
 from tests.servers.postgres import PostgresServer
 
 T = TypeVar("T")
@@ -43,39 +44,11 @@ DATABASE = "benchdb"
 _ROW_BYTES = 190  # heap bytes per generated row, measured on PostgreSQL 15
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 @dataclass
 class Phase:
     name: str
     seconds: float
     rss_peak: int
-
-
-@asynccontextmanager
-async def sampled(interval: float = 0.02) -> AsyncIterator[list[int]]:
-    """Sample this process's RSS while the body runs; the list holds every sample."""
-    samples = [rss_bytes()]
-
-    async def sample() -> None:
-        while True:
-            samples.append(rss_bytes())
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield samples
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        samples.append(rss_bytes())
 
 
 async def measure(name: str, call: Callable[[], Awaitable[T]]) -> tuple[T, Phase]:

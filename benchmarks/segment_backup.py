@@ -43,40 +43,13 @@ from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.factory import open_object_store
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import LeaseKeeper, LeaseSettings, LogWriter, SystemClock, load_catalog
+from benchmarks.memory import rss_bytes, sampled
 
 T = TypeVar("T")
 MB = 1_000_000
 MIB = 1 << 20
 TABLE = TableRef("bench", TableType.REALTIME)
 LEASE = LeaseSettings(ttl_seconds=3600, renew_deadline_seconds=3000, retry_period_seconds=2)
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-@contextlib.asynccontextmanager
-async def sampled(interval: float = 0.02) -> AsyncIterator[list[int]]:
-    """Sample this process's RSS while the body runs; the list holds every sample."""
-    samples = [rss_bytes()]
-
-    async def sample() -> None:
-        while True:
-            samples.append(rss_bytes())
-            await asyncio.sleep(interval)
-
-    task = asyncio.create_task(sample())
-    try:
-        yield samples
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        samples.append(rss_bytes())
 
 
 @contextlib.asynccontextmanager
