@@ -1,9 +1,11 @@
-"""Fixtures shared by every test: storage servers, a fresh bucket per test, leak checks."""
+"""Fixtures shared by every test: storage servers, a fresh bucket per test, two PostgreSQL
+servers (one per zone), leak checks."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -12,6 +14,7 @@ from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
 from tests.servers.base import StorageBackend
+from tests.servers.postgres import PostgresServer
 
 BACKENDS = {
     "file": "tests.servers.filestore:FileBackend",
@@ -97,3 +100,30 @@ async def _no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     assert not leaked, f"test left tasks behind: {[t.get_coro() for t in leaked]}"
+
+
+@pytest.fixture(scope="session")
+async def pg_servers() -> AsyncIterator[tuple[PostgresServer, PostgresServer]]:
+    """Zone 1 and zone 2, started side by side in threads (initdb + start is ~1 s each)."""
+    servers = (PostgresServer("pg-az1"), PostgresServer("pg-az2"))
+    try:
+        await asyncio.gather(*(asyncio.to_thread(s.start) for s in servers))
+        yield servers
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(s.stop) for s in servers))
+
+
+@pytest.fixture
+def zone1(pg_servers: tuple[PostgresServer, PostgresServer]) -> PostgresServer:
+    return pg_servers[0]
+
+
+@pytest.fixture
+def zone2(pg_servers: tuple[PostgresServer, PostgresServer]) -> PostgresServer:
+    return pg_servers[1]
+
+
+@pytest.fixture
+def dbname() -> str:
+    """A database name no other test uses."""
+    return f"db_{uuid.uuid4().hex[:10]}"

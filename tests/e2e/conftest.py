@@ -41,16 +41,6 @@ REALTIME_TABLE = f"{TABLE}_REALTIME"
 
 
 @pytest.fixture(scope="session")
-def postgres_pair() -> Iterator[tuple[PostgresServer, PostgresServer]]:
-    servers = (PostgresServer("e2e-az1"), PostgresServer("e2e-az2"))
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
 def alertmanager() -> Iterator[AlertmanagerServer]:
     server = AlertmanagerServer()
     server.start()
@@ -184,7 +174,7 @@ def segment_size() -> int:
 @pytest.fixture
 async def stack(
     backend_pool: BackendPool,
-    postgres_pair: tuple[PostgresServer, PostgresServer],
+    pg_servers: tuple[PostgresServer, PostgresServer],
     alertmanager: AlertmanagerServer,
     tmp_path: Path,
     segment_size: int,
@@ -206,7 +196,7 @@ async def stack(
     (secret_dir / "postgres" / "password").write_text(PASSWORD)
     storage = settings.model_dump(mode="json", by_alias=True)
     storage["prefix"] = f"e2e-{uuid.uuid4().hex[:8]}"
-    one, two = postgres_pair
+    one, two = pg_servers
     await reset_databases(one, 300, "az1")
     await reset_databases(two, 5, "stale")
     options = EmulatorOptions(segment_size=segment_size)
