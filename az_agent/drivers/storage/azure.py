@@ -415,9 +415,7 @@ def _client_options(settings: CloudStorageSettings) -> dict[str, Any]:
 async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None) -> ObjectStore:
     """Factory hook: a connection string from the secret, or the ambient identity."""
     azure = settings.azure
-    retry = RetryPolicy(
-        settings.retry.attempts, settings.retry.base_delay_seconds, settings.retry.max_delay_seconds
-    )
+    retry = RetryPolicy.from_settings(settings.retry)
     options = _client_options(settings)
     store_options: dict[str, Any] = {"retry": retry, "part_size": settings.part_size_mib << 20}
     if settings.use_secret:

@@ -471,11 +471,7 @@ async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None
     except BaseException:
         await session.close()
         raise
-    retry = RetryPolicy(
-        attempts=settings.retry.attempts,
-        base_delay=settings.retry.base_delay_seconds,
-        max_delay=settings.retry.max_delay_seconds,
-    )
+    retry = RetryPolicy.from_settings(settings.retry)
     return GcsObjectStore(
         settings.gcs.bucket,
         session=session,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from az_agent.drivers.errors import Unavailable
+from az_agent.drivers.storage.config import RetrySettings
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ class RetryPolicy:
     attempts: int = 6
     base_delay: float = 0.1
     max_delay: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: RetrySettings) -> RetryPolicy:
+        """The policy a ``cloudStorage.retry`` block describes."""
+        return cls(settings.attempts, settings.base_delay_seconds, settings.max_delay_seconds)
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Full jitter (AWS architecture blog): uniform in [0, min(cap, base * 2**attempt)]."""

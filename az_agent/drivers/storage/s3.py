@@ -449,8 +449,7 @@ def _client_options(
 async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None) -> ObjectStore:
     """Factory hook: an S3 client with the secret's keys, or the SDK's ambient credentials."""
     options = _client_options(settings, secrets)
-    retry = settings.retry
-    policy = RetryPolicy(retry.attempts, retry.base_delay_seconds, retry.max_delay_seconds)
+    policy = RetryPolicy.from_settings(settings.retry)
     resources = AsyncExitStack()
     try:
         with _vendor_errors("s3 client", settings.s3.bucket):
