@@ -44,6 +44,7 @@ from az_agent.state import (
 from tests.conftest import BackendPool
 from tests.integration.pinot.support import RawHttp
 from tests.servers.base import StorageBackend
+from tests.servers.wrapped import WrappedStore
 
 SEEDS = [SeedTable("events", "REALTIME", 2), SeedTable("logs", "OFFLINE", 1)]
 OPTIONS = EmulatorOptions(seed=11, segment_size=24 << 10)
@@ -84,12 +85,12 @@ class DeletingController(HttpPinotController):
         )
 
 
-class CountingStore(ObjectStore):
+class CountingStore(WrappedStore):
     """Delegates to ``inner`` and counts completed puts per key; hooks may block a put before
     it starts or after it completed (to stop an agent at an exact point)."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.puts: Counter[str] = Counter()
         self.active = 0
         self.before_put: Callable[[str], Awaitable[None]] | None = None
@@ -124,21 +125,6 @@ class CountingStore(ObjectStore):
             raise Unavailable(f"{key}: injected: slow down")
         async with self.inner.open(key, chunk_size=chunk_size) as reader:
             yield reader
-
-    async def head(self, key: str) -> ObjectInfo:
-        return await self.inner.head(key)
-
-    def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(prefix, page_size=page_size)
-
-    async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        await self.inner.delete(key, if_match=if_match)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     def segment_puts(self) -> Counter[str]:
         return Counter({k: n for k, n in self.puts.items() if "/segments/" in k})

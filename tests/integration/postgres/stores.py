@@ -8,38 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from az_agent.drivers.errors import Unavailable
 from az_agent.drivers.storage.base import Body, ObjectInfo, ObjectReader, ObjectStore
-
-
-class WrappedStore(ObjectStore):
-    """Delegates to a real store; subclasses interfere with ``put``."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-
-    async def put(
-        self, key: str, body: Body, *, if_none_match: bool = False, if_match: str | None = None
-    ) -> ObjectInfo:
-        return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match)
-
-    def open(
-        self, key: str, *, chunk_size: int = 1 << 20
-    ) -> AbstractAsyncContextManager[ObjectReader]:
-        return self.inner.open(key, chunk_size=chunk_size)
-
-    async def head(self, key: str) -> ObjectInfo:
-        return await self.inner.head(key)
-
-    def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
-        return self.inner.list(prefix, page_size=page_size)
-
-    async def delete(self, key: str, *, if_match: str | None = None) -> None:
-        await self.inner.delete(key, if_match=if_match)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
+from tests.servers.wrapped import WrappedStore
 
 
 class StallingStore(WrappedStore):
@@ -105,3 +74,6 @@ class StallingReadStore(WrappedStore):
         self, key: str, *, chunk_size: int = 1 << 20
     ) -> AbstractAsyncContextManager[ObjectReader]:
         return self._open(key, chunk_size)
+
+
+__all__ = ["FailingStore", "StallingReadStore", "StallingStore", "WrappedStore"]
