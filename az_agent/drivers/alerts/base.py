@@ -17,10 +17,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from az_agent.drivers.errors import NotFound
+from az_agent.drivers.resource import AsyncResource
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Silence:
     comment: str
 
 
-class SilenceManager(abc.ABC):
+class SilenceManager(AsyncResource):
     """Creates and expires silences; usable as an async context manager that closes it.
 
     Contract shared by every method: errors are those of :mod:`az_agent.drivers.errors`
@@ -122,17 +122,6 @@ class SilenceManager(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. Idempotent; the manager must not be used afterwards."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class NoSilences(SilenceManager):

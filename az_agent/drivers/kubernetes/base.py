@@ -11,8 +11,8 @@ import abc
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
+
+from az_agent.drivers.resource import AsyncResource
 
 
 class WorkloadKind(enum.StrEnum):
@@ -34,7 +34,7 @@ class Workload:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-class WorkloadScaler(abc.ABC):
+class WorkloadScaler(AsyncResource):
     """Reads and sets replica counts; usable as an async context manager that closes it.
 
     Errors are those of :mod:`az_agent.drivers.errors`: ``NotFound`` (no such workload),
@@ -65,14 +65,3 @@ class WorkloadScaler(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. Idempotent; the scaler must not be used afterwards."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

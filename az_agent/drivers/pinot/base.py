@@ -19,8 +19,6 @@ import abc
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
-from types import TracebackType
-from typing import Self
 
 from az_agent.drivers.pinot.models import (
     ConsumingSegmentsInfo,
@@ -32,6 +30,7 @@ from az_agent.drivers.pinot.models import (
     UploadResult,
     Watermark,
 )
+from az_agent.drivers.resource import AsyncResource
 
 UploadBody = bytes | AsyncIterable[bytes]
 """A segment tarball for upload: whole bytes (tests), or a stream (object storage, no size)."""
@@ -63,7 +62,7 @@ class SegmentDownload(abc.ABC):
         """The tarball's bytes, in order, in chunks of at most the configured chunk size."""
 
 
-class PinotController(abc.ABC):
+class PinotController(AsyncResource):
     """The subset of the Pinot controller API used for backup and restore."""
 
     @abc.abstractmethod
@@ -194,14 +193,3 @@ class PinotController(abc.ABC):
         """The segments of ``table`` that are complete and can be copied now (sorted by name)."""
         ready = [s for s in await self.segments(table) if s.is_backup_ready]
         return sorted(ready, key=lambda s: s.name)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

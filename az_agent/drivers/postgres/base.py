@@ -13,10 +13,10 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from az_agent.drivers.errors import DriverError
+from az_agent.drivers.resource import AsyncResource
 from az_agent.drivers.storage.base import ObjectStore
 
 _MESSAGE_STDERR_CHARS = 1500
@@ -138,7 +138,7 @@ class RestoreResult:
     objects: Mapping[str, int] = field(default_factory=dict)
 
 
-class PostgresDumper(abc.ABC):
+class PostgresDumper(AsyncResource):
     """Dumps databases of one server into an object store, and restores them from it.
 
     Every method may raise ``Unavailable`` (server unreachable, retry later), ``Misconfigured``
@@ -189,14 +189,3 @@ class PostgresDumper(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release resources; the dumper cannot be used afterwards."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

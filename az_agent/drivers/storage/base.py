@@ -24,10 +24,9 @@ from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Self
 
 from az_agent.drivers.errors import CorruptObject
+from az_agent.drivers.resource import AsyncResource
 
 Body = bytes | AsyncIterable[bytes]
 """What :meth:`ObjectStore.put` accepts: whole bytes, or a stream of unknown length."""
@@ -92,7 +91,7 @@ def verify_digest(info: ObjectInfo, sha256_hex: str, size: int) -> None:
         )
 
 
-class ObjectStore(abc.ABC):
+class ObjectStore(AsyncResource):
     """A bucket (or container, or directory) of objects with conditional writes.
 
     Implementations are safe to share between tasks of one event loop. Use as an async context
@@ -153,17 +152,6 @@ class ObjectStore(abc.ABC):
         """The whole verified object and its info; for small objects only."""
         async with self.open(key) as reader:
             return await reader.read_all(), reader.info
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def check_conditions(if_none_match: bool, if_match: str | None) -> None:
