@@ -99,8 +99,8 @@ async def _storage_check(config: AgentConfig) -> int:
 
 
 def _run(config: AgentConfig, log_level: str) -> int:
-    from az_agent.agent.logs import configure_logging
-    from az_agent.agent.runner import StartupRefused, run_agent
+    from az_agent.agent.observability.logs import configure_logging
+    from az_agent.agent.wiring import StartupRefused, run_agent
 
     configure_logging(log_level.upper())
     try:
@@ -114,7 +114,7 @@ def _run(config: AgentConfig, log_level: str) -> int:
 def _sandbox(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from az_agent.agent.logs import configure_logging
+    from az_agent.agent.observability.logs import configure_logging
     from az_agent.sandbox.stack import SandboxOptions, run_sandbox
 
     configure_logging(args.log_level.upper())

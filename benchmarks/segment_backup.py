@@ -35,9 +35,9 @@ from typing import TypeVar
 
 import aiohttp
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.segment_backup import SegmentBackupLoop
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.backup.segments import SegmentBackupLoop
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.pinot import HttpPinotController, PinotSettings, TableRef, TableType
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.factory import open_object_store

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from az_agent.drivers.errors import DriverError
 
 if TYPE_CHECKING:
-    from az_agent.agent.core import Agent
+    from az_agent.agent.daemon import Agent
 
 
 def build_status(agent: Agent) -> dict[str, Any]:

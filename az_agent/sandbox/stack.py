@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from az_agent.agent.config import AgentConfig, parse_config
-from az_agent.agent.runner import build_agent, serve
+from az_agent.agent.wiring import build_agent, serve
 from az_agent.emulators.pinot.seed import SeedTable
 from az_agent.emulators.pinot.server import PinotEmulator
 from az_agent.emulators.pinot.state import GeneratorSpec

@@ -236,8 +236,13 @@ class LeaseKeeper:
                 )
             return done
 
-    async def run(self, *, release_on_exit: bool = True) -> None:
+    async def run(
+        self, *, wants: Callable[[], bool] = lambda: True, release_on_exit: bool = True
+    ) -> None:
         """Keep acquiring and renewing every retry period until cancelled.
+
+        ``wants`` is asked before each round: while it is False no round is played (a leader
+        then stops renewing and loses the lease at its renew deadline, as if it had hung).
 
         Leadership changes are published through :meth:`add_listener`, :meth:`wait_leader` and
         :meth:`wait_not_leader`, including the self-fencing at the renew deadline while a
@@ -245,17 +250,18 @@ class LeaseKeeper:
         """
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._campaign(), name=f"lease-{self._zone}-campaign")
+                group.create_task(self._campaign(wants), name=f"lease-{self._zone}-campaign")
                 group.create_task(self._watch(), name=f"lease-{self._zone}-watch")
         finally:
             if release_on_exit and self._holds():
                 await asyncio.shield(self.release())
             self._publish()
 
-    async def _campaign(self) -> None:
+    async def _campaign(self, wants: Callable[[], bool]) -> None:
         while True:
             try:
-                await self.tick()
+                if wants():
+                    await self.tick()
             except (DriverError, StateError) as exc:
                 log.warning("zone %s: lease round failed: %s", self._zone, exc)
             await self._clock.sleep(self._settings.retry_period_seconds)

@@ -22,9 +22,9 @@ import pytest
 import yaml
 
 from az_agent.agent.config import ENV_PREFIX, AgentConfig, parse_config
-from az_agent.agent.core import Agent
-from az_agent.agent.runner import build_agent, serve
+from az_agent.agent.daemon import Agent
 from az_agent.agent.secrets import read_storage_secrets
+from az_agent.agent.wiring import build_agent, serve
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.factory import open_object_store

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from az_agent.agent.operations import Operation, current_key
+from az_agent.agent.operations.journal import Operation, current_key
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.pinot.models import TableRef, TableType
 from az_agent.emulators.pinot import upload

@@ -18,8 +18,8 @@ from az_agent.agent.http.app import ROUTES, build_app
 from az_agent.agent.http.auth import Authenticator
 from az_agent.agent.http.errors import Forbidden
 from az_agent.agent.http.openapi import openapi_document
-from az_agent.agent.requests import ActivateRequest, PauseRequest
-from az_agent.agent.states import AgentState, IllegalTransition, Request
+from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
+from az_agent.agent.operations.states import AgentState, IllegalTransition, Request
 from az_agent.drivers.errors import NotFound, Unavailable
 
 TOKEN = "s3cret-token"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from az_agent.agent.http.errors import BadParameter
+from az_agent.agent.errors import InvalidParameter
 from az_agent.agent.http.params import (
     parse_bool,
     parse_positive_int,
@@ -33,7 +33,7 @@ def test_fractional_seconds() -> None:
 
 @pytest.mark.parametrize("text", ["yesterday", "2026-11-22T12:00:00", "2026-13-01T00:00:00Z", ""])
 def test_bad_latest_time(text: str) -> None:
-    with pytest.raises(BadParameter) as caught:
+    with pytest.raises(InvalidParameter) as caught:
         parse_timestamp("latestTime", text)
     assert caught.value.extra["parameter"] == "latestTime"
 
@@ -42,7 +42,7 @@ def test_batch_size_must_be_positive() -> None:
     assert parse_positive_int("batchSize", "50") == 50
     assert parse_positive_int("batchSize", None) is None
     for bad in ("0", "-3", "ten", "1.5"):
-        with pytest.raises(BadParameter, match="batchSize"):
+        with pytest.raises(InvalidParameter, match="batchSize"):
             parse_positive_int("batchSize", bad)
 
 
@@ -50,8 +50,8 @@ def test_bools_and_unknown_parameters() -> None:
     assert parse_bool("force", "true") is True
     assert parse_bool("force", None) is False
     assert parse_bool("force", "0") is False
-    with pytest.raises(BadParameter, match="force"):
+    with pytest.raises(InvalidParameter, match="force"):
         parse_bool("force", "maybe")
     reject_unknown({"zone": "az1"}, ["zone", "force"])
-    with pytest.raises(BadParameter, match="zonee: unknown parameter"):
+    with pytest.raises(InvalidParameter, match="zonee: unknown parameter"):
         reject_unknown({"zonee": "az1"}, ["zone", "force"])

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from az_agent.agent.states import (
+from az_agent.agent.operations.states import (
     TRANSITIONS,
     AgentState,
     IllegalTransition,

@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from az_agent.agent.errors import AgentError
 from az_agent.agent.http.auth import Authenticator
-from az_agent.agent.http.errors import ApiError, Conflict, DependencyDown, NotFoundError
+from az_agent.agent.http.errors import ApiError, http_status_of
 from az_agent.agent.http.openapi import openapi_document
 from az_agent.agent.http.params import (
     parse_bool,
@@ -23,8 +24,7 @@ from az_agent.agent.http.params import (
     parse_timestamp,
     reject_unknown,
 )
-from az_agent.agent.requests import ActivateRequest, PauseRequest
-from az_agent.agent.states import IllegalTransition
+from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
 from az_agent.drivers.errors import DriverError, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as exc:
         body = {"error": exc.code, "detail": exc.detail, "requestId": request_id, **exc.extra}
         return _json(exc.status, body, exc.headers)
-    except IllegalTransition as exc:
-        body = {
-            "error": "conflict",
-            "detail": str(exc),
-            "state": exc.state.value,
-            "requestId": request_id,
-        }
-        return _json(409, body)
+    except AgentError as exc:
+        answer = http_status_of(exc)
+        body = {"error": answer.code, "detail": exc.detail, "requestId": request_id, **exc.extra}
+        return _json(answer.status, body, answer.headers)
+    except NotFound as exc:
+        body = {"error": "not-found", "detail": str(exc), "requestId": request_id}
+        return _json(404, body)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -135,10 +134,7 @@ async def _activate(request: web.Request) -> web.StreamResponse:
         namespace=query.get("namespace") or None,
         force_pause=parse_bool("forcePause", query.get("forcePause")),
     )
-    try:
-        status, body = await request.app[AGENT_KEY].activate(activate)
-    except NotFound as exc:
-        raise NotFoundError(str(exc)) from exc
+    status, body = await request.app[AGENT_KEY].activate(activate)
     return _json(status, body)
 
 
@@ -161,7 +157,7 @@ async def _readyz(request: web.Request) -> web.StreamResponse:
     try:
         ok, body = await request.app[AGENT_KEY].readyz()
     except DriverError as exc:
-        raise DependencyDown(str(exc)) from exc
+        raise Unavailable(str(exc)) from exc
     return _json(200 if ok else 503, body, None if ok else {"Retry-After": "5"})
 
 
@@ -197,4 +193,4 @@ def build_app(agent: AgentApi, authenticator: Authenticator) -> web.Application:
     return app
 
 
-__all__ = ["AGENT_KEY", "ROUTES", "AgentApi", "Conflict", "build_app"]
+__all__ = ["AGENT_KEY", "ROUTES", "AgentApi", "build_app"]

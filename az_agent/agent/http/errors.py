@@ -1,15 +1,27 @@
-"""Errors the HTTP API answers with; handlers raise them, one middleware renders them.
+"""How errors become HTTP answers; handlers raise, one middleware renders.
 
 Every error body is ``{"error": <code>, "detail": <sentence>, "requestId": <id>, ...extra}``.
+Domain errors (:mod:`az_agent.agent.errors`) get their status here and only here; the errors of
+the HTTP layer itself (authentication) are :class:`ApiError`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
+
+from az_agent.agent.errors import (
+    AgentError,
+    InvalidParameter,
+    NotReady,
+    OperationFailed,
+    UnknownTarget,
+    WrongState,
+)
 
 
 class ApiError(Exception):
-    """Base: an HTTP status, a stable machine-readable code and a human sentence."""
+    """An error of the HTTP layer: its status, a stable code and a human sentence."""
 
     status = 500
     code = "internal"
@@ -19,16 +31,6 @@ class ApiError(Exception):
         self.detail = detail
         self.extra = extra
         self.headers: dict[str, str] = {}
-
-
-class BadParameter(ApiError):
-    """400: a query parameter is unknown, missing or malformed; ``parameter`` names it."""
-
-    status = 400
-    code = "bad-parameter"
-
-    def __init__(self, parameter: str, detail: str) -> None:
-        super().__init__(f"{parameter}: {detail}", parameter=parameter)
 
 
 class Unauthorized(ApiError):
@@ -45,37 +47,32 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
-class NotFoundError(ApiError):
-    """404: an unknown zone, or no backup at or before the requested time."""
+@dataclass(frozen=True)
+class HttpAnswer:
+    """The status, code and headers a domain error is answered with."""
 
-    status = 404
-    code = "not-found"
-
-
-class Conflict(ApiError):
-    """409: the request is not allowed in the current state (the body says which state)."""
-
-    status = 409
-    code = "conflict"
+    status: int
+    code: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-class DependencyDown(ApiError):
-    """503: a dependency (bucket, Pinot, PostgreSQL, Alertmanager) is unreachable."""
-
-    status = 503
-    code = "dependency-unavailable"
-
-    def __init__(self, detail: str, retry_after: int = 5, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.headers["Retry-After"] = str(retry_after)
+_ANSWERS: tuple[tuple[type[AgentError], int, str], ...] = (
+    (InvalidParameter, 400, "bad-parameter"),
+    (UnknownTarget, 404, "not-found"),
+    (WrongState, 409, "conflict"),
+    (NotReady, 503, "not-ready"),
+    (OperationFailed, 503, "operation-failed"),
+)
 
 
-class OperationFailed(ApiError):
-    """503: the operation ran and failed; the body holds it, and it can be retried."""
-
-    status = 503
-    code = "operation-failed"
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.headers["Retry-After"] = "10"
+def http_status_of(exc: AgentError) -> HttpAnswer:
+    """The answer for a domain error (500 for a kind this table does not know)."""
+    for kind, status, code in _ANSWERS:
+        if isinstance(exc, kind):
+            headers: dict[str, str] = {}
+            if isinstance(exc, NotReady):
+                headers["Retry-After"] = str(exc.retry_after)
+            elif isinstance(exc, OperationFailed):
+                headers["Retry-After"] = "10"
+            return HttpAnswer(status, code, headers)
+    return HttpAnswer(500, "internal")

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
-from az_agent.agent.http.errors import BadParameter
+from az_agent.agent.errors import InvalidParameter
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -20,7 +20,7 @@ def reject_unknown(query: Mapping[str, str], allowed: Iterable[str]) -> None:
     known = set(allowed)
     for name in query:
         if name not in known:
-            raise BadParameter(name, f"unknown parameter (allowed: {', '.join(sorted(known))})")
+            raise InvalidParameter(name, f"unknown parameter (allowed: {', '.join(sorted(known))})")
 
 
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
@@ -31,7 +31,7 @@ def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise BadParameter(name, f"expected true or false, got {value!r}")
+    raise InvalidParameter(name, f"expected true or false, got {value!r}")
 
 
 def parse_positive_int(name: str, value: str | None) -> int | None:
@@ -40,9 +40,9 @@ def parse_positive_int(name: str, value: str | None) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise BadParameter(name, f"expected a positive integer, got {value!r}") from None
+        raise InvalidParameter(name, f"expected a positive integer, got {value!r}") from None
     if number <= 0:
-        raise BadParameter(name, f"must be positive, got {number}")
+        raise InvalidParameter(name, f"must be positive, got {number}")
     return number
 
 
@@ -57,13 +57,13 @@ def parse_timestamp(name: str, value: str | None) -> datetime | None:
         try:
             return datetime.fromtimestamp(seconds, UTC)
         except (OverflowError, OSError, ValueError):
-            raise BadParameter(name, f"{value!r} is out of range") from None
+            raise InvalidParameter(name, f"{value!r} is out of range") from None
     try:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
-        raise BadParameter(
+        raise InvalidParameter(
             name, f"expected RFC 3339 (2026-11-22T03:00:00Z) or Unix seconds/ms, got {value!r}"
         ) from None
     if parsed.tzinfo is None:
-        raise BadParameter(name, f"{value!r} has no time zone; add Z or an offset")
+        raise InvalidParameter(name, f"{value!r} has no time zone; add Z or an offset")
     return parsed.astimezone(UTC)

@@ -19,8 +19,8 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import Unavailable
 from az_agent.drivers.pinot import HttpPinotController, TableRef, UploadBody, UploadResult
 from az_agent.drivers.storage.base import (

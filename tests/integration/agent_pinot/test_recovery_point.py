@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from az_agent.agent.segment_backup import completed_at_ms
+from az_agent.agent.backup.segments import completed_at_ms
 from az_agent.drivers.pinot import SegmentMetadata, TableRef, TableType
 
 SEEN = 1_800_000_000_000

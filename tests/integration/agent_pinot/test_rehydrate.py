@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.agent.rehydrate import (
+from az_agent.agent.backup.segments import SegmentBackupLoop
+from az_agent.agent.restore.rehydrate import (
     RehydrationFailed,
     Rehydrator,
     plan_rehydration,
     restore_table_configs,
     resume_after_restore,
 )
-from az_agent.agent.segment_backup import SegmentBackupLoop
 from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.pinot import PinotSettings, SegmentStatus, TableRef, TableType
 from az_agent.emulators.pinot import PinotEmulator

@@ -8,8 +8,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from az_agent.agent.segment_backup import SegmentBackupLoop
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.backup.segments import SegmentBackupLoop
+from az_agent.agent.leadership.session import LeaderSession
 from az_agent.drivers.errors import Unavailable
 from az_agent.drivers.pinot import PinotSettings, SegmentMetadata, TableRef, TableType
 from az_agent.drivers.pinot.tarstream import TarballInspector

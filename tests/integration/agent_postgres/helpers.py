@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_backup import PostgresBackupLoop
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.backup.postgres import PostgresBackupLoop
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.postgres.dumper import PgDumper
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state import (

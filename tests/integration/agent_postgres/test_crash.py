@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.agent.metrics import AgentMetrics
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.storage.base import Body, ObjectInfo
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import NotLeader, load_catalog, sweep_orphans

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_restore import (
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.restore.postgres import (
     NoBackup,
     RestoreFailed,
     RestoreProgress,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_backup import expired_dumps
+from az_agent.agent.backup.postgres import expired_dumps
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.postgres.config import RetentionSettings
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import DumpDeletedPayload, DumpRecord
@@ -65,7 +65,7 @@ async def test_keep_two_after_four_dumps_deletes_the_oldest_by_log_order(
     clock, metrics = FakeClock(), AgentMetrics(ZONE)
     options = {"first_delay_seconds": 1e6}
     loop = backup_loop(zone1, clock, metrics, [dbname], options=options, retention={"keep": 2})
-    caplog.set_level(logging.INFO, logger="az_agent.agent.postgres_backup")
+    caplog.set_level(logging.INFO, logger="az_agent.agent.backup.postgres")
     dumps = []
     async with running(loop, await lead(store, clock, metrics)):
         for n in range(4):

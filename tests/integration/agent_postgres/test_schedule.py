@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_backup import DumpFailed
+from az_agent.agent.backup.postgres import DumpFailed
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.storage.base import Body, ObjectInfo
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import Fenced, NotLeader
@@ -174,7 +174,7 @@ async def test_tool_failure_is_logged_with_its_stderr(
     clock, metrics = FakeClock(), AgentMetrics(ZONE)
     options = {"first_delay_seconds": 0.0}
     loop = backup_loop(zone1, clock, metrics, [dbname], options=options, bin_dir=str(bin_dir))
-    caplog.set_level(logging.WARNING, logger="az_agent.agent.postgres_backup")
+    caplog.set_level(logging.WARNING, logger="az_agent.agent.backup.postgres")
     async with running(loop, await lead(store, clock, metrics)):
         await until(lambda: failures(metrics, "tool") == 1)
     assert "disk on fire" in loop.status()["databases"][dbname]["lastError"]

@@ -18,52 +18,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from az_agent.agent.metrics import AgentMetrics
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.observability.reports import KIND, describe_dump, failure_reason
 from az_agent.drivers.errors import (
     CorruptObject,
-    DriverError,
-    Misconfigured,
-    NotFound,
-    PermissionDenied,
-    Unavailable,
 )
-from az_agent.drivers.postgres.base import PostgresDumper, RestoreResult, ToolFailed
+from az_agent.drivers.postgres.base import PostgresDumper, RestoreResult
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state import Catalog, DumpRecord
 
 log = logging.getLogger(__name__)
-
-KIND = "postgres"
-"""The ``kind`` label of the backup and restore metrics."""
-
-_REASONS: tuple[tuple[type[Exception], str], ...] = (
-    (ToolFailed, "tool"), (NotFound, "not-found"), (Unavailable, "unavailable"),
-    (PermissionDenied, "permission-denied"), (Misconfigured, "misconfigured"),
-    (CorruptObject, "corrupt"), (DriverError, "driver"),
-)  # fmt: skip
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The ``reason`` label of ``backup_failures``/``restore_failures`` for an error."""
-    return next((label for kind, label in _REASONS if isinstance(exc, kind)), "internal")
-
-
-def describe_dump(record: DumpRecord, now: datetime | None = None) -> dict[str, Any]:
-    """A dump as ``/status`` shows it (JSON-ready), with its age when ``now`` is given."""
-    described: dict[str, Any] = {
-        "seq": record.seq,
-        "epoch": record.epoch,
-        "key": record.key,
-        "size": record.size,
-        "sha256": record.sha256,
-        "serverVersion": record.server_version,
-        "startedAt": record.started_at.isoformat(),
-        "finishedAt": record.finished_at.isoformat(),
-        "committedAt": record.committed_at.isoformat(),
-    }
-    if now is not None:
-        described["ageSeconds"] = max((now - record.started_at).total_seconds(), 0.0)
-    return described
 
 
 class RestoreError(Exception):

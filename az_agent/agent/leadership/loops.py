@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.leadership.session import LeaderSession
 
 
 class SegmentBackup(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from az_agent.agent.metrics import AgentMetrics
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state import Catalog, Clock, LogEntry, LogWriter, Payload, refresh_catalog
 

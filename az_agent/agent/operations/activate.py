@@ -21,22 +21,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from az_agent.agent.http.errors import BadParameter, Conflict, NotFoundError
-from az_agent.agent.logs import log_context
-from az_agent.agent.operations import Operation
-from az_agent.agent.pinot_restore import restore_table_configs, resume_after_restore
-from az_agent.agent.postgres_restore import (
+from az_agent.agent.errors import InvalidParameter, UnknownTarget, WrongState
+from az_agent.agent.observability.logs import log_context
+from az_agent.agent.operations.context import AgentContext
+from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.requests import ActivateRequest
+from az_agent.agent.operations.silences import silence_alerts
+from az_agent.agent.operations.states import Request
+from az_agent.agent.restore.pinot import restore_table_configs, resume_after_restore
+from az_agent.agent.restore.postgres import (
     NoBackup,
     RestoreError,
     RestoreProgress,
     plan_restore,
     restore_databases,
 )
-from az_agent.agent.rehydrate import RehydrationPlan, Rehydrator, plan_rehydration
-from az_agent.agent.requests import ActivateRequest
-from az_agent.agent.states import Request
+from az_agent.agent.restore.rehydrate import RehydrationPlan, Rehydrator, plan_rehydration
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.state import (
     Catalog,
@@ -47,9 +49,6 @@ from az_agent.state import (
     last_entry,
     load_catalog,
 )
-
-if TYPE_CHECKING:
-    from az_agent.agent.core import Agent
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +71,16 @@ ESTIMATED_BYTES_PER_SECOND = 50 << 20
 class Activation:
     """One activation; :meth:`prepare` validates (4xx) and :meth:`run` carries it out."""
 
-    def __init__(self, agent: Agent, request: ActivateRequest, op: Operation | None = None) -> None:
+    def __init__(
+        self, agent: AgentContext, request: ActivateRequest, op: Operation | None = None
+    ) -> None:
         self.agent = agent
         self.request = request
         self.op = op
         self.catalog: Catalog | None = None
 
     @classmethod
-    def resume(cls, agent: Agent, op: Operation) -> Activation:
+    def resume(cls, agent: AgentContext, op: Operation) -> Activation:
         """Continue an activation found running in the bucket after a restart."""
         saved = op.request
         latest = saved.get("latestTime")
@@ -99,17 +100,19 @@ class Activation:
         """Refuse what cannot work before anything is written: 400, 404, 409."""
         agent, source = self.agent, self.request.zone
         if source == agent.zone:
-            raise BadParameter("zone", f"{source!r} is this agent's own zone; name the source zone")
+            raise InvalidParameter(
+                "zone", f"{source!r} is this agent's own zone; name the source zone"
+            )
         keeper = agent.source_keeper(source)
         observation = await keeper.observe()
         record = observation.record
         if record is None and await last_entry(agent.deps.store, source) is None:
             agent.forget_source(source)
-            raise NotFoundError(f"zone {source!r} has no lease and no backups in this bucket")
+            raise UnknownTarget(f"zone {source!r} has no lease and no backups in this bucket")
         forced = self.request.force or self.request.namespace is not None
         if record is not None and observation.is_live and not forced:
             wait = max(0.0, record.ttl_seconds - observation.seconds_unchanged)
-            raise Conflict(
+            raise WrongState(
                 f"zone {source!r} is live: its lease (holder {record.holder}, epoch "
                 f"{record.epoch}) changed {observation.seconds_unchanged:.0f}s ago. Pause it "
                 "first, wait until it expires, or pass force=true if it is dead.",
@@ -120,9 +123,9 @@ class Activation:
         try:
             self._plan_databases()
         except NoBackup as exc:
-            raise NotFoundError(str(exc)) from exc
+            raise UnknownTarget(str(exc)) from exc
         if self.catalog.segment_count == 0 and not self._databases():
-            raise NotFoundError(f"zone {source!r} has nothing backed up")
+            raise UnknownTarget(f"zone {source!r} has nothing backed up")
 
     def _databases(self) -> list[str]:
         if self.agent.deps.dumper is None:
@@ -226,7 +229,7 @@ class Activation:
 
     async def _silence(self) -> str:
         assert self.op is not None
-        return await self.agent.silence_alerts(self.op, f"activation from {self.request.zone}")
+        return await silence_alerts(self.agent, self.op, f"activation from {self.request.zone}")
 
     async def _fence_source(self) -> str:
         agent, source = self.agent, self.request.zone
@@ -340,18 +343,20 @@ class Activation:
         return f"zone {agent.zone} taken with epoch {agent.keeper.epoch}"
 
 
-async def start_activation(agent: Agent, request: ActivateRequest) -> tuple[int, dict[str, Any]]:
+async def start_activation(
+    agent: AgentContext, request: ActivateRequest
+) -> tuple[int, dict[str, Any]]:
     """The ``/activate`` handler's work: validate, then dry-run or start the operation."""
     activation = Activation(agent, request)
     if not request.dry_run:
         # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
-        from az_agent.agent.states import transition
+        from az_agent.agent.operations.states import transition
 
         transition(agent.state, Request.ACTIVATE)
     try:
         await activation.prepare()
     except NotFound as exc:
-        raise NotFoundError(str(exc)) from exc
+        raise UnknownTarget(str(exc)) from exc
     if request.dry_run:
         return 200, await activation.dry_run()
     op = await activation.begin()

@@ -17,8 +17,8 @@ then a ``segment`` log entry. A segment never sits in memory: a transfer holds o
 * Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
 * Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none.
 
-What a poll does to the set of waiting segments is in :mod:`~az_agent.agent.segment_discovery`,
-how backup is measured and shown in :mod:`~az_agent.agent.segment_stats`.
+What a poll does to the set of waiting segments is in :mod:`~az_agent.agent.backup.discovery`,
+how backup is measured and shown in :mod:`~az_agent.agent.backup.segment_stats`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar, cast
 
 from az_agent.agent.backoff import backoff_delay
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.pinot_restore import save_table_documents
-from az_agent.agent.segment_discovery import (
+from az_agent.agent.backup.discovery import (
     Outcome,
     Pending,
     forget,
@@ -41,14 +39,16 @@ from az_agent.agent.segment_discovery import (
     track,
     wanted_tables,
 )
-from az_agent.agent.segment_stats import (
+from az_agent.agent.backup.segment_stats import (
     BackupStats,
     Key,
     completed_at_ms,
     failure_reason,
     now_ms,
 )
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.backup.tables import save_table_documents
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import CorruptObject, DriverError, NotFound, Unavailable
 from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.config import PinotSettings
@@ -66,7 +66,7 @@ T = TypeVar("T")
 
 
 class SegmentBackupLoop:
-    """The :class:`~az_agent.agent.loops.SegmentBackup` of the agent (see the module docstring).
+    """The agent's :class:`~az_agent.agent.leadership.loops.SegmentBackup` (module docstring).
 
     One :meth:`run` at a time; :meth:`flush` may run beside it. All waits go through ``clock``.
     """

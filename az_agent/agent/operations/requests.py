@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from az_agent.agent.config import ZONE_PATTERN
-from az_agent.agent.http.errors import BadParameter
+from az_agent.agent.errors import InvalidParameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +40,9 @@ class ActivateRequest:
         force_pause: bool,
     ) -> ActivateRequest:
         if not zone:
-            raise BadParameter("zone", "required: the zone id of the source backup")
+            raise InvalidParameter("zone", "required: the zone id of the source backup")
         if not ZONE_PATTERN.match(zone):
-            raise BadParameter("zone", f"{zone!r} is not a valid zone id")
+            raise InvalidParameter("zone", f"{zone!r} is not a valid zone id")
         return cls(zone, latest_time, batch_size, force, dry_run, namespace, force_pause)
 
     def describe(self) -> dict[str, object]:

@@ -19,14 +19,14 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from aiohttp import web
 
+from az_agent.agent.backup.postgres import PostgresBackupLoop
+from az_agent.agent.backup.segments import SegmentBackupLoop
 from az_agent.agent.config import AgentConfig, ConfigError
-from az_agent.agent.core import Agent, AgentDeps
+from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.http.app import build_app
 from az_agent.agent.http.auth import TOKEN_ENV, Authenticator
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_backup import PostgresBackupLoop
+from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
-from az_agent.agent.segment_backup import SegmentBackupLoop
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
 from az_agent.drivers.errors import Misconfigured, PermissionDenied
 from az_agent.drivers.kubernetes.client import KubernetesConnection

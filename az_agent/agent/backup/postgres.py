@@ -27,9 +27,9 @@ from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.config import ServiceConfig
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.postgres_restore import KIND, describe_dump, failure_reason
-from az_agent.agent.session import LeaderSession
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.observability.reports import KIND, describe_dump, failure_reason
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.drivers.postgres.base import PostgresDumper
 from az_agent.drivers.postgres.config import PostgresSettings, RetentionSettings

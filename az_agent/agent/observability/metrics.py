@@ -8,10 +8,10 @@ system does not look late); for PostgreSQL, the age of the newest good dump.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-
-from az_agent.agent.states import AgentState
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -120,8 +120,9 @@ class AgentMetrics:
         )
         self.errors = Counter("az_agent_errors", "Errors by kind.", ["kind"], registry=reg)
 
-    def set_state(self, state: AgentState) -> None:
-        for candidate in AgentState:
+    def set_state(self, state: StrEnum) -> None:
+        """One series per member of ``state``'s enum: 1 for ``state``, 0 for the others."""
+        for candidate in type(state):
             self.state.labels(state=candidate.value).set(1 if candidate is state else 0)
 
     def render(self) -> bytes:

@@ -12,7 +12,7 @@ from collections.abc import Collection, Container, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from az_agent.agent.segment_stats import Key, completed_at_ms, now_ms
+from az_agent.agent.backup.segment_stats import Key, completed_at_ms, now_ms
 from az_agent.drivers.pinot.models import SegmentMetadata, TableRef
 from az_agent.state import Catalog, Clock
 

@@ -12,19 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
-from az_agent.agent.logs import log_context
-from az_agent.agent.operations import Operation
-from az_agent.agent.requests import PauseRequest
-from az_agent.agent.session import LeaderSession
-from az_agent.agent.states import Request
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.logs import log_context
+from az_agent.agent.operations.context import AgentContext
+from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.requests import PauseRequest
+from az_agent.agent.operations.silences import silence_alerts
+from az_agent.agent.operations.states import Request
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.models import TableRef, TableType
-from az_agent.state import LeaseState, StateError
-
-if TYPE_CHECKING:
-    from az_agent.agent.core import Agent
+from az_agent.state import LeaseState, PausedPayload, StateError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ PHASES = (
 COMMIT_WAIT_SECONDS = 300.0
 
 
-async def realtime_tables(agent: Agent) -> list[TableRef]:
+async def realtime_tables(agent: AgentContext) -> list[TableRef]:
     """The REALTIME tables in scope: the configured ones, or every table."""
     wanted = set(agent.deps.config.service.pinot.tables)
     tables = await agent.deps.pinot.list_tables(TableType.REALTIME)
@@ -50,7 +48,7 @@ async def realtime_tables(agent: Agent) -> list[TableRef]:
 class Pause:
     """One pause operation; :meth:`begin` validates and records it, :meth:`run` carries it out."""
 
-    def __init__(self, agent: Agent, request: PauseRequest) -> None:
+    def __init__(self, agent: AgentContext, request: PauseRequest) -> None:
         self.agent = agent
         self.request = request
         self.op: Operation | None = None
@@ -110,7 +108,7 @@ class Pause:
 
     async def _silence(self) -> str:
         assert self.op is not None
-        return await self.agent.silence_alerts(self.op, "pause")
+        return await silence_alerts(self.agent, self.op, "pause")
 
     async def _pause_consumption(self) -> str:
         try:
@@ -167,15 +165,17 @@ class Pause:
             if dump is not None:
                 dump_seqs[database] = dump.seq
                 checksums[database] = dump.sha256
-        await self.agent.write_paused(
-            {
-                "epoch": session.epoch,
-                "newestSegmentSeq": newest_segment,
-                "dumpSeqs": dump_seqs,
-                "checksums": checksums,
-                "forced": self.request.force,
-                "detail": f"{catalog.segment_count} segments committed",
-            }
+        await session.commit(
+            PausedPayload.model_validate(
+                {
+                    "epoch": session.epoch,
+                    "newestSegmentSeq": newest_segment,
+                    "dumpSeqs": dump_seqs,
+                    "checksums": checksums,
+                    "forced": self.request.force,
+                    "detail": f"{catalog.segment_count} segments committed",
+                }
+            )
         )
         return f"handover at entry {catalog.last_seq}"
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from az_agent.agent.errors import WrongState
+
 
 class AgentState(StrEnum):
     STANDBY = "STANDBY"
@@ -40,11 +42,11 @@ class Request(StrEnum):
     FENCE = "fence"  # another agent took this zone with a higher epoch
 
 
-class IllegalTransition(Exception):
-    """A request that the current state does not allow; answered with HTTP 409."""
+class IllegalTransition(WrongState):
+    """A request that the current state does not allow; ``state`` names the current one."""
 
     def __init__(self, state: AgentState, request: Request) -> None:
-        super().__init__(f"cannot {request.value} while {state.value}")
+        super().__init__(f"cannot {request.value} while {state.value}", state=state.value)
         self.state = state
         self.request = request
 

@@ -1,7 +1,4 @@
-"""Pinot table configs and schemas in the bucket: saved while backing up, recreated on activation.
-
-Both directions use one encoding (:func:`encode_document`: sorted keys, compact), so "has it
-changed?" is a comparison of SHA-256s with the catalog's newest record.
+"""Pinot table configs and schemas recreated on activation (saved by ``backup.tables``).
 
 Restoring follows §8 of the controller reference: schemas first, then table configs. Creating a
 REALTIME table starts one sequence-0 consuming segment per partition (§11.4), and pausing it
@@ -23,74 +20,24 @@ import json
 import logging
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Literal
 
-from az_agent.agent.session import LeaderSession
 from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.pinot.base import ConsumeFrom, PinotController
 from az_agent.drivers.pinot.errors import Conflict
 from az_agent.drivers.pinot.models import JsonObject, TableRef, TableType, table_type_of
 from az_agent.drivers.storage.base import ObjectStore
-from az_agent.state import Catalog, ConfigRecord, SchemaPayload, SegmentRecord, TableConfigPayload
-from az_agent.state.keys import schema_key, table_config_key
+from az_agent.state import Catalog, ConfigRecord, SegmentRecord
 
 log = logging.getLogger(__name__)
 
-DocumentKind = Literal["table-config", "schema"]
 CREATED_COMMENT = "az-agent: table created by a restore, paused until its segments are restored"
 PAUSED_COMMENT = "az-agent: paused while segments are restored"
 RESUMED_COMMENT = "az-agent: segments restored"
 
 
-def encode_document(body: JsonObject) -> bytes:
-    """The stored form of a table config or schema: equal documents give equal bytes."""
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-
-
 def record_table(record: SegmentRecord) -> TableRef:
     """The physical table of a backed-up segment (stored by typed or raw name)."""
     return TableRef.parse(record.table, TableType(record.table_type))
-
-
-# -- saving (backup) --------------------------------------------------------------------------
-
-
-async def save_table_documents(
-    session: LeaderSession, pinot: PinotController, table: TableRef
-) -> list[DocumentKind]:
-    """Save ``table``'s config and schema where they differ from the catalog; what was saved."""
-    try:
-        configs = await pinot.table_configs(table.raw, table.type)
-        schema = await pinot.table_schema(table.raw)
-    except NotFound:
-        return []  # deleted since it was listed
-    saved: list[DocumentKind] = []
-    config = configs.get(table.type)
-    if config is not None and await _save(session, "table-config", table.name_with_type, config):
-        saved.append("table-config")
-    if await _save(session, "schema", str(schema.get("schemaName") or table.raw), schema):
-        saved.append("schema")
-    return saved
-
-
-async def _save(session: LeaderSession, kind: DocumentKind, name: str, body: JsonObject) -> bool:
-    data = encode_document(body)
-    digest = hashlib.sha256(data).hexdigest()
-    catalog = session.catalog
-    known = (catalog.table_configs() if kind == "table-config" else catalog.schemas()).get(name)
-    if known is not None and known.sha256 == digest:
-        return False
-    payload: TableConfigPayload | SchemaPayload
-    if kind == "table-config":
-        payload = TableConfigPayload(
-            name=name, key=table_config_key(session.zone, name), sha256=digest
-        )
-    else:
-        payload = SchemaPayload(name=name, key=schema_key(session.zone, name), sha256=digest)
-    await session.store.put(payload.key, data)
-    await session.commit(payload)
-    log.info("saved %s %s to %s (%s)", kind, name, payload.key, "changed" if known else "new")
-    return True
 
 
 # -- restoring (activation) -------------------------------------------------------------------

@@ -9,29 +9,28 @@ epoch, ingestion resumes from where it stopped, and the silences are lifted.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from az_agent.agent.http.errors import Conflict
-from az_agent.agent.pause import realtime_tables
-from az_agent.agent.states import AgentState, Request, transition
+from az_agent.agent.errors import WrongState
+from az_agent.agent.operations.context import AgentContext
+from az_agent.agent.operations.pause import realtime_tables
+from az_agent.agent.operations.silences import lift_silences
+from az_agent.agent.operations.states import AgentState, Request, transition
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.base import ConsumeFrom
 from az_agent.state import FencePayload, last_entry
 
-if TYPE_CHECKING:
-    from az_agent.agent.core import Agent
-
 log = logging.getLogger(__name__)
 
 
-async def resume(agent: Agent) -> tuple[int, dict[str, Any]]:
+async def resume(agent: AgentContext) -> tuple[int, dict[str, Any]]:
     transition(agent.state, Request.RESUME)  # 409 unless ACTIVE or PAUSED
     if agent.state is AgentState.ACTIVE:
-        lifted = await agent.lift_silences()
+        lifted = await lift_silences(agent)
         return 200, {"state": agent.state.value, "silencesLifted": lifted}
     newest = await last_entry(agent.deps.store, agent.zone)
     if newest is not None and isinstance(newest.payload, FencePayload):
-        raise Conflict(
+        raise WrongState(
             f"zone {agent.zone} was taken over ({newest.payload.by}); activate from the zone "
             "that took it to fail back",
             state=agent.state.value,
@@ -47,7 +46,7 @@ async def resume(agent: Agent) -> tuple[int, dict[str, Any]]:
             resumed.append(table.raw)
     except DriverError as exc:
         log.warning("resuming consumption failed (the backup loops still run): %s", exc)
-    lifted = await agent.lift_silences()
+    lifted = await lift_silences(agent)
     log.info("zone %s resumed in place with epoch %d", agent.zone, epoch)
     return 200, {
         "state": agent.state.value,

@@ -12,7 +12,7 @@ then the run stops with :class:`RehydrationFailed` naming the segment. Nothing i
 here: ``on_progress`` reports every segment so the caller can. After a crash a new plan skips
 what Pinot already has, so at most the segments in flight (one per worker) are moved twice.
 
-Configs, schemas and consumption around it live in :mod:`az_agent.agent.pinot_restore`.
+Configs, schemas and consumption around it live in :mod:`az_agent.agent.restore.pinot`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
-from az_agent.agent.metrics import AgentMetrics
-from az_agent.agent.pinot_restore import record_table, restore_table_configs, resume_after_restore
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.restore.pinot import record_table, restore_table_configs, resume_after_restore
 from az_agent.drivers.errors import (
     CorruptObject,
     DriverError,

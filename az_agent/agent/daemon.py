@@ -1,0 +1,317 @@
+"""The agent: one zone's state machine, its leadership, and the operations it runs.
+
+Patroni's lesson, kept here: HTTP requests only record intent and start an owned operation;
+the loops decide. Every background task is owned by :meth:`Agent.run`'s task group (or by the
+operation runner, which the same group owns) and is cancelled and awaited on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from az_agent.agent.deps import AgentDeps
+from az_agent.agent.errors import AgentError, NotReady, OperationFailed, WrongState
+from az_agent.agent.leadership.automatic import watch_source
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.leadership.zone import LeadershipDeps, ZoneLeadership
+from az_agent.agent.observability.metrics import CONTENT_TYPE
+from az_agent.agent.operations.journal import Operation, OperationJournal
+from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
+from az_agent.agent.operations.states import (
+    AgentState,
+    IllegalTransition,
+    Request,
+    allowed_requests,
+    transition,
+)
+from az_agent.drivers.errors import DriverError
+from az_agent.state import (
+    FencePayload,
+    LeaseKeeper,
+    LeaseSettings,
+    LeaseState,
+    StateError,
+    last_entry,
+    new_holder_id,
+)
+
+log = logging.getLogger(__name__)
+
+PAUSE_WAIT_SECONDS = 300
+
+__all__ = ["Agent", "AgentDeps"]
+
+
+class Agent:
+    """One zone's agent. Create, then ``await run()``; the HTTP API calls the other methods."""
+
+    def __init__(self, deps: AgentDeps) -> None:
+        self.deps = deps
+        self.zone = deps.config.zone
+        self.holder = new_holder_id(f"{self.zone}-agent")
+        lease = deps.config.service.lease
+        self.lease_settings = LeaseSettings(
+            ttl_seconds=lease.ttl_seconds,
+            renew_deadline_seconds=lease.renew_deadline_seconds,
+            retry_period_seconds=lease.retry_period_seconds,
+        )
+        self.leadership = ZoneLeadership(
+            LeadershipDeps(
+                zone=self.zone,
+                holder=self.holder,
+                store=deps.store,
+                clock=deps.clock,
+                metrics=deps.metrics,
+                settings=self.lease_settings,
+                segment_backup=deps.segment_backup,
+                database_backup=deps.database_backup,
+            ),
+            wants=self._wants_leadership,
+            on_fenced=self._on_fenced,
+            on_taken_over=self._on_taken_over,
+        )
+        self.journal = OperationJournal(deps.store, self.zone, deps.clock)
+        self.state = AgentState.STANDBY
+        self.operation: Operation | None = None
+        self.fenced_by: str | None = None
+        self._op_task: asyncio.Task[None] | None = None
+        self._op_runner: asyncio.TaskGroup | None = None
+        self._last_beat = time.monotonic()
+        self._started = False
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        return self.leadership.keeper
+
+    @property
+    def session(self) -> LeaderSession | None:
+        return self.leadership.session
+
+    # ----------------------------------------------------------------- state
+
+    def set_state(self, request: Request) -> AgentState:
+        """Apply ``request`` to the state machine (``IllegalTransition`` when not allowed)."""
+        new = transition(self.state, request)
+        if new is not self.state:
+            log.info("state %s -> %s (%s)", self.state.value, new.value, request.value)
+        self.state = new
+        if new in (AgentState.ACTIVE, AgentState.PAUSING):
+            self.leadership.unsuspend()  # leading again, or a (retried) pause that needs it
+        self.deps.metrics.set_state(new)
+        self.leadership.state_changed()
+        return new
+
+    def _wants_leadership(self) -> bool:
+        if self.state is AgentState.FAILED:
+            # A failed pause keeps the zone backed up until it is retried; a failed activation
+            # must not take this zone's lease.
+            return self.operation is not None and self.operation.kind == "pause"
+        return self.state in (AgentState.ACTIVE, AgentState.PAUSING)
+
+    def wants_leadership(self) -> bool:
+        return self.leadership.wants_leadership()
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def recover(self) -> None:
+        """Decide the starting state from the bucket: the lease, the log, a running operation."""
+        observation = await self.keeper.observe()
+        record = observation.record
+        current = await self.journal.load_current()
+        if record is None:
+            role = self.deps.config.service.role
+            self.state = AgentState.ACTIVE if role == "active" else AgentState.STANDBY
+        elif record.state is LeaseState.PAUSED:
+            newest = await last_entry(self.deps.store, self.zone)
+            handed_over = newest is not None and isinstance(newest.payload, FencePayload)
+            self.state = AgentState.STANDBY if handed_over else AgentState.PAUSED
+        else:
+            self.state = AgentState.ACTIVE  # active or released: the election decides
+        if current is not None and current.status == "running":
+            self.operation = current
+            if current.kind == "activate":
+                self.state = AgentState.ACTIVATING
+            else:
+                self.operation.status = "failed"
+                self.operation.error = "interrupted by an agent restart; POST /pause again"
+                await self.journal.save(self.operation)
+        elif current is not None:
+            self.operation = current
+        self.deps.metrics.set_state(self.state)
+        log.info(
+            "zone %s starts %s (lease %s, holder id %s)",
+            self.zone,
+            self.state.value,
+            record.state.value if record else "absent",
+            self.holder,
+        )
+
+    async def run(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Run until cancelled: lease loop, leader sessions, operations. Cleans up on exit."""
+        await self.recover()
+        self._started = True
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._op_runner = group
+                group.create_task(self.leadership.run(), name="leadership")
+                group.create_task(self._heartbeat(), name="heartbeat")
+                if self.deps.config.service.automatic_failover.enabled:
+                    group.create_task(self._automatic_failover(), name="automatic-failover")
+                if self.state is AgentState.ACTIVATING and self.operation is not None:
+                    self.start_operation(self._resume_activation(self.operation))
+                if on_ready is not None:
+                    await on_ready()
+        finally:
+            self._op_runner = None
+            await asyncio.shield(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        """Release the lease only when not mid-operation, so a restart can resume cleanly."""
+        if self.keeper.is_leader and self.state is AgentState.ACTIVE:
+            with contextlib.suppress(DriverError, StateError):
+                await self.keeper.release(LeaseState.RELEASED)
+                log.info("lease released on shutdown")
+
+    def start_operation(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        """Run ``work`` as the one operation task, owned by :meth:`run`'s task group."""
+        if self._op_runner is None:
+            raise NotReady("the agent is not running")
+        if self._op_task is not None and not self._op_task.done():
+            raise WrongState("another operation is running", state=self.state.value)
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("operation failed")
+
+        self._op_task = self._op_runner.create_task(guarded(), name="operation")
+        return self._op_task
+
+    async def _resume_activation(self, operation: Operation) -> None:
+        from az_agent.agent.operations.activate import Activation
+
+        await Activation.resume(self, operation).run()
+
+    # ---------------------------------------------------------------- loops
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._last_beat = time.monotonic()
+            self._refresh_metrics()
+            await self.deps.clock.sleep(1.0)
+
+    def _refresh_metrics(self) -> None:
+        metrics = self.deps.metrics
+        status = self.keeper.status()
+        metrics.leader.set(1 if status.is_leader else 0)
+        metrics.epoch.set(status.epoch or 0)
+        metrics.fenced.set(1 if self.state is AgentState.FENCED else 0)
+        metrics.rpo_seconds.labels(kind="segments").set(self.deps.segment_backup.rpo_seconds())
+        if self.deps.database_backup is not None:
+            metrics.rpo_seconds.labels(kind="postgres").set(self.deps.database_backup.rpo_seconds())
+
+    async def stop_session(self) -> None:
+        """End the current leader session (pause) and wait until its loops have stopped; no
+        new session starts until the agent is ACTIVE again."""
+        await self.leadership.stop_session()
+
+    def source_keeper(self, zone: str) -> LeaseKeeper:
+        return self.leadership.source_keeper(zone)
+
+    def forget_source(self, zone: str) -> None:
+        self.leadership.forget_source(zone)
+
+    def _on_fenced(self, reason: str) -> None:
+        log.error("%s: this agent stops writing and does not fight back", reason)
+        self.fenced_by = reason
+        if self.state is not AgentState.FENCED:
+            self.set_state(Request.FENCE)
+
+    def _on_taken_over(self, by: str) -> None:
+        if self.state not in (AgentState.ACTIVE, AgentState.PAUSED):
+            return
+        self.fenced_by = by
+        log.warning("zone %s was taken over by %s", self.zone, by)
+        self.set_state(Request.FENCE)
+
+    async def _automatic_failover(self) -> None:
+        settings = self.deps.config.service.automatic_failover
+        await watch_source(
+            settings,
+            self.source_keeper(settings.source_zone),
+            self.deps.clock,
+            self.lease_settings.retry_period_seconds,
+            is_standby=lambda: self.state is AgentState.STANDBY,
+            activate=self._activate_automatically,
+        )
+
+    async def _activate_automatically(self, source: str) -> None:
+        from az_agent.agent.operations.activate import start_activation
+
+        try:
+            await start_activation(self, ActivateRequest(zone=source))
+        except (AgentError, DriverError, StateError, IllegalTransition) as exc:
+            log.error("automatic failover from zone %s could not start: %s", source, exc)
+
+    # ------------------------------------------------------------- read side
+
+    def status(self) -> dict[str, Any]:
+        from az_agent.agent.status import build_status
+
+        return build_status(self)
+
+    def healthz(self) -> tuple[bool, dict[str, Any]]:
+        age = time.monotonic() - self._last_beat
+        ok = self._started and age < 10
+        return ok, {"ok": ok, "state": self.state.value, "loopLagSeconds": round(age, 3)}
+
+    async def readyz(self) -> tuple[bool, dict[str, Any]]:
+        from az_agent.agent.status import check_dependencies
+
+        return await check_dependencies(self)
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        self._refresh_metrics()
+        return self.deps.metrics.render(), CONTENT_TYPE
+
+    def allowed(self) -> list[str]:
+        """The operator requests the current state accepts."""
+        operator = (Request.PAUSE, Request.ACTIVATE, Request.RESUME)
+        return [r.value for r in allowed_requests(self.state) if r in operator]
+
+    # ------------------------------------------------------------ write side
+
+    async def pause(self, request: PauseRequest) -> tuple[int, dict[str, Any]]:
+        from az_agent.agent.operations.pause import Pause
+
+        pause = Pause(self, request)
+        op = await pause.begin()
+        task = self.start_operation(pause.run())
+        await asyncio.wait({task}, timeout=request.wait_seconds or PAUSE_WAIT_SECONDS)
+        return self._operation_answer(op, done=task.done())
+
+    async def activate(self, request: ActivateRequest) -> tuple[int, dict[str, Any]]:
+        from az_agent.agent.operations.activate import start_activation
+
+        return await start_activation(self, request)
+
+    async def resume(self) -> tuple[int, dict[str, Any]]:
+        from az_agent.agent.operations.resume import resume
+
+        return await resume(self)
+
+    def _operation_answer(self, op: Operation, *, done: bool) -> tuple[int, dict[str, Any]]:
+        body = {"state": self.state.value, "operation": op.describe(self.deps.clock.now())}
+        if not done or op.status == "running":
+            return 202, body
+        if op.status == "failed":
+            raise OperationFailed(op.error or "operation failed", **body)
+        return 200, body

@@ -1,0 +1,250 @@
+"""The zone lease and the leader sessions it grants: the only lease loop the agent runs.
+
+:meth:`LeaseKeeper.run` plays the lease rounds (acquire, renew, self-fencing at the renew
+deadline) while the agent wants to lead; :class:`ZoneLeadership` turns each won lease into one
+:class:`LeaderSession` (fence entry first, then the backup loops) and ends it when the lease is
+lost, the writer is fenced, or a pause asks. Beside it, one watch loop reads the zone's lease
+while this agent does not hold it (has another zone taken this one over?) and keeps the leases
+of other zones observed, so their expiry is judged over time on this agent's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from az_agent.agent.leadership.loops import DatabaseBackup, SegmentBackup
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.drivers.errors import DriverError
+from az_agent.drivers.storage.base import ObjectStore
+from az_agent.state import (
+    Clock,
+    Fenced,
+    FencePayload,
+    LeaseKeeper,
+    LeaseObservation,
+    LeaseSettings,
+    LeaseState,
+    LogWriter,
+    NotLeader,
+    StateError,
+    last_entry,
+    load_catalog,
+    write_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_EVERY_ENTRIES = 10_000
+CHECKPOINT_CHECK_SECONDS = 30.0
+
+
+class _SessionEnded(Exception):
+    """Raised inside a leader session's task group to stop its loops."""
+
+
+@dataclass
+class LeadershipDeps:
+    """What leading a zone needs from the agent's wiring."""
+
+    zone: str
+    holder: str
+    store: ObjectStore
+    clock: Clock
+    metrics: AgentMetrics
+    settings: LeaseSettings
+    segment_backup: SegmentBackup
+    database_backup: DatabaseBackup | None
+
+
+class ZoneLeadership:
+    """Leads the zone while ``wants()`` holds; reports fencing and takeovers through callbacks.
+
+    ``wants()`` is the agent's state machine speaking (ACTIVE or PAUSING, not suspended);
+    ``on_fenced(reason)`` is called when a newer epoch or term fenced this agent's writer;
+    ``on_taken_over(by)`` when another zone's activation paused this zone's lease under its
+    own name and ended this zone's log with its fence.
+    """
+
+    def __init__(
+        self,
+        deps: LeadershipDeps,
+        *,
+        wants: Callable[[], bool],
+        on_fenced: Callable[[str], None],
+        on_taken_over: Callable[[str], None],
+    ) -> None:
+        self.deps = deps
+        self.keeper = LeaseKeeper(
+            deps.store, deps.zone, deps.holder, deps.settings, clock=deps.clock
+        )
+        self.session: LeaderSession | None = None
+        self._wants = wants
+        self._on_fenced = on_fenced
+        self._on_taken_over = on_taken_over
+        self._suspended = False
+        self._stop = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._ended.set()
+        self._wake = asyncio.Event()
+        self._observers: dict[str, LeaseKeeper] = {}
+        self._judged_version: str | None = None
+
+    # ----------------------------------------------------------------- control
+
+    def wants_leadership(self) -> bool:
+        return not self._suspended and self._wants()
+
+    def state_changed(self) -> None:
+        """The agent's state moved: re-evaluate (a pause lifts suspension by ending)."""
+        self._wake.set()
+
+    def unsuspend(self) -> None:
+        """Leading is wanted again (ACTIVE, or a retried pause that needs the session)."""
+        self._suspended = False
+        self._wake.set()
+
+    async def stop_session(self) -> None:
+        """End the current leader session and wait until its loops have stopped; no new
+        session starts until :meth:`unsuspend`."""
+        self._suspended = True
+        self._stop.set()
+        await self._ended.wait()
+
+    # ---------------------------------------------------------------- observers
+
+    def source_keeper(self, zone: str) -> LeaseKeeper:
+        """A keeper for another zone's lease, kept (and observed every round) so that its
+        expiry is judged over time, as Kubernetes leader election does."""
+        keeper = self._observers.get(zone)
+        if keeper is None:
+            keeper = LeaseKeeper(
+                self.deps.store, zone, self.deps.holder, self.deps.settings, clock=self.deps.clock
+            )
+            self._observers[zone] = keeper
+        return keeper
+
+    def forget_source(self, zone: str) -> None:
+        """Stop observing ``zone`` (it turned out not to exist)."""
+        self._observers.pop(zone, None)
+
+    # -------------------------------------------------------------------- loops
+
+    async def run(self) -> None:
+        """Until cancelled: the lease rounds, the watch, and one session per won lease."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                self.keeper.run(wants=self.wants_leadership, release_on_exit=False),
+                name="lease",
+            )
+            group.create_task(self._watch(), name="lease-watch")
+            group.create_task(self._sessions(), name="leadership")
+
+    async def _watch(self) -> None:
+        period = self.deps.settings.retry_period_seconds
+        while True:
+            try:
+                if not self.keeper.is_leader:
+                    await self._check_taken_over(await self.keeper.observe())
+                for observer in list(self._observers.values()):
+                    await observer.observe()
+            except (DriverError, StateError) as exc:
+                self.deps.metrics.errors.labels(kind="lease").inc()
+                log.warning("lease watch round failed: %s", exc)
+            await self.deps.clock.sleep(period)
+
+    async def _check_taken_over(self, observation: LeaseObservation) -> None:
+        """Another zone's agent activated from this zone: our lease is paused under its name
+        and our log ends with its fence. (A paused lease held by an earlier incarnation of this
+        agent is not a takeover: then the log ends with that incarnation's ``paused`` entry.)"""
+        record = observation.record
+        if record is None or record.state is not LeaseState.PAUSED:
+            return
+        if record.holder == self.deps.holder or observation.version == self._judged_version:
+            return
+        self._judged_version = observation.version
+        newest = await last_entry(self.deps.store, self.deps.zone)
+        if newest is not None and isinstance(newest.payload, FencePayload):
+            self._on_taken_over(newest.payload.by)
+
+    async def _sessions(self) -> None:
+        while True:
+            if not self.wants_leadership():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self.keeper.wait_leader()
+            if not self.wants_leadership():
+                continue
+            if not self.keeper.is_leader:  # a stale signal: wait for the next lease round
+                await self.deps.clock.sleep(self.deps.settings.retry_period_seconds)
+                continue
+            await self._lead()
+
+    async def _lead(self) -> None:
+        """One leader session: fence the log with our epoch, then run the backup loops."""
+        deps, keeper = self.deps, self.keeper
+        epoch = keeper.epoch
+        assert epoch is not None
+        writer = LogWriter(
+            deps.store,
+            deps.zone,
+            epoch,
+            deps.holder,
+            clock=deps.clock,
+            guard=lambda: keeper.is_leader and keeper.epoch == epoch,
+        )
+        try:
+            await writer.write_fence(reason=f"{deps.holder} leads zone {deps.zone}")
+            catalog = await load_catalog(deps.store, deps.zone)
+        except Fenced as exc:
+            self._on_fenced(str(exc))
+            return
+        except (NotLeader, DriverError, StateError) as exc:
+            log.warning("could not start leading: %s", exc)
+            await deps.clock.sleep(deps.settings.retry_period_seconds)
+            return
+        session = LeaderSession(
+            deps.zone, epoch, deps.store, writer, catalog, deps.metrics, deps.clock
+        )
+        self.session = session
+        self._stop.clear()
+        self._ended.clear()
+        log.info("leading zone %s with epoch %d from entry %d", deps.zone, epoch, catalog.last_seq)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(deps.segment_backup.run(session), name="segments")
+                if deps.database_backup is not None:
+                    group.create_task(deps.database_backup.run(session), name="postgres")
+                group.create_task(self._checkpoints(session), name="checkpoints")
+                group.create_task(self._watch_session(session), name="session-watch")
+        except* _SessionEnded:
+            pass
+        finally:
+            self.session = None
+            self._ended.set()
+        if writer.is_fenced:
+            self._on_fenced(f"zone {deps.zone} was fenced by a newer epoch")
+
+    async def _watch_session(self, session: LeaderSession) -> None:
+        period = min(1.0, self.deps.settings.retry_period_seconds)
+        while self.keeper.is_leader and session.is_usable and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), period)
+        raise _SessionEnded
+
+    async def _checkpoints(self, session: LeaderSession) -> None:
+        """Checkpoint the catalog every so many entries, so loading stays cheap."""
+        last = session.catalog.last_seq
+        while True:
+            await self.deps.clock.sleep(CHECKPOINT_CHECK_SECONDS)
+            if session.catalog.last_seq - last >= CHECKPOINT_EVERY_ENTRIES:
+                try:
+                    await write_checkpoint(self.deps.store, session.catalog)
+                    last = session.catalog.last_seq
+                except DriverError as exc:
+                    log.warning("checkpoint failed: %s", exc)

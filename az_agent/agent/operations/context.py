@@ -1,0 +1,48 @@
+"""The narrow view of the agent that operations work through (no import of the daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Protocol
+
+from az_agent.agent.deps import AgentDeps
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.operations.journal import Operation, OperationJournal
+from az_agent.agent.operations.states import AgentState, Request
+from az_agent.state import LeaseKeeper
+
+
+class AgentContext(Protocol):
+    """What pause, activate and resume may read and do."""
+
+    zone: str
+    holder: str
+    deps: AgentDeps
+    journal: OperationJournal
+    operation: Operation | None
+
+    @property
+    def state(self) -> AgentState: ...
+
+    @property
+    def keeper(self) -> LeaseKeeper:
+        """This zone's lease."""
+
+    @property
+    def session(self) -> LeaderSession | None:
+        """The current leader session, while this agent leads its zone."""
+
+    def set_state(self, request: Request) -> AgentState:
+        """Apply ``request`` to the state machine (``IllegalTransition`` when not allowed)."""
+
+    def start_operation(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        """Run ``work`` as the one operation task, owned by the agent."""
+
+    def source_keeper(self, zone: str) -> LeaseKeeper:
+        """An observed keeper of another zone's lease."""
+
+    def forget_source(self, zone: str) -> None: ...
+
+    async def stop_session(self) -> None:
+        """End the leader session and keep it ended until the agent leads again."""
