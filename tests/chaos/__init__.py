@@ -1,0 +1,1 @@
+"""Randomized failover trials with a checker: the chaos tier (see ``engine.py``)."""
