@@ -1,6 +1,8 @@
-"""What must survive a crash: the lease, the fenced commit log, checkpoints and the catalog.
+"""What must survive a crash: the lease, the primary record, the fenced commit log,
+checkpoints and the catalog.
 
-Everything lives in the bucket under ``<zone>/`` and is reached only through
+Everything lives in the bucket under ``<zone>/`` (the pair's primary record under
+``primary/``) and is reached only through
 :class:`~az_agent.drivers.storage.base.ObjectStore` (create-only and compare-and-swap writes).
 ``state`` imports nothing from ``az_agent.agent``.
 
@@ -23,14 +25,30 @@ Lease (``lease.py``, records in ``lease_record.py``) -- ``<zone>/lease.json``::
   only grow and stay above every epoch in the zone's log. Holder ids must be unique per
   process incarnation (``new_holder_id``).
 
+Primary record (``primary.py``) -- ``primary/<group>.json``, the pair's leader lock::
+
+    primary = PrimaryLock(store, group="default", clock=clock)
+    await primary.read() -> PrimaryObservation      # .record / .version (None, None if absent)
+    await primary.ensure(zone) -> PrimaryRecord     # create-only if absent; else unchanged
+    await primary.claim(source="az1", zone="az2", operation_id=op,
+                        expected=None) -> PrimaryRecord   # CAS {az1, t} -> {az2, t + 1}
+    # PrimaryTaken(zone, term): another zone holds it, or the CAS lost (never retried)
+
+  ``term`` only grows (one per successful claim) and is the pair-wide fencing token: writers
+  carry it (``LogWriter(..., term=record.term)``) and ``(term, epoch)`` orders the log.
+
 Commit log (``log.py``, entry models in ``entries.py``) -- ``<zone>/log/<seq:020d>.json``::
 
-    writer = LogWriter(store, zone, epoch, holder_id, clock=clock,
+    writer = LogWriter(store, zone, epoch, holder_id, clock=clock, term=record.term,
                        guard=lambda: keeper.is_leader and keeper.epoch == epoch)
-    await writer.write_fence(reason="...") -> LogEntry   # first, once per epoch
+    await writer.write_fence(reason="...") -> LogEntry   # first, once per (term, epoch)
     await writer.append(SegmentPayload(...)) -> LogEntry # Fenced / NotLeader / SplitBrain
     await find_tail(store, zone) -> int; await last_entry(store, zone) -> LogEntry | None
     read_entries(store, zone, after) -> AsyncIterator[LogEntry]
+
+  Fencing: an entry whose ``(term, epoch)`` (``LogEntry.order``) is above the writer's
+  (``writer.order``) fences it for good; a higher term wins whatever the epochs say. Along one
+  log ``(term, epoch)`` never decreases; entries carry term 0 when written without one.
 
   Payloads: ``SegmentPayload``, ``DumpPayload``, ``DumpDeletedPayload``,
   ``TableConfigPayload``, ``SchemaPayload``, ``PausedPayload``, ``FencePayload``,
@@ -45,7 +63,7 @@ Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, 
     catalog.segment(table, name, as_of=None); catalog.tables(); catalog.segment_count
     catalog.dumps(database, as_of=None); catalog.newest_dump(database, as_of=None)
     catalog.table_configs(as_of=None); catalog.schemas(as_of=None); catalog.databases()
-    catalog.last_seq, catalog.epoch, catalog.last_paused, catalog.last_fence
+    catalog.last_seq, catalog.term, catalog.epoch, catalog.last_paused, catalog.last_fence
     await write_checkpoint(store, catalog); await prune_checkpoints(store, zone, keep=3)
     await sweep_orphans(store, zone, catalog, grace, clock) -> list[ObjectInfo]
 
@@ -59,13 +77,16 @@ Typical use::
     await apply_committed(store, catalog, await writer.write_fence())
     # ...then per backup: upload the object, entry = await writer.append(payload),
     # await apply_committed(store, catalog, entry); stop on Fenced / NotLeader.
-    # activation of a source zone: fence whoever may still write there
+    # activation of a source zone: commit, then fence whoever may still write there
+    record = await PrimaryLock(store).claim(source="az1", zone=zone, operation_id=op)
     source = LeaseKeeper(store, "az1", keeper.holder_id, settings)
     epoch = await source.take_over(force=...)      # LeaseHeld while live and not forced
-    await LogWriter(store, "az1", epoch, keeper.holder_id).write_fence(reason="activation")
+    await LogWriter(store, "az1", epoch, keeper.holder_id,
+                    term=record.term).write_fence(reason="activation")
 
 Errors (``errors.py``): ``StateError`` > ``LeaseHeld``, ``LeaseCorrupted``, ``NotLeader``,
-``Fenced``, ``LogCorrupted`` > ``SplitBrain``, ``CheckpointInvalid``. Storage errors
+``Fenced``, ``LogCorrupted`` > ``SplitBrain``, ``CheckpointInvalid``, ``PrimaryTaken``,
+``PrimaryCorrupted``. Storage errors
 (``Unavailable`` ...) pass through unchanged.
 """
 
@@ -99,6 +120,8 @@ from az_agent.state.errors import (
     LeaseHeld,
     LogCorrupted,
     NotLeader,
+    PrimaryCorrupted,
+    PrimaryTaken,
     SplitBrain,
     StateError,
 )
@@ -111,12 +134,20 @@ from az_agent.state.lease_record import (
     LeaseStatus,
 )
 from az_agent.state.log import LogWriter, find_tail, last_entry, read_entries, read_entry
+from az_agent.state.primary import (
+    DEFAULT_GROUP,
+    PrimaryLock,
+    PrimaryObservation,
+    PrimaryRecord,
+    highest_term,
+)
 from az_agent.state.sweep import sweep_orphans
 
 LeaderElector = LeaseKeeper
 """The same class under the name leader-election literature uses."""
 
 __all__ = [
+    "DEFAULT_GROUP",
     "Catalog",
     "CatalogSnapshot",
     "CheckpointInvalid",
@@ -142,6 +173,11 @@ __all__ = [
     "NotLeader",
     "PausedPayload",
     "Payload",
+    "PrimaryCorrupted",
+    "PrimaryLock",
+    "PrimaryObservation",
+    "PrimaryRecord",
+    "PrimaryTaken",
     "ResumedPayload",
     "SchemaPayload",
     "SegmentPayload",
@@ -152,6 +188,7 @@ __all__ = [
     "TableConfigPayload",
     "apply_committed",
     "find_tail",
+    "highest_term",
     "last_entry",
     "load_catalog",
     "new_holder_id",

@@ -2,7 +2,7 @@
 
 It answers what the rest of the agent asks: every segment backed up (the latest CRC of each
 (table, segment), earlier CRCs kept for "as of" questions), every database dump, table configs
-and schemas, the last handover, the epoch and sequence number reached. "As of T" means the
+and schemas, the last handover, the term, epoch and sequence number reached. "As of T" means the
 state of the backup at T: records whose log entry was committed at or before T.
 
 Entries must be applied in sequence order without gaps; entries already applied are ignored,
@@ -54,6 +54,7 @@ class CatalogSnapshot:
     epoch: int
     records: list[Record]
     events: list[LogEntry]
+    term: int = 0
 
 
 class Catalog:
@@ -63,8 +64,10 @@ class Catalog:
         self.zone = sys.intern(check_zone(zone))
         self.last_seq = 0
         self.epoch = 0
+        self.term = 0
+        """Term and epoch of the last entry applied (0 for logs from before terms)."""
         self.anomalies = 0
-        """Entries skipped because their epoch went backwards (must stay 0)."""
+        """Entries skipped because their (term, epoch) went backwards (must stay 0)."""
         self.last_paused: LogEntry | None = None
         self.last_fence: LogEntry | None = None
         self.last_resumed: LogEntry | None = None
@@ -86,17 +89,20 @@ class Catalog:
                 f"zone {self.zone}: entry {entry.seq} follows {self.last_seq}: a gap in the log"
             )
         self.last_seq = entry.seq
-        if entry.epoch < self.epoch:
+        if entry.order < (self.term, self.epoch):  # the writers' fencing order, see log.py
             self.anomalies += 1
             log.critical(
-                "zone %s: entry %d has epoch %d after epoch %d; ignored (fencing was violated)",
+                "zone %s: entry %d has term %d, epoch %d after term %d, epoch %d; ignored "
+                "(fencing was violated)",
                 self.zone,
                 entry.seq,
+                entry.term,
                 entry.epoch,
+                self.term,
                 self.epoch,
             )
             return False
-        self.epoch = entry.epoch
+        self.term, self.epoch = entry.term, entry.epoch
         self._apply_payload(entry)
         return True
 
@@ -174,7 +180,9 @@ class Catalog:
             for name in sorted(configs):
                 records.extend(configs[name])
         events = [e for e in (self.last_fence, self.last_paused, self.last_resumed) if e]
-        return CatalogSnapshot(self.zone, self.last_seq, self.epoch, records, events)
+        return CatalogSnapshot(
+            self.zone, self.last_seq, self.epoch, records, events, term=self.term
+        )
 
     def rows(self) -> Iterator[Row]:
         """The catalog as checkpoint rows; equal catalogs give equal rows."""
@@ -298,6 +306,7 @@ class Catalog:
             "zone": self.zone,
             "seq": self.last_seq,
             "epoch": self.epoch,
+            "term": self.term,
             "segments": self.segment_count,
             "dumps": sum(len(d) for d in self._dumps.values()),
             "tableConfigs": len(self._configs),

@@ -1,7 +1,7 @@
 """Checkpoints: the catalog as of one log entry, so loading costs only the entries after it.
 
 A checkpoint is one object, ``<zone>/checkpoints/<seq:020d>.jsonl.gz``: gzip-compressed JSON
-lines, a header line (format, zone, seq, epoch), one line per catalog record, and a trailer
+lines, a header line (format, zone, seq, epoch, term), one line per catalog record, and a trailer
 line with the number of records and the SHA-256 of every line before it. It is valid only if
 the trailer is there and agrees, so a truncated or corrupt object (or one cut short by any
 means) is ignored with a warning and the loader falls back to the previous checkpoint, or to
@@ -103,6 +103,7 @@ async def write_checkpoint(
         "zone": snapshot.zone,
         "seq": snapshot.seq,
         "epoch": snapshot.epoch,
+        "term": snapshot.term,
         "createdAt": (clock or SystemClock()).now().isoformat(),
     }
     key = checkpoint_key(snapshot.zone, snapshot.seq)
@@ -188,6 +189,7 @@ class _Decoder:
             raise CheckpointInvalid(f"{self._key}: trailer does not match the content")
         self._catalog.last_seq = self._seq
         self._catalog.epoch = int(self._header["epoch"])
+        self._catalog.term = int(self._header.get("term", 0))  # absent before terms existed
         return self._catalog
 
 

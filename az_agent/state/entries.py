@@ -123,14 +123,25 @@ Payload = Annotated[
 
 
 class LogEntry(_Stored):
-    """One committed event. ``writer`` + ``nonce`` let a writer recognise its own lost write."""
+    """One committed event. ``writer`` + ``nonce`` let a writer recognise its own lost write.
+
+    ``term`` is the pair-wide fencing token (the primary record's term the writer ran under);
+    entries written before terms existed read as term 0. Along one zone's log ``(term, epoch)``
+    never decreases: see :meth:`order`.
+    """
 
     seq: int = Field(ge=1)
     epoch: int = Field(ge=1)
+    term: int = Field(default=0, ge=0)
     writer: str
     nonce: str
     time: datetime
     payload: Payload
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(term, epoch)``: an entry whose order is higher fences every writer below it."""
+        return (self.term, self.epoch)
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()

@@ -1,5 +1,6 @@
 """Where each piece of a zone's state lives in the bucket (see DESIGN.md, "Layout").
 
+Everything but the pair's primary record (``primary/<group>.json``) is under ``<zone>/``.
 Sequence numbers are zero-padded to 20 digits so that key order is log order on every backend.
 """
 
@@ -19,6 +20,18 @@ def check_zone(zone: str) -> str:
     if "/" in zone:
         raise ValueError(f"zone {zone!r} must not contain '/'")
     return validate_key(zone)
+
+
+def check_group(group: str) -> str:
+    """Return ``group`` if it is one valid key element (no ``/``), else raise ValueError."""
+    if "/" in group:
+        raise ValueError(f"failover group {group!r} must not contain '/'")
+    return validate_key(group)
+
+
+def primary_key(group: str) -> str:
+    """The pair's primary record, ``primary/<group>.json`` (shared by both zones of a group)."""
+    return join_key("primary", f"{check_group(group)}.json")
 
 
 def lease_key(zone: str) -> str:

@@ -2,10 +2,20 @@
 
 Entries live at ``<zone>/log/<seq:020d>.json`` and are created with create-only writes at
 consecutive sequence numbers starting at 1, so the log has no gaps and a name can be taken
-once. Every entry carries its writer's epoch. A new leader writes a ``fence`` entry with its
-higher epoch at the next free number; an older writer then loses the race for that name, reads
-the entry, sees the higher epoch and stops for good. Data objects are written before their
+once. Every entry carries its writer's epoch and term. A new leader writes a ``fence`` entry with
+its higher epoch at the next free number; an older writer then loses the race for that name,
+reads the entry, sees the higher epoch and stops for good. Data objects are written before their
 entry: a fenced or crashed writer leaves orphans (swept later), never a half-recorded backup.
+
+Fencing rule. Writers and entries are ordered by ``(term, epoch)``, term first: the epoch
+(lease of one zone) fences the replicas of a zone, the term (primary record, pair-wide) fences a
+whole zone after an activation of the other. A writer meeting an entry whose ``(term, epoch)``
+is higher than its own is ``Fenced`` for good, whatever the epoch says when the term is higher;
+an entry with a lower term but a higher epoch does not fence a writer of a higher term (a
+replica that took the lease under a stale term is itself fenced by the newer term). Along one
+zone's log ``(term, epoch)`` never decreases on legitimate paths, so judging the newest entry
+judges every one before it; equal ``(term, epoch)`` from another writer is ``SplitBrain``.
+Writers and logs from before terms existed have term 0 and keep the epoch-only behaviour.
 
 The tail is found without listing the log: from a known entry (the newest checkpoint) probe
 ``+1, +2, +4, ...`` with ``head`` until a name is free, then bisect.
@@ -134,13 +144,16 @@ async def read_entries(
 
 
 class LogWriter:
-    """Appends entries of one epoch for one writer; fenced for good once a newer epoch wrote.
+    """Appends entries of one (term, epoch) for one writer; fenced for good once a newer
+    (term, epoch) wrote (see the module docstring for the rule).
 
     Call :meth:`write_fence` first (it finds the tail and claims the log for this epoch), then
     :meth:`append`. ``guard`` is consulted before every write and raises ``NotLeader`` when it
     returns False: pass ``lambda: keeper.is_leader and keeper.epoch == epoch`` so that a holder
-    whose lease lapsed stops by itself. The writer is not safe for concurrent appends; callers
-    serialise them (one writer task per zone).
+    whose lease lapsed stops by itself. ``term`` is the primary record's term this writer runs
+    under (read it when the writer starts, never remember it across writers); 0 for callers
+    that do not know terms, which then fence by epoch alone. The writer is not safe for
+    concurrent appends; callers serialise them (one writer task per zone).
     """
 
     def __init__(
@@ -152,12 +165,16 @@ class LogWriter:
         *,
         clock: Clock | None = None,
         guard: Callable[[], bool] | None = None,
+        term: int = 0,
     ) -> None:
         if epoch < 1:
             raise ValueError(f"epoch must be >= 1, got {epoch}")
+        if term < 0:
+            raise ValueError(f"term must be >= 0, got {term}")
         self._store = store
         self._zone = check_zone(zone)
         self._epoch = epoch
+        self._term = term
         self._writer_id = writer_id
         self._clock = clock or SystemClock()
         self._guard = guard
@@ -169,6 +186,16 @@ class LogWriter:
     @property
     def epoch(self) -> int:
         return self._epoch
+
+    @property
+    def term(self) -> int:
+        """The pair-wide term written into every entry (0: written without a term)."""
+        return self._term
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """``(term, epoch)``, compared with :attr:`LogEntry.order` of the entries met."""
+        return (self._term, self._epoch)
 
     @property
     def zone(self) -> str:
@@ -186,8 +213,9 @@ class LogWriter:
     async def write_fence(self, *, reason: str = "") -> LogEntry:
         """Claim the log for this epoch: a ``fence`` entry at the next free number.
 
-        Entries of older epochs found on the way (an old leader still finishing) are stepped
-        over; a newer epoch raises ``Fenced``. Calling it again after success is a no-op.
+        Entries of a lower (term, epoch) found on the way (an old leader still finishing, or the
+        writer of a zone that has just lost the primary) are stepped over; a higher one raises
+        ``Fenced``. Calling it again after success is a no-op.
         """
         if self._fence is not None:
             return self._fence
@@ -207,9 +235,10 @@ class LogWriter:
         self._fence = fence = await self._append(payload, fencing=True)
         assert isinstance(fence.payload, FencePayload)
         log.info(
-            "zone %s: fence written at entry %d, epoch %d (previous epoch %d) by %s",
+            "zone %s: fence written at entry %d, term %d, epoch %d (previous epoch %d) by %s",
             self._zone,
             fence.seq,
+            self._term,
             self._epoch,
             fence.payload.previous_epoch,
             self._writer_id,
@@ -219,10 +248,11 @@ class LogWriter:
     async def append(self, payload: Payload) -> LogEntry:
         """Commit ``payload`` as the next entry and return it.
 
-        Raises ``Fenced`` (now and forever after) when a newer epoch owns the log, ``NotLeader``
-        when the guard refuses, ``SplitBrain`` when someone else wrote with our epoch or an
-        older one after our fence. Storage errors propagate; the outcome of such an append is
-        unknown and is settled by the next one (an entry that did land is stepped over).
+        Raises ``Fenced`` (now and forever after) when a higher (term, epoch) owns the log,
+        ``NotLeader`` when the guard refuses, ``SplitBrain`` when someone else wrote with our
+        (term, epoch) or a lower one after our fence. Storage errors propagate; the outcome of
+        such an append is unknown and is settled by the next one (an entry that did land is
+        stepped over).
         """
         if self._fence is None:
             raise RuntimeError("write_fence() must succeed before append()")
@@ -243,6 +273,7 @@ class LogWriter:
             entry = LogEntry(
                 seq=self._next_seq,
                 epoch=self._epoch,
+                term=self._term,
                 writer=self._writer_id,
                 nonce=nonce,
                 time=self._clock.now(),
@@ -278,8 +309,8 @@ class LogWriter:
 
     async def _catch_up(self, stepped: LogEntry) -> LogEntry:
         """While fencing, jump to the current tail instead of chasing a busy old writer one
-        entry at a time. Epochs never decrease along the log, so judging the newest entry
-        judges every one in between."""
+        entry at a time. ``(term, epoch)`` never decreases along the log, so judging the newest
+        entry judges every one in between."""
         tail = await find_tail(self._store, self._zone, known=stepped.seq)
         newest = await read_entry(self._store, self._zone, tail) if tail > stepped.seq else None
         if newest is None:
@@ -289,10 +320,16 @@ class LogWriter:
 
     def _judge(self, existing: LogEntry, nonce: str, *, fencing: bool) -> None:
         """Accept an entry found under a name we wanted (ours, or one to step over), or raise
-        ``Fenced`` (newer epoch) or ``SplitBrain`` (anyone else)."""
-        if existing.epoch > self._epoch:
+        ``Fenced`` (higher (term, epoch)) or ``SplitBrain`` (anyone else)."""
+        if existing.order > self.order:
             self._fenced_by = Fenced(
-                self._zone, self._epoch, existing.seq, existing.epoch, existing.writer
+                self._zone,
+                self._epoch,
+                existing.seq,
+                existing.epoch,
+                existing.writer,
+                term=self._term,
+                newer_term=existing.term,
             )
             log.error("zone %s: %s; this writer stops for good", self._zone, self._fenced_by)
             raise self._fenced_by
@@ -301,19 +338,23 @@ class LogWriter:
         if existing.writer == self._writer_id and existing.nonce in self._unknown:
             self._unknown.remove(existing.nonce)
             return  # an earlier append whose outcome was unknown did land
-        if fencing and (existing.epoch < self._epoch or existing.writer == self._writer_id):
-            return  # an older leader still finishing before our fence
+        if fencing and (existing.order < self.order or existing.writer == self._writer_id):
+            return  # an older leader (or term) still finishing before our fence
         log.critical(
-            "zone %s: SPLIT BRAIN: entry %d has epoch %d by %s, we are epoch %d (%s)%s",
+            "zone %s: SPLIT BRAIN: entry %d has term %d, epoch %d by %s, we are term %d, "
+            "epoch %d (%s)%s",
             self._zone,
             existing.seq,
+            existing.term,
             existing.epoch,
             existing.writer,
+            self._term,
             self._epoch,
             self._writer_id,
             "" if fencing else " after our fence",
         )
         raise SplitBrain(
-            f"zone {self._zone}: entry {existing.seq} written by {existing.writer!r} with epoch "
-            f"{existing.epoch} where writer {self._writer_id!r} of epoch {self._epoch} appends"
+            f"zone {self._zone}: entry {existing.seq} written by {existing.writer!r} with term "
+            f"{existing.term}, epoch {existing.epoch} where writer {self._writer_id!r} of term "
+            f"{self._term}, epoch {self._epoch} appends"
         )
