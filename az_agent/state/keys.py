@@ -82,9 +82,18 @@ def dump_key(zone: str, database: str, stamp: str) -> str:
     return validate_key(join_key(check_zone(zone), "postgres", database, f"{stamp}.dump"))
 
 
-def table_config_key(zone: str, table: str) -> str:
-    return validate_key(join_key(check_zone(zone), "pinot", "tables", f"{table}.json"))
+def table_config_key(zone: str, table: str, digest: str) -> str:
+    """``<zone>/pinot/tables/<table>/<sha256>.json``: named by content, so an entry's document
+    never changes under it (older agents wrote ``<table>.json``; their entries still name it)."""
+    return _document_key(zone, "tables", table, digest)
 
 
-def schema_key(zone: str, schema: str) -> str:
-    return validate_key(join_key(check_zone(zone), "pinot", "schemas", f"{schema}.json"))
+def schema_key(zone: str, schema: str, digest: str) -> str:
+    """``<zone>/pinot/schemas/<schema>/<sha256>.json``, content-addressed like table configs."""
+    return _document_key(zone, "schemas", schema, digest)
+
+
+def _document_key(zone: str, folder: str, name: str, digest: str) -> str:
+    if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
+        raise ValueError(f"{digest!r} is not a lowercase hex SHA-256")
+    return validate_key(join_key(check_zone(zone), "pinot", folder, name, f"{digest}.json"))

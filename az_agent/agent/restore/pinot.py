@@ -18,8 +18,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import PurePosixPath
 
 from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.pinot.base import ConsumeFrom, PinotController
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 CREATED_COMMENT = "az-agent: table created by a restore, paused until its segments are restored"
 PAUSED_COMMENT = "az-agent: paused while segments are restored"
 RESUMED_COMMENT = "az-agent: segments restored"
+_DIGEST_NAME = re.compile(r"[0-9a-f]{64}\.json")
 
 
 def record_table(record: SegmentRecord) -> TableRef:
@@ -44,13 +47,25 @@ def record_table(record: SegmentRecord) -> TableRef:
 
 
 async def load_document(store: ObjectStore, record: ConfigRecord) -> JsonObject:
-    """A saved config or schema. The key is rewritten on every change, so a document newer
-    than ``record`` may be found: it is used (with a warning), the closest thing available."""
+    """The config or schema ``record`` saved, verified against its digest.
+
+    Documents are content-addressed (``.../<name>/<sha256>.json``, never rewritten), so other
+    bytes there mean damage or tampering: ``CorruptObject``, never a silently different
+    version. Entries written before content addressing name ``.../<name>.json``, which every
+    later change of that document overwrote; for those the version stored now is the only one
+    left, and it is used with a warning, as those agents did.
+    """
     data, _ = await store.get(record.key)
     digest = hashlib.sha256(data).hexdigest()
     if digest != record.sha256:
+        if _is_content_addressed(record):
+            raise CorruptObject(
+                f"{record.key}: SHA-256 {digest}, but entry {record.seq} recorded "
+                f"{record.sha256}; not restoring a document the backup did not save"
+            )
         log.warning(
-            "%s %s changed after entry %d; restoring the version stored now",
+            "%s %s changed after entry %d (saved before content addressing); restoring the "
+            "version stored now",
             record.kind,
             record.name,
             record.seq,
@@ -62,6 +77,11 @@ async def load_document(store: ObjectStore, record: ConfigRecord) -> JsonObject:
     if not isinstance(body, dict):
         raise CorruptObject(f"{record.key}: not a JSON object")
     return body
+
+
+def _is_content_addressed(record: ConfigRecord) -> bool:
+    """Whether ``record``'s key names its digest (the layout of ``backup.tables`` today)."""
+    return _DIGEST_NAME.fullmatch(PurePosixPath(record.key).name) is not None
 
 
 async def restore_table_configs(

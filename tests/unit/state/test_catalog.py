@@ -123,16 +123,21 @@ def test_dumps_as_of_and_retention() -> None:
 
 def test_table_configs_and_schemas_as_of() -> None:
     log = Log()
-    key = table_config_key(ZONE, "metrics")
-    log.add(TableConfigPayload(name="metrics", key=key, sha256="1" * 64), 0)
-    log.add(SchemaPayload(name="metrics", key=schema_key(ZONE, "metrics"), sha256="2" * 64), 1)
-    log.add(TableConfigPayload(name="metrics", key=key, sha256="3" * 64), 5)
+    first = table_config_key(ZONE, "metrics", "1" * 64)
+    second = table_config_key(ZONE, "metrics", "3" * 64)
+    schema = schema_key(ZONE, "metrics", "2" * 64)
+    log.add(TableConfigPayload(name="metrics", key=first, sha256="1" * 64), 0)
+    log.add(SchemaPayload(name="metrics", key=schema, sha256="2" * 64), 1)
+    log.add(TableConfigPayload(name="metrics", key=second, sha256="3" * 64), 5)
     catalog = log.catalog
-    assert catalog.table_configs(at(4))["metrics"].sha256 == "1" * 64
-    assert catalog.table_configs()["metrics"].sha256 == "3" * 64
+    assert catalog.table_configs(at(4))["metrics"].key == first
+    assert catalog.table_configs()["metrics"].key == second
     assert catalog.schemas(at(0)) == {}
-    assert catalog.schemas()["metrics"].key == schema_key(ZONE, "metrics")
-    assert catalog.references(key)
+    assert catalog.schemas()["metrics"].key == schema
+    assert second == f"{ZONE}/pinot/tables/metrics/{'3' * 64}.json"
+    # Every version stays referenced: "as of" an older time still finds its document.
+    assert catalog.references(first)
+    assert catalog.references(second)
 
 
 def test_handover_records_and_epoch() -> None:

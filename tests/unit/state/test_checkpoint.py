@@ -75,8 +75,10 @@ class History:
                 started_at=self.clock.now(),
                 finished_at=self.clock.now(),
             ),
-            lambda: TableConfigPayload(name="t", key=table_config_key(ZONE, "t"), sha256="1" * 64),
-            lambda: SchemaPayload(name="s", key=schema_key(ZONE, "s"), sha256="2" * 64),
+            lambda: TableConfigPayload(
+                name="t", key=table_config_key(ZONE, "t", "1" * 64), sha256="1" * 64
+            ),
+            lambda: SchemaPayload(name="s", key=schema_key(ZONE, "s", "2" * 64), sha256="2" * 64),
             lambda: DumpDeletedPayload(database="configdb", dump_seq=deleted, key="x"),
             lambda: PausedPayload(epoch=1, newest_segment_seq=n),
             lambda: ResumedPayload(by="operator"),
