@@ -260,10 +260,13 @@ def _dig(data: Mapping[str, Any], *path: str) -> Any:
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+    """A new tree: ``override`` merged over ``base``; neither is changed, no mapping shared
+    (env overrides are then written into it, and must never reach :data:`EMBEDDED_DEFAULTS`)."""
+    merged = {key: _deep_merge({}, v) if isinstance(v, Mapping) else v for key, v in base.items()}
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, Mapping):
+            earlier = merged.get(key)
+            merged[key] = _deep_merge(earlier if isinstance(earlier, Mapping) else {}, value)
         else:
             merged[key] = value
     return merged

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from az_agent.agent.config import EMBEDDED_DEFAULTS, ConfigError, load_config, parse_config
+from az_agent.agent.config import ConfigError, load_config, parse_config
 from az_agent.agent.secrets import read_storage_secrets
 
 DOCS_EXAMPLE = """
@@ -43,10 +43,22 @@ def test_reference_docs_values_load(tmp_path: Path) -> None:
 
 
 def test_embedded_defaults_use_a_local_directory() -> None:
-    config = load_config(None, environ={})
+    # Literal values, as README.md documents them: a changed default must change this test.
+    overridden = load_config(None, environ={"AZ_AGENT__AZ_SERVICE__CONFIG__ZONE": "az9"})
+    assert overridden.zone == "az9"
+    config = load_config(None, environ={})  # the override above left the defaults alone
     assert config.storage.type == "file"
-    assert config.storage.file.path == EMBEDDED_DEFAULTS["global"]["cloudStorage"]["file"]["path"]
+    assert config.storage.file.path == "./az-agent-data/bucket"
+    assert config.service.secrets_dir == "./az-agent-data/secrets"
     assert config.zone == "az1"
+    assert config.service.backup_interval_minutes == 60
+    lease = config.service.lease
+    assert (lease.ttl_seconds, lease.renew_deadline_seconds, lease.retry_period_seconds) == (
+        15,
+        10,
+        2,
+    )
+    assert (config.service.http.host, config.service.http.port) == ("0.0.0.0", 8080)
 
 
 def test_service_override_merges_over_global() -> None:
