@@ -152,6 +152,12 @@ class ServiceConfig(SettingsModel):
         default="active",
         description="Role taken while the bucket holds no lease for this zone yet.",
     )
+    group: str = Field(
+        default="default",
+        pattern=ZONE_PATTERN.pattern,
+        description="Failover group: the zones that fail over to each other share one primary "
+        "record, primary/<group>.json.",
+    )
     backup_interval_minutes: float = Field(
         default=60, gt=0, description="How often PostgreSQL is dumped to the bucket."
     )

@@ -63,6 +63,7 @@ class Agent:
         self.leadership = ZoneLeadership(
             LeadershipDeps(
                 zone=self.zone,
+                group=deps.config.service.group,
                 holder=self.holder,
                 store=deps.store,
                 clock=deps.clock,
@@ -78,6 +79,7 @@ class Agent:
         self.journal = OperationJournal(deps.store, self.zone, deps.clock)
         self.state = AgentState.STANDBY
         self.operation: Operation | None = None
+        self.admission = asyncio.Lock()
         self.fenced_by: str | None = None
         self._op_task: asyncio.Task[None] | None = None
         self._op_runner: asyncio.TaskGroup | None = None
@@ -100,8 +102,10 @@ class Agent:
         if new is not self.state:
             log.info("state %s -> %s (%s)", self.state.value, new.value, request.value)
         self.state = new
-        if new in (AgentState.ACTIVE, AgentState.PAUSING):
-            self.leadership.unsuspend()  # leading again, or a (retried) pause that needs it
+        if self._wants_leadership():
+            # Leading again, a (retried) pause that needs the session, or a pause that failed
+            # after it had stopped the session: the zone stays backed up until it is retried.
+            self.leadership.unsuspend()
         self.deps.metrics.set_state(new)
         self.leadership.state_changed()
         return new

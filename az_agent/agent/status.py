@@ -36,6 +36,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
             "secondsUnchanged": _round(lease.seconds_unchanged),
             "acquiredAt": lease.acquired_at.isoformat() if lease.acquired_at else None,
         },
+        "primary": _primary(agent),
         "fencedBy": agent.fenced_by,
         "rpoSeconds": {
             "segments": round(deps.segment_backup.rpo_seconds(), 3),
@@ -48,6 +49,19 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "alerts": {"silencing": deps.silences.enabled},
         "operation": agent.operation.describe(now) if agent.operation else None,
         "time": now.isoformat(),
+    }
+
+
+def _primary(agent: Agent) -> dict[str, Any] | None:
+    """The failover group's primary zone and term, as this agent last read them."""
+    observation = agent.leadership.primary
+    record = observation.record if observation else None
+    return {
+        "group": agent.leadership.primary_lock.group,
+        "zone": record.zone if record else None,
+        "term": record.term if record else 0,
+        "since": record.since.isoformat() if record else None,
+        "isThisZone": record is not None and record.zone == agent.zone,
     }
 
 

@@ -28,6 +28,8 @@ class LeaderSession:
     catalog: Catalog
     metrics: AgentMetrics
     clock: Clock
+    term: int = 0
+    """The group's term this session writes under (the primary record's, when it began)."""
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def commit(self, payload: Payload) -> LogEntry:

@@ -31,6 +31,9 @@ from az_agent.state import (
     LeaseState,
     LogWriter,
     NotLeader,
+    PrimaryLock,
+    PrimaryObservation,
+    PrimaryRecord,
     StateError,
     last_entry,
     load_catalog,
@@ -52,6 +55,7 @@ class LeadershipDeps:
     """What leading a zone needs from the agent's wiring."""
 
     zone: str
+    group: str
     holder: str
     store: ObjectStore
     clock: Clock
@@ -82,6 +86,9 @@ class ZoneLeadership:
         self.keeper = LeaseKeeper(
             deps.store, deps.zone, deps.holder, deps.settings, clock=deps.clock
         )
+        self.primary_lock = PrimaryLock(deps.store, deps.group, clock=deps.clock)
+        self.primary: PrimaryObservation | None = None
+        """The group's primary record as last read (every lease round, on either zone)."""
         self.session: LeaderSession | None = None
         self._wants = wants
         self._on_fenced = on_fenced
@@ -148,6 +155,7 @@ class ZoneLeadership:
         period = self.deps.settings.retry_period_seconds
         while True:
             try:
+                await self._check_primary()
                 if not self.keeper.is_leader:
                     await self._check_taken_over(await self.keeper.observe())
                 for observer in list(self._observers.values()):
@@ -156,6 +164,20 @@ class ZoneLeadership:
                 self.deps.metrics.errors.labels(kind="lease").inc()
                 log.warning("lease watch round failed: %s", exc)
             await self.deps.clock.sleep(period)
+
+    async def _check_primary(self) -> None:
+        """Read the group's primary record; a session writing under an older term, or for a
+        zone that is no longer primary, ends at once and the agent is fenced (it does not wait
+        for its next append to meet the activation's fence entry)."""
+        self.primary = observation = await self.primary_lock.read()
+        self.deps.metrics.primary_term.set(observation.term)
+        self.deps.metrics.primary.set(1 if observation.zone == self.deps.zone else 0)
+        session, record = self.session, observation.record
+        if session is None or record is None:
+            return
+        if record.zone != self.deps.zone or record.term > session.term:
+            self._stop.set()
+            self._on_fenced(_superseded(record, session.term))
 
     async def _check_taken_over(self, observation: LeaseObservation) -> None:
         """Another zone's agent activated from this zone: our lease is paused under its name
@@ -190,15 +212,19 @@ class ZoneLeadership:
         deps, keeper = self.deps, self.keeper
         epoch = keeper.epoch
         assert epoch is not None
-        writer = LogWriter(
-            deps.store,
-            deps.zone,
-            epoch,
-            deps.holder,
-            clock=deps.clock,
-            guard=lambda: keeper.is_leader and keeper.epoch == epoch,
-        )
         try:
+            record = await self._primary_for_leading()
+            if record is None:
+                return
+            writer = LogWriter(
+                deps.store,
+                deps.zone,
+                epoch,
+                deps.holder,
+                clock=deps.clock,
+                guard=lambda: keeper.is_leader and keeper.epoch == epoch,
+                term=record.term,
+            )
             await writer.write_fence(reason=f"{deps.holder} leads zone {deps.zone}")
             catalog = await load_catalog(deps.store, deps.zone)
         except Fenced as exc:
@@ -209,12 +235,18 @@ class ZoneLeadership:
             await deps.clock.sleep(deps.settings.retry_period_seconds)
             return
         session = LeaderSession(
-            deps.zone, epoch, deps.store, writer, catalog, deps.metrics, deps.clock
+            deps.zone, epoch, deps.store, writer, catalog, deps.metrics, deps.clock, record.term
         )
         self.session = session
         self._stop.clear()
         self._ended.clear()
-        log.info("leading zone %s with epoch %d from entry %d", deps.zone, epoch, catalog.last_seq)
+        log.info(
+            "leading zone %s with epoch %d, term %d, from entry %d",
+            deps.zone,
+            epoch,
+            record.term,
+            catalog.last_seq,
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(deps.segment_backup.run(session), name="segments")
@@ -229,6 +261,20 @@ class ZoneLeadership:
             self._ended.set()
         if writer.is_fenced:
             self._on_fenced(f"zone {deps.zone} was fenced by a newer epoch")
+
+    async def _primary_for_leading(self) -> PrimaryRecord | None:
+        """The primary record naming this zone, created if the group has none yet (buckets
+        from before the record: the first leader of a group is primary). None, with the agent
+        fenced, when another zone is primary: this zone must not back up."""
+        record = await self.primary_lock.ensure(self.deps.zone)
+        self.primary = await self.primary_lock.read()
+        if record.zone == self.deps.zone:
+            return record
+        self._on_fenced(
+            f"zone {record.zone} is the primary of failover group {self.deps.group} "
+            f"(term {record.term}); zone {self.deps.zone} does not lead"
+        )
+        return None
 
     async def _watch_session(self, session: LeaderSession) -> None:
         period = min(1.0, self.deps.settings.retry_period_seconds)
@@ -248,3 +294,10 @@ class ZoneLeadership:
                     last = session.catalog.last_seq
                 except DriverError as exc:
                     log.warning("checkpoint failed: %s", exc)
+
+
+def _superseded(record: PrimaryRecord, term: int) -> str:
+    return (
+        f"zone {record.zone} is primary with term {record.term} "
+        f"(this agent wrote under term {term})"
+    )

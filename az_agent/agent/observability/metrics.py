@@ -35,6 +35,16 @@ class AgentMetrics:
         self.epoch = Gauge(
             "az_agent_epoch", "Fencing token (lease epoch) held or last held.", registry=reg
         )
+        self.primary_term = Gauge(
+            "az_agent_primary_term",
+            "The failover group's term (primary record), as last read; the pair-wide fence.",
+            registry=reg,
+        )
+        self.primary = Gauge(
+            "az_agent_primary",
+            "1 while the group's primary record names this agent's zone.",
+            registry=reg,
+        )
         self.fenced = Gauge(
             "az_agent_fenced",
             "1 when another agent took this zone with a higher epoch.",

@@ -5,15 +5,19 @@ where it stopped (done phases are skipped; rehydration re-plans against what Pin
 
 1. ``pause-source`` - with ``namespace``, ask the source agent to pause through the Kubernetes
    API server's service proxy (best effort: it may be gone with its zone);
-2. ``silence-alerts`` - this zone's alerts, until an operator calls ``/resume``;
-3. ``fence-source`` - take the source's lease with a higher epoch, write a fence entry in its log
-   (any writer still there is refused from then on), leave its lease ``paused`` so its agent
-   does not take it back;
-4. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
-5. ``restore-pinot-config`` - missing schemas and table configs;
-6. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
-7. ``resume-consumption`` - each partition continues from its newest restored segment's end;
-8. ``take-over-zone`` - this zone's lease with the next epoch; the agent becomes ``ACTIVE``.
+2. ``claim-primary`` - the commit point: one compare-and-swap of the group's primary record from
+   the source to this zone, with the next term. It runs while ``/activate`` is answered: a
+   concurrent activation (the other side's, or this side's) loses it, stops before changing
+   anything and gets 409 naming the winner;
+3. ``silence-alerts`` - this zone's alerts, until an operator calls ``/resume``;
+4. ``fence-source`` - take the source's lease with a higher epoch, write a fence entry carrying
+   the new term in its log (any writer still there is refused from then on), leave its lease
+   ``paused`` so its agent does not take it back;
+5. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
+6. ``restore-pinot-config`` - missing schemas and table configs;
+7. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
+8. ``resume-consumption`` - each partition continues from its newest restored segment's end;
+9. ``take-over-zone`` - this zone's lease with the next epoch; the agent becomes ``ACTIVE``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from az_agent.agent.errors import InvalidParameter, UnknownTarget, WrongState
 from az_agent.agent.observability.logs import log_context
 from az_agent.agent.operations.context import AgentContext
 from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.phases import fail, run_phases
 from az_agent.agent.operations.requests import ActivateRequest
 from az_agent.agent.operations.silences import silence_alerts
-from az_agent.agent.operations.states import Request
+from az_agent.agent.operations.states import Request, transition
 from az_agent.agent.restore.pinot import restore_table_configs, resume_after_restore
 from az_agent.agent.restore.postgres import (
     NoBackup,
@@ -42,9 +47,11 @@ from az_agent.agent.restore.rehydrate import RehydrationPlan, Rehydrator, plan_r
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.state import (
     Catalog,
-    LeaseKeeper,
     LeaseState,
     LogWriter,
+    PrimaryLock,
+    PrimaryObservation,
+    PrimaryTaken,
     StateError,
     last_entry,
     load_catalog,
@@ -54,6 +61,7 @@ log = logging.getLogger(__name__)
 
 PHASES = (
     "pause-source",
+    "claim-primary",
     "silence-alerts",
     "fence-source",
     "restore-postgres",
@@ -63,7 +71,8 @@ PHASES = (
     "take-over-zone",
 )
 EXPECTED_FAILURES = (DriverError, StateError, RestoreError, TimeoutError)
-"""Failures an operator can act on from their message alone (logged without a traceback)."""
+"""Failures an operator can act on from their message alone (logged without a traceback);
+``PrimaryTaken`` is a ``StateError``."""
 ESTIMATED_BYTES_PER_SECOND = 50 << 20
 """Used by dryRun's duration estimate until this agent has measured a rehydration."""
 
@@ -78,6 +87,8 @@ class Activation:
         self.request = request
         self.op = op
         self.catalog: Catalog | None = None
+        self.primary: PrimaryObservation | None = None
+        """The primary record as validated by :meth:`prepare`: the claim's expected version."""
 
     @classmethod
     def resume(cls, agent: AgentContext, op: Operation) -> Activation:
@@ -119,6 +130,7 @@ class Activation:
                 state=agent.state.value,
                 retryAfterSeconds=round(wait, 1),
             )
+        self._check_primary(await self._primary_lock().read())
         self.catalog = await load_catalog(agent.deps.store, source)
         try:
             self._plan_databases()
@@ -126,6 +138,26 @@ class Activation:
             raise UnknownTarget(str(exc)) from exc
         if self.catalog.segment_count == 0 and not self._databases():
             raise UnknownTarget(f"zone {source!r} has nothing backed up")
+
+    def _primary_lock(self) -> PrimaryLock:
+        deps = self.agent.deps
+        return PrimaryLock(deps.store, deps.config.service.group, clock=deps.clock)
+
+    def _check_primary(self, observation: PrimaryObservation) -> None:
+        """Only the group's primary can be activated from (no record: an older bucket, where
+        the claim creates it)."""
+        self.primary = observation
+        record = observation.record
+        if record is None or record.zone == self.request.zone:
+            return
+        whose = "this zone" if record.zone == self.agent.zone else f"zone {record.zone!r}"
+        raise WrongState(
+            f"zone {self.request.zone!r} is not the primary of failover group "
+            f"{self._primary_lock().group}: {whose} is, with term {record.term}",
+            state=self.agent.state.value,
+            primaryZone=record.zone,
+            term=record.term,
+        )
 
     def _databases(self) -> list[str]:
         if self.agent.deps.dumper is None:
@@ -161,40 +193,48 @@ class Activation:
     # -------------------------------------------------------------- execution
 
     async def begin(self) -> Operation:
+        """Journal the operation (intent first), then run its admission phases while the
+        request waits: ``pause-source`` and the commit point ``claim-primary``. Nothing about
+        the agent's state changes until the claim is won; a lost claim or a refused source
+        pause ends the operation refused and raises :class:`WrongState` (409)."""
         agent = self.agent
-        agent.set_state(Request.ACTIVATE)
-        described = self.request.describe()
-        self.op = Operation.start(
+        self.op = op = Operation.start(
             "activate",
             PHASES,
             agent.deps.clock.now(),
-            request=described,
+            request=self.request.describe(),
             source_zone=self.request.zone,
         )
-        agent.operation = self.op
-        await agent.journal.save(self.op)
-        return self.op
+        await agent.journal.save(op)
+        try:
+            await run_phases(agent, op, self._steps(), through="claim-primary")
+        except PrimaryTaken as exc:
+            await agent.journal.finish(op, f"{op.phase}: refused: {exc}")
+            raise WrongState(
+                f"activation refused: {exc}",
+                state=agent.state.value,
+                primaryZone=exc.zone,
+                term=exc.term,
+            ) from exc
+        except WrongState as exc:
+            await agent.journal.finish(op, f"{op.phase}: refused: {exc.detail}")
+            raise
+        except EXPECTED_FAILURES as exc:
+            # The claim's outcome is unknown (a storage error): accept, and let run() retry it;
+            # claim-primary is idempotent for this operation.
+            log.warning("activation %s accepted with %s unsettled: %s", op.id, op.phase, exc)
+        agent.operation = op
+        agent.set_state(Request.ACTIVATE)
+        return op
 
     async def run(self) -> None:
         op, agent = self.op, self.agent
         assert op is not None
         with log_context(operation=op.id, zone=agent.zone, source=self.request.zone):
             try:
-                for name, step in self._steps():
-                    if op.is_done(name):
-                        continue
-                    await agent.journal.begin_phase(op, name)
-                    detail = await step()
-                    await agent.journal.end_phase(op, name, detail)
-                    agent.deps.metrics.activation_phase_duration.labels(phase=name).set(
-                        op.get_phase(name).seconds or 0.0
-                    )
+                await run_phases(agent, op, self._steps())
             except Exception as exc:  # every failure ends FAILED with its reason, retryable
-                unexpected = not isinstance(exc, EXPECTED_FAILURES)
-                log.error("activation failed in phase %s: %s", op.phase, exc, exc_info=unexpected)
-                await agent.journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
-                agent.deps.metrics.errors.labels(kind="activate").inc()
-                agent.set_state(Request.FAIL)
+                await fail(agent, op, exc, expected=EXPECTED_FAILURES)
                 return
             await agent.journal.finish(op)
             total = (op.finished_at - op.started_at).total_seconds() if op.finished_at else 0.0
@@ -205,6 +245,7 @@ class Activation:
     def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
         return [
             ("pause-source", self._pause_source),
+            ("claim-primary", self._claim_primary),
             ("silence-alerts", self._silence),
             ("fence-source", self._fence_source),
             ("restore-postgres", self._restore_postgres),
@@ -227,6 +268,24 @@ class Activation:
             return f"source not reachable ({exc}); continuing"
         return f"source answered {reply.status}"
 
+    async def _claim_primary(self) -> str:
+        """One CAS of the primary record (idempotent for this operation: a resumed activation
+        finds the record already naming this zone with its id)."""
+        agent, op = self.agent, self.op
+        assert op is not None
+        lock = self._primary_lock()
+        record = await lock.claim(
+            source=self.request.zone, zone=agent.zone, operation_id=op.id, expected=self.primary
+        )
+        self.primary = None  # a retry reads the record afresh
+        op.result["term"] = record.term
+        return f"zone {agent.zone} is primary of group {lock.group} with term {record.term}"
+
+    @property
+    def term(self) -> int:
+        """The term this activation claimed (0 before ``claim-primary``)."""
+        return int(self.op.result.get("term", 0)) if self.op else 0
+
     async def _silence(self) -> str:
         assert self.op is not None
         return await silence_alerts(self.agent, self.op, f"activation from {self.request.zone}")
@@ -235,7 +294,9 @@ class Activation:
         agent, source = self.agent, self.request.zone
         keeper = agent.source_keeper(source)
         epoch = await keeper.take_over(force=self.request.force)
-        writer = LogWriter(agent.deps.store, source, epoch, agent.holder, clock=agent.deps.clock)
+        writer = LogWriter(
+            agent.deps.store, source, epoch, agent.holder, clock=agent.deps.clock, term=self.term
+        )
         fence = await writer.write_fence(reason=f"activated by zone {agent.zone}")
         await keeper.release(LeaseState.PAUSED)
         assert self.op is not None
@@ -346,22 +407,22 @@ class Activation:
 async def start_activation(
     agent: AgentContext, request: ActivateRequest
 ) -> tuple[int, dict[str, Any]]:
-    """The ``/activate`` handler's work: validate, then dry-run or start the operation."""
+    """The ``/activate`` handler's work: validate, then dry-run or admit the operation.
+
+    One admission at a time per agent, so two requests racing on this side cannot both pass
+    the state check; the other side's racing activation is stopped by the primary record.
+    """
     activation = Activation(agent, request)
-    if not request.dry_run:
-        # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
-        from az_agent.agent.operations.states import transition
-
-        transition(agent.state, Request.ACTIVATE)
-    try:
-        await activation.prepare()
-    except NotFound as exc:
-        raise UnknownTarget(str(exc)) from exc
-    if request.dry_run:
-        return 200, await activation.dry_run()
-    op = await activation.begin()
-    agent.start_operation(activation.run())
+    async with agent.admission:
+        if not request.dry_run:
+            # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
+            transition(agent.state, Request.ACTIVATE)
+        try:
+            await activation.prepare()
+        except NotFound as exc:
+            raise UnknownTarget(str(exc)) from exc
+        if request.dry_run:
+            return 200, await activation.dry_run()
+        op = await activation.begin()
+        agent.start_operation(activation.run())
     return 202, {"operation": op.describe(agent.deps.clock.now())}
-
-
-__all__ = ["PHASES", "Activation", "LeaseKeeper", "start_activation"]

@@ -21,6 +21,8 @@ class AgentContext(Protocol):
     deps: AgentDeps
     journal: OperationJournal
     operation: Operation | None
+    admission: asyncio.Lock
+    """Held while a request is admitted (validated and committed), one at a time."""
 
     @property
     def state(self) -> AgentState: ...

@@ -1,0 +1,62 @@
+"""The one phase runner of pause, activate and resume: each phase journaled as it starts and
+ends, so an agent restarted mid-operation skips what is done and redoes only the phase it was in
+(every phase is idempotent for that reason)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from az_agent.agent.operations.context import AgentContext
+from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.states import Request
+from az_agent.drivers.errors import DriverError
+from az_agent.state import StateError
+
+log = logging.getLogger(__name__)
+
+Step = tuple[str, Callable[[], Awaitable[str]]]
+"""A phase: its name in the operation, and the work, which returns a one-line detail."""
+
+EXPECTED_FAILURES: tuple[type[Exception], ...] = (DriverError, StateError, TimeoutError)
+"""Failures an operator can act on from their message alone (logged without a traceback)."""
+
+
+async def run_phases(
+    agent: AgentContext,
+    op: Operation,
+    steps: Sequence[Step],
+    *,
+    through: str | None = None,
+) -> None:
+    """Run the phases of ``op`` that are not done, in order; stop after ``through`` if given.
+
+    A phase that raises leaves ``op`` at that phase (journaled as running) and the exception
+    propagates: the caller decides between :func:`fail` and answering the request.
+    """
+    for name, step in steps:
+        if not op.is_done(name):
+            await agent.journal.begin_phase(op, name)
+            detail = await step()
+            await agent.journal.end_phase(op, name, detail)
+            if op.kind == "activate":
+                agent.deps.metrics.activation_phase_duration.labels(phase=name).set(
+                    op.get_phase(name).seconds or 0.0
+                )
+        if name == through:
+            return
+
+
+async def fail(
+    agent: AgentContext,
+    op: Operation,
+    exc: Exception,
+    *,
+    expected: tuple[type[Exception], ...] = EXPECTED_FAILURES,
+) -> None:
+    """End ``op`` FAILED with its reason (retryable by POSTing again), and the agent with it."""
+    unexpected = not isinstance(exc, expected)
+    log.error("%s failed in phase %s: %s", op.kind, op.phase, exc, exc_info=unexpected)
+    await agent.journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
+    agent.deps.metrics.errors.labels(kind=op.kind).inc()
+    agent.set_state(Request.FAIL)
