@@ -21,6 +21,7 @@ A ``paused`` lease (clean ``/pause``) is never taken by the election loop, only 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -210,8 +211,10 @@ class LeaseKeeper:
         """Give the lease up (``released``, or ``paused`` for a handover), keeping the epoch.
 
         Leadership ends before the write, since the other side may act as soon as it lands.
-        Returns False when there was nothing of ours to release or the write failed (the other
-        side then waits for the TTL).
+        Returns False only when the lease is not ours to release (never held, already given
+        up, or another holder's write won). A storage error propagates: the write's outcome is
+        unknown, the caller must not report it as "no longer ours"; the lease is then still
+        ours in the bucket (the next round renews it) or released (the next read settles it).
         """
         if state is LeaseState.ACTIVE:
             raise ValueError("release to a non-active state")
@@ -225,7 +228,7 @@ class LeaseKeeper:
                 done = await self._write(mine.epoch, version, mine.acquired_at, state)
             except DriverError as exc:
                 log.warning("zone %s: could not release the lease: %s", self._zone, exc)
-                return False
+                raise
             if done:
                 log.info(
                     "zone %s: lease %s by %s (epoch %d)",
@@ -254,7 +257,8 @@ class LeaseKeeper:
                 group.create_task(self._watch(), name=f"lease-{self._zone}-watch")
         finally:
             if release_on_exit and self._holds():
-                await asyncio.shield(self.release())
+                with contextlib.suppress(DriverError):  # logged; the TTL frees it instead
+                    await asyncio.shield(self.release())
             self._publish()
 
     async def _campaign(self, wants: Callable[[], bool]) -> None:

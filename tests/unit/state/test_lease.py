@@ -195,6 +195,33 @@ async def test_paused_lease_is_only_taken_explicitly(
     assert b.is_leader
 
 
+async def test_release_that_cannot_write_raises_instead_of_returning_false(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    """False means "held by another": a pause must not report a failed write as that."""
+    a = keeper(store, timeline, "a")
+    await a.tick()
+    store.down = True
+    with pytest.raises(Unavailable):
+        await a.release(LeaseState.PAUSED)
+    store.down = False
+    assert not a.is_leader  # leadership ended before the write, whatever its outcome
+    assert (await stored(store)).state is LeaseState.ACTIVE
+    assert await a.tick(), "still ours: the next round renews it"
+    assert await a.release(LeaseState.PAUSED)
+    assert (await stored(store)).state is LeaseState.PAUSED
+
+
+async def test_release_of_a_lease_taken_by_another_returns_false(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    a, b = keeper(store, timeline, "a"), keeper(store, timeline, "b")
+    await a.tick()
+    await b.take_over(force=True)
+    assert not await a.release(LeaseState.PAUSED)
+    assert (await stored(store)).holder == "b"
+
+
 async def test_take_over_refused_while_live_unless_forced(
     store: FaultyStore, timeline: Timeline
 ) -> None:
