@@ -17,6 +17,7 @@ from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.logs import log_context
 from az_agent.agent.operations.context import AgentContext
 from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.phases import fail, run_phases
 from az_agent.agent.operations.requests import PauseRequest
 from az_agent.agent.operations.silences import silence_alerts
 from az_agent.agent.operations.states import Request
@@ -70,21 +71,13 @@ class Pause:
     async def run(self) -> None:
         op = self.op
         assert op is not None
-        journal = self.agent.journal
         with log_context(operation=op.id, zone=self.agent.zone):
             try:
-                for name, step in self._steps():
-                    await journal.begin_phase(op, name)
-                    detail = await step()
-                    await journal.end_phase(op, name, detail)
+                await run_phases(self.agent, op, self._steps())
             except Exception as exc:  # every failure ends FAILED with its reason, retryable
-                unexpected = not isinstance(exc, (DriverError, StateError, TimeoutError))
-                log.error("pause failed in phase %s: %s", op.phase, exc, exc_info=unexpected)
-                await journal.finish(op, f"{op.phase}: {type(exc).__name__}: {exc}")
-                self.agent.deps.metrics.errors.labels(kind="pause").inc()
-                self.agent.set_state(Request.FAIL)
+                await fail(self.agent, op, exc)
                 return
-            await journal.finish(op)
+            await self.agent.journal.finish(op)
             self.agent.set_state(Request.FINISH)
             log.info("zone %s paused: handover written, lease released", self.agent.zone)
 
