@@ -50,7 +50,11 @@ async def test_first_dump_soon_then_every_interval_and_only_with_a_session(
         await clock.timeline.settle(1)
         assert await dump_entries(store) == []
         assert loop.status()["databases"][dbname]["nextRunInSeconds"] == 5
-        clock.advance(5)
+        clock.advance(4)  # one second before the first run is due: still nothing
+        await clock.timeline.settle(1)
+        assert await dump_entries(store) == []
+        assert loop.status()["databases"][dbname]["nextRunInSeconds"] == 1
+        clock.advance(1)  # due now
         await until(lambda: len(session.catalog.dumps(dbname)) == 1)
         await clock.timeline.settle(1)
         status = loop.status()
@@ -62,22 +66,28 @@ async def test_first_dump_soon_then_every_interval_and_only_with_a_session(
         assert db_status["failures"] == 0
         assert db_status["lastError"] is None
 
-        clock.advance(INTERVAL - 10)
+        clock.advance(INTERVAL - 1)  # one second before the next run: still one dump
         await clock.timeline.settle(1)
         assert len(session.catalog.dumps(dbname)) == 1
-        assert loop.rpo_seconds() == INTERVAL - 10
-        assert gauge(metrics, "az_agent_rpo_seconds", kind="postgres") == INTERVAL - 10
+        assert len(await dump_entries(store)) == 1
+        assert loop.status()["databases"][dbname]["nextRunInSeconds"] == 1
+        assert loop.rpo_seconds() == INTERVAL - 1
+        assert gauge(metrics, "az_agent_rpo_seconds", kind="postgres") == INTERVAL - 1
         assert gauge(metrics, "az_agent_postgres_dump_age_seconds", database=dbname) == (
-            INTERVAL - 10
+            INTERVAL - 1
         )
-        clock.advance(10)
+        clock.advance(1)  # due now
         await until(lambda: len(session.catalog.dumps(dbname)) == 2)
     first, second = await dump_entries(store)
     assert (second.started_at - first.started_at).total_seconds() == INTERVAL
     assert gauge(metrics, "az_agent_postgres_dump_size_bytes", database=dbname) == second.size
 
-    clock.advance(3 * INTERVAL)  # the session ended: no more dumps
-    await asyncio.sleep(0.1)
+    # The session ended: the loop has returned and nothing waits on the clock any more, so
+    # however far time moves, no dump can start.
+    assert not loop.is_running
+    assert clock.timeline.parked == 0
+    clock.advance(3 * INTERVAL)
+    assert loop.status()["databases"][dbname]["nextRunInSeconds"] is None
     assert len(await object_keys(store)) == 2
     assert len(await dump_entries(store)) == 2
     with pytest.raises(NotLeader):
@@ -101,9 +111,16 @@ class GatedStore(WrappedStore):
         return await self.inner.put(key, body, if_none_match=if_none_match, if_match=if_match)
 
 
+def requests_logged(caplog: pytest.LogCaptureFixture, reason: str) -> int:
+    """How many on-demand requests whose reason starts with ``reason`` the loop has taken in."""
+    start = f"PostgreSQL dump requested ({reason}"
+    return sum(1 for record in caplog.records if record.getMessage().startswith(start))
+
+
 async def test_on_demand_dumps_coalesce_into_one_more_run(
-    zone1: PostgresServer, tmp_path: Path, dbname: str
+    zone1: PostgresServer, tmp_path: Path, dbname: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="az_agent.agent.backup.postgres")
     await seeded(zone1, dbname)
     store = GatedStore(FileObjectStore(tmp_path / "bucket"))
     clock, metrics = FakeClock(), AgentMetrics(ZONE)
@@ -112,7 +129,7 @@ async def test_on_demand_dumps_coalesce_into_one_more_run(
         first = asyncio.create_task(loop.dump_now("first"))
         await until(lambda: store.uploads == 1)  # a run is in progress
         later = [asyncio.create_task(loop.dump_now(f"later {n}")) for n in range(3)]
-        await asyncio.sleep(0.05)
+        await until(lambda: requests_logged(caplog, "later") == 3)  # all queued or joined
         later[2].cancel()  # a caller that gives up does not cancel the run the others share
         store.gate.set()
         [a] = await asyncio.wait_for(first, 20)
