@@ -115,8 +115,17 @@ class KubernetesSettings(SettingsModel):
     host: str = Field(default="", description="API server URL; '' = in-cluster or kubeconfig.")
     kubeconfig: str = Field(default="", description="Path of a kubeconfig; '' = default.")
     context: str = Field(default="", description="kubeconfig context; '' = current.")
-    source_service: str = Field(default="az-service", description="Service of the source agent.")
-    source_port: int = Field(default=8080, ge=1, le=65535, description="Its port.")
+    source_service: str = Field(
+        default="az-service", description="Service of the source agent, in that namespace."
+    )
+    source_port: int = Field(
+        default=8080, ge=1, le=65535, description="Port of that Service (the agent's HTTP API)."
+    )
+    source_token_secret: str = Field(
+        default="",
+        description="Secret under secretsDir with key 'token': the source agent's API token, "
+        "relayed to it as X-Az-Agent-Token (the API server drops Authorization); '' = none.",
+    )
     timeout_seconds: float = Field(default=600, gt=0, description="Wait for the source pause.")
 
 

@@ -108,9 +108,14 @@ def openapi_document() -> dict[str, Any]:
                         _param(
                             "namespace",
                             {"type": "string"},
-                            "Kubernetes namespace of the source: pause it first",
+                            "Kubernetes namespace of the source: pause it first (409 with "
+                            "the source's answer when it does not pause)",
                         ),
-                        _param("forcePause", _BOOL, "force=true for that source pause"),
+                        _param(
+                            "forcePause",
+                            _BOOL,
+                            "Pause the source with force=true, and go on if it does not pause",
+                        ),
                     ],
                     "responses": _responses(200, 202, 400, 401, 403, 404, 409, 503),
                 }

@@ -3,8 +3,9 @@
 Phases, each checkpointed in ``<own zone>/operations/current.json`` so a restarted agent resumes
 where it stopped (done phases are skipped; rehydration re-plans against what Pinot already has):
 
-1. ``pause-source`` - with ``namespace``, ask the source agent to pause through the Kubernetes
-   API server's service proxy (best effort: it may be gone with its zone);
+1. ``pause-source`` - with ``namespace``, the source agent was paused through the Kubernetes
+   API server's service proxy while ``/activate`` was answered, before this operation existed
+   (:mod:`.source_pause`: a refusal is a 409 unless ``forcePause``); the phase records how;
 2. ``claim-primary`` - the commit point: one compare-and-swap of the group's primary record from
    the source to this zone, with the next term. It runs while ``/activate`` is answered: a
    concurrent activation (the other side's, or this side's) loses it, stops before changing
@@ -34,6 +35,7 @@ from az_agent.agent.operations.journal import Operation
 from az_agent.agent.operations.phases import fail, run_phases
 from az_agent.agent.operations.requests import ActivateRequest
 from az_agent.agent.operations.silences import silence_alerts
+from az_agent.agent.operations.source_pause import NOT_ASKED, pause_source
 from az_agent.agent.operations.states import Request, transition
 from az_agent.agent.restore.pinot import restore_table_configs, resume_after_restore
 from az_agent.agent.restore.postgres import (
@@ -47,6 +49,7 @@ from az_agent.agent.restore.rehydrate import RehydrationPlan, Rehydrator, plan_r
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.state import (
     Catalog,
+    LeaseObservation,
     LeaseState,
     LogWriter,
     PrimaryLock,
@@ -89,6 +92,8 @@ class Activation:
         self.catalog: Catalog | None = None
         self.primary: PrimaryObservation | None = None
         """The primary record as validated by :meth:`prepare`: the claim's expected version."""
+        self.source_pause = NOT_ASKED
+        """How the source's pause went (:func:`pause_source`), for the ``pause-source`` phase."""
 
     @classmethod
     def resume(cls, agent: AgentContext, op: Operation) -> Activation:
@@ -120,16 +125,8 @@ class Activation:
         if record is None and await last_entry(agent.deps.store, source) is None:
             agent.forget_source(source)
             raise UnknownTarget(f"zone {source!r} has no lease and no backups in this bucket")
-        forced = self.request.force or self.request.namespace is not None
-        if record is not None and observation.is_live and not forced:
-            wait = max(0.0, record.ttl_seconds - observation.seconds_unchanged)
-            raise WrongState(
-                f"zone {source!r} is live: its lease (holder {record.holder}, epoch "
-                f"{record.epoch}) changed {observation.seconds_unchanged:.0f}s ago. Pause it "
-                "first, wait until it expires, or pass force=true if it is dead.",
-                state=agent.state.value,
-                retryAfterSeconds=round(wait, 1),
-            )
+        if self.request.namespace is None:  # else after the source's pause, which ends it
+            self._refuse_live(observation)
         self._check_primary(await self._primary_lock().read())
         self.catalog = await load_catalog(agent.deps.store, source)
         try:
@@ -138,6 +135,24 @@ class Activation:
             raise UnknownTarget(str(exc)) from exc
         if self.catalog.segment_count == 0 and not self._databases():
             raise UnknownTarget(f"zone {source!r} has nothing backed up")
+
+    async def check_source_stopped(self) -> None:
+        """After the source's pause (``namespace``): 409 while its lease is live, unless
+        ``force``; ``namespace`` and ``forcePause`` never imply ``force``."""
+        self._refuse_live(await self.agent.source_keeper(self.request.zone).observe())
+
+    def _refuse_live(self, observation: LeaseObservation) -> None:
+        record = observation.record
+        if record is None or not observation.is_live or self.request.force:
+            return
+        wait = max(0.0, record.ttl_seconds - observation.seconds_unchanged)
+        raise WrongState(
+            f"zone {self.request.zone!r} is live: its lease (holder {record.holder}, epoch "
+            f"{record.epoch}) changed {observation.seconds_unchanged:.0f}s ago. Pause it "
+            "first, wait until it expires, or pass force=true if it is dead.",
+            state=self.agent.state.value,
+            retryAfterSeconds=round(wait, 1),
+        )
 
     def _primary_lock(self) -> PrimaryLock:
         deps = self.agent.deps
@@ -194,9 +209,10 @@ class Activation:
 
     async def begin(self) -> Operation:
         """Journal the operation (intent first), then run its admission phases while the
-        request waits: ``pause-source`` and the commit point ``claim-primary``. Nothing about
-        the agent's state changes until the claim is won; a lost claim or a refused source
-        pause ends the operation refused and raises :class:`WrongState` (409)."""
+        request waits: ``pause-source`` (which records the pause done before, refusals never
+        get here) and the commit point ``claim-primary``. Nothing about the agent's state
+        changes until the claim is won; a lost claim ends the operation refused and raises
+        :class:`WrongState` (409)."""
         agent = self.agent
         self.op = op = Operation.start(
             "activate",
@@ -256,17 +272,8 @@ class Activation:
         ]
 
     async def _pause_source(self) -> str:
-        proxy, namespace = self.agent.deps.service_proxy, self.request.namespace
-        if namespace is None:
-            return "skipped: no namespace given"
-        if proxy is None:
-            raise StateError("namespace given but no Kubernetes access is configured")
-        try:
-            reply = await proxy.pause_agent(namespace, force=self.request.force_pause)
-        except DriverError as exc:
-            log.warning("pausing the source through Kubernetes failed: %s", exc)
-            return f"source not reachable ({exc}); continuing"
-        return f"source answered {reply.status}"
+        """Done before the operation began (:func:`start_activation`): record how it went."""
+        return self.source_pause
 
     async def _claim_primary(self) -> str:
         """One CAS of the primary record (idempotent for this operation: a resumed activation
@@ -423,6 +430,9 @@ async def start_activation(
             raise UnknownTarget(str(exc)) from exc
         if request.dry_run:
             return 200, await activation.dry_run()
+        activation.source_pause = await pause_source(agent, request)
+        if request.namespace is not None:
+            await activation.check_source_stopped()
         op = await activation.begin()
         agent.start_operation(activation.run())
     return 202, {"operation": op.describe(agent.deps.clock.now())}

@@ -143,15 +143,19 @@ class KubernetesServiceProxy:
         service: str = DEFAULT_SERVICE,
         port: int | str = DEFAULT_PORT,
         agent_token: str | None = None,
+        wait_seconds: int | None = None,
         request_timeout: float | None = None,
     ) -> ServiceReply:
-        """``POST /pause[?force=true]`` on the az-agent of ``namespace``; its reply as is.
+        """``POST /pause[?force=true][&wait=N]`` on the az-agent of ``namespace``; its reply as is.
 
-        ``request_timeout`` should cover the source's whole pause (it answers when done): the
-        API server does not time out proxied requests itself.
+        The agent answers 200 once paused, or 202 when still pausing after ``wait_seconds``
+        (its own default otherwise). ``request_timeout`` should cover that wait: the API server
+        does not time out proxied requests itself.
         """
         headers = {AGENT_TOKEN_HEADER: agent_token} if agent_token else {}
         params = {"force": "true"} if force else {}
+        if wait_seconds is not None:
+            params["wait"] = str(wait_seconds)
         reply = await self.request(
             "POST",
             namespace,
