@@ -222,6 +222,10 @@ class Agent:
         if self.deps.database_backup is not None:
             metrics.rpo_seconds.labels(kind="postgres").set(self.deps.database_backup.rpo_seconds())
 
+    async def stop_backups(self) -> None:
+        """Stop the session's backup loops, keeping its writer for the pause's handover."""
+        await self.leadership.stop_backups()
+
     async def stop_session(self) -> None:
         """End the current leader session (pause) and wait until its loops have stopped; no
         new session starts until the agent is ACTIVE again."""

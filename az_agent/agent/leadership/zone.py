@@ -3,9 +3,11 @@
 :meth:`LeaseKeeper.run` plays the lease rounds (acquire, renew, self-fencing at the renew
 deadline) while the agent wants to lead; :class:`ZoneLeadership` turns each won lease into one
 :class:`LeaderSession` (fence entry first, then the backup loops) and ends it when the lease is
-lost, the writer is fenced, or a pause asks. Beside it, one watch loop reads the zone's lease
-while this agent does not hold it (has another zone taken this one over?) and keeps the leases
-of other zones observed, so their expiry is judged over time on this agent's clock.
+lost, the writer is fenced, or a pause asks (a pause stops the backup loops first and commits its
+handover through the session's still valid writer, so it is the term's last entry). Beside it,
+one watch loop reads the zone's lease while this agent does not hold it (has another zone taken
+this one over?) and keeps the leases of other zones observed, so their expiry is judged over
+time on this agent's clock.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ CHECKPOINT_CHECK_SECONDS = 30.0
 
 class _SessionEnded(Exception):
     """Raised inside a leader session's task group to stop its loops."""
+
+
+class _BackupsHalted(Exception):
+    """Raised inside a session's backup loops when a pause stops them before its handover."""
 
 
 @dataclass
@@ -97,6 +103,9 @@ class ZoneLeadership:
         self._stop = asyncio.Event()
         self._ended = asyncio.Event()
         self._ended.set()
+        self._halt = asyncio.Event()  # a pause asks the session's backup loops to stop...
+        self._halted = asyncio.Event()  # ...and they have (or the session ended)
+        self._halted.set()
         self._wake = asyncio.Event()
         self._observers: dict[str, LeaseKeeper] = {}
         self._judged_version: str | None = None
@@ -111,9 +120,28 @@ class ZoneLeadership:
         self._wake.set()
 
     def unsuspend(self) -> None:
-        """Leading is wanted again (ACTIVE, or a retried pause that needs the session)."""
+        """Leading is wanted again (ACTIVE, or a retried pause that needs the session). A
+        session whose backup loops a (failed) pause stopped ends, so a fresh one runs them."""
         self._suspended = False
+        if self.session is not None and self._halt.is_set():
+            self._stop.set()
         self._wake.set()
+
+    async def stop_backups(self) -> LeaderSession:
+        """Stop the session's backup loops and wait until they have, keeping the session.
+
+        Its writer stays valid while the lease is held, so a pause can then commit the term's
+        last entry knowing that nothing appends after it, and :meth:`stop_session` ends it.
+        Raises ``NotLeader`` when no session runs or it ended meanwhile.
+        """
+        session = self.session
+        if session is None:
+            raise NotLeader(f"zone {self.deps.zone}: not leading, no backup loops to stop")
+        self._halt.set()
+        await self._halted.wait()
+        if self.session is not session:
+            raise NotLeader(f"zone {self.deps.zone}: the leader session ended meanwhile")
+        return session
 
     async def stop_session(self) -> None:
         """End the current leader session and wait until its loops have stopped; no new
@@ -240,6 +268,8 @@ class ZoneLeadership:
         self.session = session
         self._stop.clear()
         self._ended.clear()
+        self._halt.clear()
+        self._halted.clear()
         log.info(
             "leading zone %s with epoch %d, term %d, from entry %d",
             deps.zone,
@@ -249,10 +279,7 @@ class ZoneLeadership:
         )
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(deps.segment_backup.run(session), name="segments")
-                if deps.database_backup is not None:
-                    group.create_task(deps.database_backup.run(session), name="postgres")
-                group.create_task(self._checkpoints(session), name="checkpoints")
+                group.create_task(self._backups(session), name="backups")
                 group.create_task(self._watch_session(session), name="session-watch")
         except* _SessionEnded:
             pass
@@ -275,6 +302,25 @@ class ZoneLeadership:
             f"(term {record.term}); zone {self.deps.zone} does not lead"
         )
         return None
+
+    async def _backups(self, session: LeaderSession) -> None:
+        """The session's backup loops, until the session ends or a pause halts them."""
+        deps = self.deps
+        try:
+            async with asyncio.TaskGroup() as loops:
+                loops.create_task(deps.segment_backup.run(session), name="segments")
+                if deps.database_backup is not None:
+                    loops.create_task(deps.database_backup.run(session), name="postgres")
+                loops.create_task(self._checkpoints(session), name="checkpoints")
+                loops.create_task(self._until_halted(), name="backups-halt")
+        except* _BackupsHalted:
+            log.info("zone %s: backup loops stopped before the handover", deps.zone)
+        finally:
+            self._halted.set()
+
+    async def _until_halted(self) -> None:
+        await self._halt.wait()
+        raise _BackupsHalted
 
     async def _watch_session(self, session: LeaderSession) -> None:
         period = min(1.0, self.deps.settings.retry_period_seconds)

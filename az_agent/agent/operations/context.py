@@ -46,5 +46,9 @@ class AgentContext(Protocol):
 
     def forget_source(self, zone: str) -> None: ...
 
+    async def stop_backups(self) -> None:
+        """Stop the leader session's backup loops, keeping the session and its writer (for the
+        pause's handover, which must be the term's last entry)."""
+
     async def stop_session(self) -> None:
         """End the leader session and keep it ended until the agent leads again."""

@@ -1,10 +1,11 @@
 """``POST /pause``: hand the zone over without losing anything.
 
 Silence alerts, pause ingestion, wait until the consuming segments are committed (unless
-``force``), back up every remaining segment, take a final dump of every database, write the
-``paused`` handover entry, stop the backup loops and release the lease as ``paused`` so the other
-zone can activate at once. With ``force`` (Pinot or Kafka unreachable), steps that need Pinot are
-attempted and their failures recorded instead of failing the pause.
+``force``), back up every remaining segment, take a final dump of every database, stop the
+backup loops (the session and its writer stay), write the ``paused`` handover entry, which is
+thus the term's last entry, then end the session and release the lease as ``paused`` so the
+other zone can activate at once. With ``force`` (Pinot or Kafka unreachable), steps that need
+Pinot are attempted and their failures recorded instead of failing the pause.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ PHASES = (
     "wait-committed",
     "flush-segments",
     "final-dump",
+    "stop-backups",
     "write-handover",
     "release-lease",
 )
@@ -88,6 +90,7 @@ class Pause:
             ("wait-committed", self._wait_committed),
             ("flush-segments", self._flush_segments),
             ("final-dump", self._final_dump),
+            ("stop-backups", self._stop_backups),
             ("write-handover", self._write_handover),
             ("release-lease", self._release_lease),
         ]
@@ -146,6 +149,10 @@ class Pause:
             return "no databases configured"
         results = await backup.dump_now("pause")
         return f"{len(results)} databases dumped"
+
+    async def _stop_backups(self) -> str:
+        await self.agent.stop_backups()
+        return "backup loops stopped; the session's writer commits the handover"
 
     async def _write_handover(self) -> str:
         session = self._session()

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
+from az_agent.agent.backup.segments import SegmentBackupLoop
+from az_agent.agent.config import AgentConfig
 from az_agent.agent.daemon import Agent
 from az_agent.agent.errors import OperationFailed
+from az_agent.agent.leadership.loops import SegmentBackup
+from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.operations.journal import current_key
 from az_agent.agent.operations.requests import PauseRequest
 from az_agent.agent.operations.states import AgentState
 from az_agent.drivers.errors import Unavailable
-from az_agent.state import LeaseState
+from az_agent.drivers.pinot.http import HttpPinotController
+from az_agent.state import LeaseState, PausedPayload, SegmentPayload, SystemClock
 from az_agent.state.keys import lease_key
-from tests.integration.agent_operations.conftest import ZONE, Rig, lease_record, until
+from tests.integration.agent_operations.conftest import (
+    REALTIME_TABLE,
+    ZONE,
+    Rig,
+    lease_record,
+    log_entries,
+    until,
+)
+from tests.unit.state.helpers import segment
 
 
 def leading(agent: Agent) -> bool:
@@ -42,3 +60,101 @@ async def test_a_release_that_cannot_be_written_fails_the_pause(rig: Rig) -> Non
         phases = {p["name"]: p for p in body["operation"]["phases"]}
         assert phases["release-lease"]["detail"] == "lease paused"
         assert (await lease_record(rig.store)).state is LeaseState.PAUSED
+
+
+class LateSegment:
+    """The real segment loop, plus one segment whose upload is still in flight when the pause
+    writes its handover: ``arrived`` lets it commit, ``done`` says it committed or was stopped."""
+
+    def __init__(self, inner: SegmentBackup) -> None:
+        self.inner = inner
+        self.arrived = asyncio.Event()
+        self.done = asyncio.Event()
+
+    async def run(self, session: LeaderSession) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.inner.run(session))
+            group.create_task(self._late(session))
+
+    async def _late(self, session: LeaderSession) -> None:
+        try:
+            payload = segment(ZONE, f"{REALTIME_TABLE}__0__99__late", table=REALTIME_TABLE)
+            await session.store.put(payload.key, b"tarball")
+            await self.arrived.wait()
+            await session.commit(payload)
+        finally:
+            self.done.set()
+
+    async def flush(self, session: LeaderSession) -> int:
+        return await self.inner.flush(session)
+
+    def status(self) -> dict[str, Any]:
+        return self.inner.status()
+
+    def rpo_seconds(self) -> float:
+        return self.inner.rpo_seconds()
+
+
+async def test_the_handover_is_the_last_entry_even_with_a_segment_racing(rig: Rig) -> None:
+    """DESIGN: ``paused`` is written after every backup loop has stopped, the term's last entry."""
+    racing: list[LateSegment] = []
+
+    def backup(pinot: HttpPinotController, config: AgentConfig) -> SegmentBackup:
+        inner = SegmentBackupLoop(pinot, config.service.pinot, AgentMetrics(ZONE), SystemClock())
+        racing.append(LateSegment(inner))
+        return racing[0]
+
+    async with rig.running(segment_backup=backup) as agent:
+        await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
+        late = racing[0]
+
+        async def arrive_after_handover(op: str, key: str) -> None:
+            operation = agent.operation
+            if op != "put" or key != current_key(ZONE) or operation is None:
+                return
+            if operation.get_phase("write-handover").status == "done" and not late.arrived.is_set():
+                late.arrived.set()  # the upload finishes now: a live loop commits it next
+                await asyncio.wait_for(late.done.wait(), 10)
+
+        rig.store.after = arrive_after_handover
+        status, body = await agent.pause(PauseRequest())
+        assert (status, body["state"]) == (200, "PAUSED"), body
+        assert late.arrived.is_set(), "the segment arrived during the pause"
+
+    entries = await log_entries(rig.store)
+    kinds = [type(e.payload).__name__ for e in entries]
+    assert isinstance(entries[-1].payload, PausedPayload), kinds
+    assert not any(
+        isinstance(e.payload, SegmentPayload) and e.payload.segment.endswith("__late")
+        for e in entries
+    ), "nothing of the paused term is committed after its handover"
+
+
+async def test_a_pause_failing_after_the_loops_stopped_backs_up_again(rig: Rig) -> None:
+    """The handover cannot be written: FAILED, and a fresh session runs the loops again."""
+    async with rig.running() as agent:
+        await until(lambda: leading(agent), "the agent to lead")
+        first = agent.session
+
+        async def refuse_handover(op: str, key: str) -> None:
+            operation = agent.operation
+            handing_over = operation is not None and operation.phase == "write-handover"
+            if op == "put" and key.startswith(f"{ZONE}/log/") and handing_over:
+                raise Unavailable("injected: the bucket is down during the handover")
+
+        rig.store.before = refuse_handover
+        with pytest.raises(OperationFailed) as failed:
+            await agent.pause(PauseRequest())
+        assert failed.value.detail.startswith("write-handover: Unavailable"), failed.value.detail
+        assert agent.deps.segment_backup.status()["leading"] is False, "the loops were stopped"
+
+        rig.store.before = Rig.no_hook
+        await until(
+            lambda: (
+                leading(agent)
+                and agent.session is not first
+                and agent.deps.segment_backup.status()["leading"]
+            ),
+            "a fresh session backing up while the failed pause waits to be retried",
+        )
+        assert agent.state is AgentState.FAILED
