@@ -4,6 +4,13 @@ After an activation, an operator checks the new cluster and calls ``/resume`` to
 alerts. On a ``PAUSED`` agent whose zone was not taken over (its log still ends with its own
 ``paused`` entry), ``/resume`` undoes the pause in place: the lease is taken back with the next
 epoch, ingestion resumes from where it stopped, and the silences are lifted.
+
+Taking the lease back is never forced: it is taken only when paused, released or expired; a
+lease another agent holds live answers 409 naming the holder. The log and the group's primary
+record are read again once the lease is ours, because another zone may have activated from this
+one meanwhile (between the first look and the take): then the lease goes back ``paused``
+without a write under it, the agent knows it was handed over (``STANDBY``), and the answer is
+409.
 """
 
 from __future__ import annotations
@@ -18,25 +25,92 @@ from az_agent.agent.operations.silences import lift_silences
 from az_agent.agent.operations.states import AgentState, Request, transition
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.base import ConsumeFrom
-from az_agent.state import FencePayload, last_entry
+from az_agent.state import FencePayload, LeaseHeld, LeaseState, PrimaryLock, last_entry
 
 log = logging.getLogger(__name__)
 
 
 async def resume(agent: AgentContext) -> tuple[int, dict[str, Any]]:
-    transition(agent.state, Request.RESUME)  # 409 unless ACTIVE or PAUSED
-    if agent.state is AgentState.ACTIVE:
-        lifted = await lift_silences(agent)
-        return 200, {"state": agent.state.value, "silencesLifted": lifted}
+    async with agent.admission:  # one admission at a time: not beside an /activate
+        transition(agent.state, Request.RESUME)  # 409 unless ACTIVE or PAUSED
+        if agent.state is AgentState.ACTIVE:
+            lifted = await lift_silences(agent)
+            return 200, {"state": agent.state.value, "silencesLifted": lifted}
+        _refuse_if_taken(agent, await taken_over_by(agent))
+        epoch = await _take_lease(agent)
+        await _confirm_not_taken(agent)
+        agent.set_state(Request.RESUME)
+    resumed = await _resume_consumption(agent)
+    lifted = await lift_silences(agent)
+    log.info("zone %s resumed in place with epoch %d", agent.zone, epoch)
+    return 200, {
+        "state": agent.state.value,
+        "epoch": epoch,
+        "tablesResumed": resumed,
+        "silencesLifted": lifted,
+    }
+
+
+async def taken_over_by(agent: AgentContext) -> str | None:
+    """Who took this zone over, if anyone: another zone is the group's primary, or the zone's
+    log ends with a fence (after a clean pause it ends with the ``paused`` entry)."""
     newest = await last_entry(agent.deps.store, agent.zone)
     if newest is not None and isinstance(newest.payload, FencePayload):
+        return newest.payload.by
+    lock = PrimaryLock(agent.deps.store, agent.deps.config.service.group, clock=agent.deps.clock)
+    primary = (await lock.read()).record
+    if primary is not None and primary.zone != agent.zone:
+        return f"zone {primary.zone} (primary of group {lock.group}, term {primary.term})"
+    return None
+
+
+def _refuse_if_taken(agent: AgentContext, by: str | None) -> None:
+    if by is not None:
         raise WrongState(
-            f"zone {agent.zone} was taken over ({newest.payload.by}); activate from the zone "
-            "that took it to fail back",
+            f"zone {agent.zone} was taken over ({by}); activate from the zone that took it to "
+            "fail back",
             state=agent.state.value,
+            takenOverBy=by,
         )
-    epoch = await agent.keeper.take_over(force=True)
-    agent.set_state(Request.RESUME)
+
+
+async def _take_lease(agent: AgentContext) -> int:
+    """The zone's lease, if paused, released or expired; 409 naming a live holder."""
+    try:
+        return await agent.keeper.take_over()
+    except LeaseHeld as exc:
+        raise WrongState(
+            f"zone {agent.zone}'s lease is live, held by {exc.holder} (epoch {exc.epoch}): "
+            "another agent of this zone leads it; nothing to resume here",
+            state=agent.state.value,
+            holder=exc.holder,
+        ) from exc
+
+
+async def _confirm_not_taken(agent: AgentContext) -> None:
+    """Read the log and the primary again with the lease held; give it back if taken over."""
+    try:
+        by = await taken_over_by(agent)
+    except Exception:
+        await _give_back(agent)
+        raise
+    if by is None:
+        return
+    await _give_back(agent)
+    log.warning("zone %s was taken over by %s while /resume took its lease", agent.zone, by)
+    agent.set_state(Request.FENCE)  # PAUSED -> STANDBY: handed over
+    _refuse_if_taken(agent, by)
+
+
+async def _give_back(agent: AgentContext) -> None:
+    """Leave the lease ``paused`` again, nothing having been written under it."""
+    try:
+        await agent.keeper.release(LeaseState.PAUSED)
+    except DriverError as exc:
+        log.warning("zone %s: could not give the lease back (it expires): %s", agent.zone, exc)
+
+
+async def _resume_consumption(agent: AgentContext) -> list[str]:
     resumed = []
     try:
         for table in await realtime_tables(agent):
@@ -46,11 +120,4 @@ async def resume(agent: AgentContext) -> tuple[int, dict[str, Any]]:
             resumed.append(table.raw)
     except DriverError as exc:
         log.warning("resuming consumption failed (the backup loops still run): %s", exc)
-    lifted = await lift_silences(agent)
-    log.info("zone %s resumed in place with epoch %d", agent.zone, epoch)
-    return 200, {
-        "state": agent.state.value,
-        "epoch": epoch,
-        "tablesResumed": resumed,
-        "silencesLifted": lifted,
-    }
+    return resumed
