@@ -3,6 +3,13 @@
 Patroni's lesson, kept here: HTTP requests only record intent and start an owned operation;
 the loops decide. Every background task is owned by :meth:`Agent.run`'s task group (or by the
 operation runner, which the same group owns) and is cancelled and awaited on shutdown.
+
+A restart in the middle of an activation resumes it (its phases are idempotent). A restart in
+the middle of a pause does not re-run it: its phases assumed the session and the backup loops
+that died with the process, and the operator who asked may no longer want it. A pause whose
+lease release had landed succeeded; any other is failed, and the agent starts ``FAILED``, as
+after a pause that failed without a restart: it leads and backs up, and ``/pause`` retries the
+pause or ``/resume`` undoes it (ingestion resumes, silences are lifted).
 """
 
 from __future__ import annotations
@@ -136,16 +143,13 @@ class Agent:
             self.state = AgentState.STANDBY if handed_over else AgentState.PAUSED
         else:
             self.state = AgentState.ACTIVE  # active or released: the election decides
-        if current is not None and current.status == "running":
+        if current is not None:
             self.operation = current
-            if current.kind == "activate":
+            if current.kind == "activate" and current.status == "running":
                 self.state = AgentState.ACTIVATING
-            else:
-                self.operation.status = "failed"
-                self.operation.error = "interrupted by an agent restart; POST /pause again"
-                await self.journal.save(self.operation)
-        elif current is not None:
-            self.operation = current
+            elif current.kind == "pause":
+                paused = record is not None and record.state is LeaseState.PAUSED
+                await self._recover_pause(current, lease_paused=paused)
         self.deps.metrics.set_state(self.state)
         log.info(
             "zone %s starts %s (lease %s, holder id %s)",
@@ -154,6 +158,18 @@ class Agent:
             record.state.value if record else "absent",
             self.holder,
         )
+
+    async def _recover_pause(self, op: Operation, *, lease_paused: bool) -> None:
+        """Close a pause the last incarnation left running; start FAILED after an unfinished
+        pause that no ``/resume`` undid (see the module docstring)."""
+        if op.status == "running" and lease_paused:
+            await self.journal.finish(op)  # the lease release, its last phase, had landed
+        elif op.status == "running":
+            reason = "interrupted by an agent restart; POST /pause to retry, /resume to undo"
+            await self.journal.finish(op, f"{op.phase}: {reason}")
+        undone = "resumedAt" in op.result
+        if op.status == "failed" and not undone and self.state is AgentState.ACTIVE:
+            self.state = AgentState.FAILED
 
     async def run(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until cancelled: lease loop, leader sessions, operations. Cleans up on exit."""

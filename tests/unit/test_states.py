@@ -29,7 +29,7 @@ EXPECTED_TABLE = """
   PAUSING     -         -           -        PAUSED   FAILED   FENCED
   PAUSED      -         ACTIVATING  ACTIVE   -        -        STANDBY
   ACTIVATING  -         -           -        ACTIVE   FAILED   -
-  FAILED      PAUSING   ACTIVATING  -        -        -        FENCED
+  FAILED      PAUSING   ACTIVATING  ACTIVE   -        -        FENCED
   FENCED      -         ACTIVATING  -        -        -        FENCED
 """
 OPERATOR = (Request.PAUSE, Request.ACTIVATE, Request.RESUME)
@@ -129,6 +129,7 @@ def test_active_is_entered_only_by_a_finished_activation_or_a_resume() -> None:
     assert entries == {
         (AgentState.ACTIVATING, Request.FINISH),
         (AgentState.PAUSED, Request.RESUME),
+        (AgentState.FAILED, Request.RESUME),  # a failed pause undone
     }
 
 

@@ -11,6 +11,13 @@ record are read again once the lease is ours, because another zone may have acti
 one meanwhile (between the first look and the take): then the lease goes back ``paused``
 without a write under it, the agent knows it was handed over (``STANDBY``), and the answer is
 409.
+
+On a ``FAILED`` agent whose last operation is a pause (it failed, or a restart cut it short:
+see :mod:`az_agent.agent.daemon`), ``/resume`` undoes what the pause did: ingestion resumes if
+the pause got as far as pausing it, silences are lifted, and the agent is ``ACTIVE`` again (it
+kept leading meanwhile). The pause is marked ``resumedAt`` so a restart no longer counts it.
+Ingestion is resumed before the state changes: if Pinot refuses, the answer is an error and the
+agent stays ``FAILED``, so nothing is left paused behind an ``ACTIVE`` state.
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ log = logging.getLogger(__name__)
 
 async def resume(agent: AgentContext) -> tuple[int, dict[str, Any]]:
     async with agent.admission:  # one admission at a time: not beside an /activate
-        transition(agent.state, Request.RESUME)  # 409 unless ACTIVE or PAUSED
+        transition(agent.state, Request.RESUME)  # 409 unless ACTIVE, PAUSED or FAILED
         if agent.state is AgentState.ACTIVE:
             lifted = await lift_silences(agent)
             return 200, {"state": agent.state.value, "silencesLifted": lifted}
+        if agent.state is AgentState.FAILED:
+            return await _undo_failed_pause(agent)
         _refuse_if_taken(agent, await taken_over_by(agent))
         epoch = await _take_lease(agent)
         await _confirm_not_taken(agent)
@@ -110,14 +119,44 @@ async def _give_back(agent: AgentContext) -> None:
         log.warning("zone %s: could not give the lease back (it expires): %s", agent.zone, exc)
 
 
+async def _undo_failed_pause(agent: AgentContext) -> tuple[int, dict[str, Any]]:
+    op = agent.operation
+    if op is None or op.kind != "pause":
+        raise WrongState(
+            "nothing to resume: the operation that failed is not a pause (retry an activation "
+            "with POST /activate)",
+            state=agent.state.value,
+        )
+    paused_ingestion = op.get_phase("pause-consumption").status != "pending"
+    resumed = await _resume_tables(agent) if paused_ingestion else []
+    agent.set_state(Request.RESUME)
+    lifted = await lift_silences(agent)
+    op.result["resumedAt"] = agent.deps.clock.now().isoformat()
+    await agent.journal.save(op)
+    log.info("zone %s: failed pause %s undone, ingestion resumed", agent.zone, op.id)
+    return 200, {
+        "state": agent.state.value,
+        "epoch": agent.keeper.epoch,
+        "tablesResumed": resumed,
+        "silencesLifted": lifted,
+    }
+
+
 async def _resume_consumption(agent: AgentContext) -> list[str]:
-    resumed = []
+    """Resume ingestion of a zone that leads again; a failure is logged, not fatal."""
     try:
-        for table in await realtime_tables(agent):
-            await agent.deps.pinot.resume_consumption(
-                table.raw, consume_from=ConsumeFrom.LAST_CONSUMED, comment="az-agent resume"
-            )
-            resumed.append(table.raw)
+        return await _resume_tables(agent)
     except DriverError as exc:
         log.warning("resuming consumption failed (the backup loops still run): %s", exc)
+        return []
+
+
+async def _resume_tables(agent: AgentContext) -> list[str]:
+    """Resume consumption of every realtime table in scope, from where it stopped."""
+    resumed = []
+    for table in await realtime_tables(agent):
+        await agent.deps.pinot.resume_consumption(
+            table.raw, consume_from=ConsumeFrom.LAST_CONSUMED, comment="az-agent resume"
+        )
+        resumed.append(table.raw)
     return resumed

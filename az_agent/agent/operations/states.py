@@ -10,10 +10,15 @@ in their own modules and call :func:`transition` before doing anything.
        |                      +--fail--> FAILED  |  +----resume------+----------------+
        +------------------------- fenced --------+        (resume in place, nobody took over)
 
+    PAUSING --fail--> FAILED --pause--> PAUSING (retry)    FAILED --resume--> ACTIVE (undo)
+
 ``FENCED`` is where an agent lands when another agent took its zone with a higher epoch while
 it was not paused: it stops writing and does not fight back; an operator's ``/activate`` (fail
 back) or a restart leaves it. A ``PAUSED`` agent whose zone is taken was handed over, and
-becomes ``STANDBY``.
+becomes ``STANDBY``. A pause that failed (or was cut short by a restart, which recovers to
+``FAILED``) is retried with ``/pause`` or undone with ``/resume``: ingestion resumes, silences
+are lifted. ``/resume`` from a failed *activation* is refused by the resume operation, which
+knows the kind of the failed operation (this table does not).
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ TRANSITIONS: dict[tuple[AgentState, Request], AgentState] = {
     (_S.ACTIVATING, _R.FAIL): _S.FAILED,
     (_S.ACTIVE, _R.PAUSE): _S.PAUSING,
     (_S.FAILED, _R.PAUSE): _S.PAUSING,  # a failed pause can be retried
+    (_S.FAILED, _R.RESUME): _S.ACTIVE,  # ... or undone (resume ingestion, lift silences)
     (_S.PAUSING, _R.FINISH): _S.PAUSED,
     (_S.PAUSING, _R.FAIL): _S.FAILED,
     (_S.PAUSED, _R.RESUME): _S.ACTIVE,  # resume in place when nobody took over
