@@ -132,6 +132,14 @@ class Operation(_Model):
         }
 
 
+class SilenceRecord(_Model):
+    """A silence this zone's agent meant to create: ``tag`` (put in its comment) is recorded
+    before Alertmanager is asked, ``id`` once it answered; either finds the silence again."""
+
+    tag: str = ""
+    id: str | None = None
+
+
 def silences_key(zone: str) -> str:
     return join_key(zone, "operations", "silences.json")
 
@@ -171,17 +179,25 @@ class OperationJournal:
         except DriverError as exc:
             log.warning("could not checkpoint operation %s: %s", op.id, exc)
 
-    async def load_silences(self) -> list[str]:
-        """Silences this zone's agent created and no ``/resume`` has lifted yet."""
+    async def load_silences(self) -> list[SilenceRecord]:
+        """Silences this zone's agent meant to create and no ``/resume`` has lifted yet (a bare
+        id, as older agents wrote them, reads as a record without a tag)."""
         try:
             data, _ = await self._store.get(silences_key(self._zone))
         except NotFound:
             return []
-        return [str(s) for s in json.loads(data)]
+        return [
+            SilenceRecord(id=str(item))
+            if isinstance(item, str)
+            else SilenceRecord.model_validate(item)
+            for item in json.loads(data)
+        ]
 
-    async def save_silences(self, silence_ids: list[str]) -> None:
-        """Persisted before the operation goes on, so a restarted agent can still lift them."""
-        await self._store.put(silences_key(self._zone), json.dumps(silence_ids).encode())
+    async def save_silences(self, records: list[SilenceRecord]) -> None:
+        """Persisted before the silence is created (its tag) and again once Alertmanager gave
+        its id, so a restarted agent can still lift it."""
+        body = [record.model_dump(by_alias=True) for record in records]
+        await self._store.put(silences_key(self._zone), json.dumps(body).encode())
 
     async def save_throttled(self, op: Operation, every_seconds: float = 2.0) -> None:
         """Checkpoint progress at most every ``every_seconds`` (segment-level updates)."""

@@ -231,6 +231,19 @@ class AlertmanagerSilences(SilenceManager):
                 f"silence {silence_id}: unexpected answer from {self._where}"
             ) from exc
 
+    async def find(self, *, comment_contains: str) -> list[Silence]:
+        if not comment_contains:
+            raise ValueError("find needs a text to look for")
+        status, body = await self._send("GET", "/api/v2/silences")
+        if status >= 300:
+            raise _error(status, body, f"list silences at {self._where}")
+        try:
+            listed = json.loads(body)
+            silences = [_parse_silence(raw) for raw in listed]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise Misconfigured(f"list silences: unexpected answer from {self._where}") from exc
+        return [s for s in silences if comment_contains in s.comment]
+
     async def close(self) -> None:
         self._closed = True
         if self._client is not None:

@@ -112,6 +112,15 @@ class SilenceManager(AsyncResource):
     async def get(self, silence_id: str) -> Silence:
         """The silence as stored by the backend; ``NotFound`` when the backend has no such id."""
 
+    @abc.abstractmethod
+    async def find(self, *, comment_contains: str) -> list[Silence]:
+        """Every silence the backend holds (any state) whose comment contains the text.
+
+        For a caller that recorded a tag it put in the comment before creating a silence and
+        crashed before it learnt the id: the tag finds it again. Raises ``ValueError`` for an
+        empty text (that would be every silence).
+        """
+
     async def is_active(self, silence_id: str) -> bool:
         """True while the silence mutes alerts: not pending, not expired, not unknown."""
         try:
@@ -146,6 +155,11 @@ class NoSilences(SilenceManager):
 
     async def get(self, silence_id: str) -> Silence:
         raise NotFound(f"silence {silence_id}: silencing is disabled")
+
+    async def find(self, *, comment_contains: str) -> list[Silence]:
+        if not comment_contains:
+            raise ValueError("find needs a text to look for")
+        return []
 
     async def close(self) -> None:
         return None

@@ -216,3 +216,21 @@ async def test_factory_opens_alertmanager_silences(alertmanager: AlertmanagerSer
         assert silence_id is not None
         assert await manager.is_active(silence_id)
         await manager.expire(silence_id)
+
+
+async def test_find_returns_every_silence_whose_comment_carries_the_text(
+    silences: AlertmanagerSilences,
+) -> None:
+    tag = f"az-agent-silence {uuid.uuid4().hex}"
+    tagged = await silences.silence(comment=f"pause op-9 [{tag}]", duration=HOUR)
+    other = await silences.silence(comment="pause op-10", duration=HOUR)
+    assert tagged is not None
+    assert other is not None
+    assert [s.id for s in await silences.find(comment_contains=tag)] == [tagged]
+    await silences.expire(tagged)
+    found = await silences.find(comment_contains=tag)
+    assert [(s.id, s.state) for s in found] == [(tagged, SilenceState.EXPIRED)]
+    await silences.expire(other)
+    with pytest.raises(ValueError, match="text"):
+        await silences.find(comment_contains="")
+    assert await NoSilences().find(comment_contains=tag) == []
