@@ -298,7 +298,7 @@ class S3ObjectStore(ObjectStore):
                     MetadataDirective="REPLACE",
                     Metadata=metadata,
                 )
-                version = reply["CopyObjectResult"]["ETag"]
+                version = _quoted(reply["CopyObjectResult"]["ETag"])
         except PreconditionFailed:
             current = await self.head(key)
             if current.sha256 == digest.hexdigest():  # our copy landed, its reply was lost
@@ -403,6 +403,11 @@ def _info(key: str, reply: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key, reply["ContentLength"], reply["ETag"], metadata.get(SHA256_METADATA_KEY), modified
     )
+
+
+def _quoted(etag: str) -> str:
+    """An ETag in the quoted form HEAD, GET and LIST give: SeaweedFS leaves CopyObject's bare."""
+    return etag if etag.startswith('"') else f'"{etag}"'
 
 
 async def _shielded(cleanup: Awaitable[None]) -> None:

@@ -1,0 +1,107 @@
+"""Preconditions on multipart uploads, against a server that enforces them: SeaweedFS.
+
+moto 5.2 ignores ``If-Match`` on ``CompleteMultipartUpload``, so a compare-and-swap of a body
+larger than one part passes there even when it should lose. These tests hold the driver to
+the S3 semantics on SeaweedFS, which honours it: the condition must travel on the completion,
+a losing upload must leave the object as it was, and no upload may be left open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from az_agent.drivers.errors import PreconditionFailed
+from az_agent.drivers.storage.s3 import S3ObjectStore, connect
+from tests.servers.seaweedfs import SeaweedFSBackend
+
+MiB = 1 << 20
+PART = 8 * MiB
+"""The driver's default part size; every body below is larger, so it goes as a multipart."""
+
+
+@pytest.fixture
+async def stores(seaweedfs: SeaweedFSBackend) -> AsyncIterator[tuple[S3ObjectStore, S3ObjectStore]]:
+    """Two agents' stores on one fresh bucket: ``ours`` and a ``rival`` writing beside it."""
+    settings, secrets = await seaweedfs.new_bucket()
+    opened: list[S3ObjectStore] = []
+    try:
+        for _ in range(2):
+            store = await connect(settings, secrets)
+            assert isinstance(store, S3ObjectStore)
+            opened.append(store)
+        assert opened[0]._part_size == PART
+        yield opened[0], opened[1]
+    finally:
+        for store in opened:
+            await store.close()
+
+
+async def _open_uploads(seaweedfs: SeaweedFSBackend, store: S3ObjectStore) -> list[Any]:
+    async with seaweedfs.client() as client:
+        reply = await client.list_multipart_uploads(Bucket=store._bucket)
+    uploads: list[Any] = reply.get("Uploads", [])
+    return uploads
+
+
+async def _stream(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), MiB):
+        yield data[start : start + MiB]
+
+
+async def test_multipart_cas_with_a_stale_version_is_refused(
+    stores: tuple[S3ObjectStore, S3ObjectStore], seaweedfs: SeaweedFSBackend
+) -> None:
+    ours, _ = stores
+    v1 = await ours.put("lease", b"epoch=1", if_none_match=True)
+    v2 = await ours.put("lease", b"epoch=2", if_match=v1.version)
+    body = os.urandom(2 * PART + MiB)  # three parts
+
+    with pytest.raises(PreconditionFailed):
+        await ours.put("lease", _stream(body), if_match=v1.version)
+    assert (await ours.get("lease"))[0] == b"epoch=2"
+    assert (await ours.head("lease")).version == v2.version
+    assert await _open_uploads(seaweedfs, ours) == []
+
+    # The same multipart write against the current version goes through.
+    v3 = await ours.put("lease", _stream(body), if_match=v2.version)
+    read, info = await ours.get("lease")
+    assert read == body
+    assert info.version == v3.version != v2.version
+
+
+async def test_multipart_cas_loses_to_a_write_that_lands_mid_upload(
+    stores: tuple[S3ObjectStore, S3ObjectStore], seaweedfs: SeaweedFSBackend
+) -> None:
+    ours, rival = stores
+    base = await ours.put("seg", b"base", if_none_match=True)
+    rival_version: list[str] = []
+
+    async def body_raced_by_the_rival() -> AsyncIterator[bytes]:
+        for index in range(20):
+            if index == 12:  # part 1 is uploaded, part 2 being read: the upload is open
+                assert len(await _open_uploads(seaweedfs, ours)) == 1
+                rival_version.append((await rival.put("seg", b"rival")).version)
+            yield os.urandom(MiB)
+
+    with pytest.raises(PreconditionFailed):
+        await ours.put("seg", body_raced_by_the_rival(), if_match=base.version)
+    assert rival_version, "the rival never wrote: the body was not read to its end"
+    read, info = await ours.get("seg")
+    assert (read, info.version) == (b"rival", rival_version[0])
+    assert await _open_uploads(seaweedfs, ours) == []
+
+
+async def test_multipart_create_only_onto_an_existing_key_is_refused(
+    stores: tuple[S3ObjectStore, S3ObjectStore], seaweedfs: SeaweedFSBackend
+) -> None:
+    ours, _ = stores
+    first = await ours.put("taken", b"original", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        await ours.put("taken", _stream(os.urandom(PART + MiB)), if_none_match=True)
+    assert (await ours.get("taken"))[0] == b"original"
+    assert (await ours.head("taken")).version == first.version
+    assert await _open_uploads(seaweedfs, ours) == []
