@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.deps import AgentDeps
 from az_agent.agent.errors import AgentError, NotReady, OperationFailed, WrongState
 from az_agent.agent.leadership.automatic import watch_source
@@ -50,6 +51,9 @@ from az_agent.state import (
 log = logging.getLogger(__name__)
 
 PAUSE_WAIT_SECONDS = 300
+RECOVERING = "RECOVERING"
+"""What ``/status`` and ``/healthz`` show as the state until recovery has decided it."""
+RECOVERY_RETRY_MAX_SECONDS = 30.0
 
 __all__ = ["Agent", "AgentDeps"]
 
@@ -92,6 +96,11 @@ class Agent:
         self._op_runner: asyncio.TaskGroup | None = None
         self._last_beat = time.monotonic()
         self._started = False
+        """Set once recovery has decided the starting state."""
+        self._accepting = False
+        """True from the end of recovery until shutdown; POSTs are refused (503) outside it, so
+        no operation starts on a state that recovery would then overwrite, or without a task."""
+        self._recovery_error: str | None = None
 
     @property
     def keeper(self) -> LeaseKeeper:
@@ -173,7 +182,7 @@ class Agent:
 
     async def run(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until cancelled: lease loop, leader sessions, operations. Cleans up on exit."""
-        await self.recover()
+        await self._recover()
         self._started = True
         try:
             async with asyncio.TaskGroup() as group:
@@ -184,11 +193,43 @@ class Agent:
                     group.create_task(self._automatic_failover(), name="automatic-failover")
                 if self.state is AgentState.ACTIVATING and self.operation is not None:
                     self.start_operation(self._resume_activation(self.operation))
+                self._accepting = True
                 if on_ready is not None:
                     await on_ready()
         finally:
+            self._accepting = False
             self._op_runner = None
-            await asyncio.shield(self._shutdown())
+            await _to_the_end(self._shutdown())
+
+    async def _recover(self) -> None:
+        """:meth:`recover`, retried with backoff while the bucket cannot be read: the agent
+        never exits because a dependency is down, and meanwhile its HTTP API says it is
+        recovering (``/readyz`` 503, POSTs 503 with ``Retry-After``)."""
+        attempt = 0
+        while True:
+            try:
+                await self.recover()
+            except DriverError as exc:
+                attempt += 1
+                self._recovery_error = f"{type(exc).__name__}: {exc}"
+                delay = backoff_delay(attempt, 1.0, RECOVERY_RETRY_MAX_SECONDS)
+                log.warning("recovery failed, retrying in %.1fs: %s", delay, exc)
+                await self.deps.clock.sleep(delay)
+            else:
+                self._recovery_error = None
+                return
+
+    def _check_accepting(self) -> None:
+        """Refuse a POST (503, ``Retry-After``) before recovery has ended or once shutdown
+        has begun: nothing is validated or written then."""
+        if self._accepting:
+            return
+        if self._started:
+            raise NotReady("the agent is shutting down")
+        detail = "recovering: reading this zone's lease, log and operations from the bucket"
+        if self._recovery_error is not None:
+            detail += f" (last attempt failed: {self._recovery_error})"
+        raise NotReady(detail)
 
     async def _shutdown(self) -> None:
         """Release the lease only when not mid-operation, so a restart can resume cleanly."""
@@ -290,17 +331,28 @@ class Agent:
     def status(self) -> dict[str, Any]:
         from az_agent.agent.status import build_status
 
-        return build_status(self)
+        body = build_status(self)
+        if not self._started:  # the state is not known yet: say so, not the default STANDBY
+            body.update(state=RECOVERING, allowedRequests=[], recoveryError=self._recovery_error)
+        return body
 
     def healthz(self) -> tuple[bool, dict[str, Any]]:
+        """Alive while recovering too (the answer itself shows the loop turns): a slow or
+        retried recovery must not get the process restarted by its liveness probe."""
+        if not self._started:
+            return True, {"ok": True, "state": RECOVERING, "recovering": True}
         age = time.monotonic() - self._last_beat
-        ok = self._started and age < 10
+        ok = age < 10
         return ok, {"ok": ok, "state": self.state.value, "loopLagSeconds": round(age, 3)}
 
     async def readyz(self) -> tuple[bool, dict[str, Any]]:
         from az_agent.agent.status import check_dependencies
 
-        return await check_dependencies(self)
+        ok, body = await check_dependencies(self)
+        if self._started:
+            return ok, body
+        body["dependencies"]["recovery"] = self._recovery_error or "recovering"
+        return False, {**body, "ok": False, "recovering": True}
 
     def metrics_text(self) -> tuple[bytes, str]:
         self._refresh_metrics()
@@ -316,6 +368,7 @@ class Agent:
     async def pause(self, request: PauseRequest) -> tuple[int, dict[str, Any]]:
         from az_agent.agent.operations.pause import Pause
 
+        self._check_accepting()
         pause = Pause(self, request)
         op = await pause.begin()
         task = self.start_operation(pause.run())
@@ -325,11 +378,13 @@ class Agent:
     async def activate(self, request: ActivateRequest) -> tuple[int, dict[str, Any]]:
         from az_agent.agent.operations.activate import start_activation
 
+        self._check_accepting()
         return await start_activation(self, request)
 
     async def resume(self) -> tuple[int, dict[str, Any]]:
         from az_agent.agent.operations.resume import resume
 
+        self._check_accepting()
         return await resume(self)
 
     def _operation_answer(self, op: Operation, *, done: bool) -> tuple[int, dict[str, Any]]:
@@ -339,3 +394,18 @@ class Agent:
         if op.status == "failed":
             raise OperationFailed(op.error or "operation failed", **body)
         return 200, body
+
+
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if the caller is cancelled again meanwhile (an impatient
+    second SIGTERM while the lease is released on shutdown).
+
+    ``asyncio.shield`` alone keeps the inner task going but lets the caller move on, and the
+    caller would then close the store under it and exit before the release lands. The
+    cancellation that is being handled still propagates once ``work`` is done.
+    """
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()

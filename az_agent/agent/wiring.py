@@ -4,6 +4,7 @@ Start-up refuses a misconfigured agent with one readable line (exit 2): bad conf
 bucket that is missing or refuses the credentials, PostgreSQL tools missing or older than the
 server. SIGTERM and SIGINT cancel the agent's task group: the operation in flight is left
 checkpointed, the lease is released only when no operation is running, every task is awaited.
+A second signal while stopping is logged and ignored: it never cuts the lease release short.
 """
 
 from __future__ import annotations
@@ -178,12 +179,26 @@ async def serve(agent: Agent, config: AgentConfig, *, ready: asyncio.Event | Non
 
 
 async def run_agent(config: AgentConfig) -> None:
-    """``az-agent run``: serve until SIGTERM/SIGINT."""
+    """``az-agent run``: serve until SIGTERM/SIGINT.
+
+    The first signal cancels the agent; later ones are logged and change nothing, so an
+    impatient second SIGTERM cannot cut the shutdown's lease release short (the daemon waits
+    for it to the end in any case). SIGKILL remains the way to stop without it.
+    """
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
+    stopping: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if stopping:
+            log.warning("%s again: already stopping, the lease is released first", sig.name)
+            return
+        stopping.append(sig)
+        main.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, main.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     try:
         async with build_agent(config) as agent:
             with contextlib.suppress(asyncio.CancelledError):

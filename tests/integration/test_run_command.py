@@ -9,12 +9,19 @@ import signal
 import socket
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import yaml
+from aiohttp import web
 
+from az_agent.drivers.storage.factory import open_object_store
 from az_agent.sandbox.postgres import free_port
+from az_agent.state import LeaseRecord, LeaseState
+from az_agent.state.keys import lease_key
+from tests.conftest import BackendPool
+from tests.servers.flaky_proxy import FlakyProxy
 from tests.servers.tls import self_signed
 
 
@@ -181,3 +188,85 @@ async def test_busy_port_refuses_to_start_with_one_line(tmp_path: Path) -> None:
     assert process.returncode == 2
     last = stderr.decode().strip().splitlines()[-1]
     assert last.startswith(f"az-agent: refusing to start: http: cannot listen on 127.0.0.1:{busy}")
+
+
+@dataclass
+class HoldingProxy(FlakyProxy):
+    """Forwards to S3, but holds the agent's release of its lease (a PUT of ``lease.json``
+    saying ``released``) for ``hold_seconds``, then drops it if the agent hung up meanwhile:
+    a request cut short by a process that gave up never lands."""
+
+    failure_rate: float = 0.0
+    hold_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.releasing = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        lease = request.method == "PUT" and request.path.endswith("/lease.json")
+        if lease and b'"released"' in body:
+            self.releasing.set()
+            await asyncio.sleep(self.hold_seconds)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)
+        return await super()._handle(request)
+
+
+async def test_a_second_sigterm_does_not_cut_the_lease_release(
+    tmp_path: Path, backend_pool: BackendPool
+) -> None:
+    backend = backend_pool.get("s3")
+    settings, secrets = await backend.new_bucket()
+    assert secrets is not None
+    assert secrets.access_key is not None
+    assert secrets.secret_key is not None
+    proxy = HoldingProxy(backend.endpoint, "s3")
+    await proxy.start()
+    try:
+        storage = backend.through(settings, proxy.url).model_dump(mode="json", by_alias=True)
+        secret_dir = tmp_path / "secrets" / "cloud-storage-secret"
+        secret_dir.mkdir(parents=True)
+        (secret_dir / "accessKey").write_text(secrets.access_key.get_secret_value())
+        (secret_dir / "secretKey").write_text(secrets.secret_key.get_secret_value())
+        config = _config(tmp_path)
+        document = yaml.safe_load(config.read_text())
+        document["global"]["cloudStorage"] = storage
+        config.write_text(yaml.safe_dump(document))
+        port = document["az-service"]["config"]["http"]["port"]
+        process = await _spawn(config)
+        try:
+            await _wait_leading(f"http://127.0.0.1:{port}")
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proxy.releasing.wait(), 20)
+            process.send_signal(signal.SIGTERM)  # impatient: while the release is in flight
+            _, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    finally:
+        await proxy.stop()
+    assert process.returncode == 0, stderr.decode()
+    store = await open_object_store(settings, secrets)
+    try:
+        data, _ = await store.get(lease_key("az1"))
+    finally:
+        await store.close()
+    record = LeaseRecord.decode(data, "lease")
+    assert record.state is LeaseState.RELEASED, f"{record.state}: {stderr.decode()[-3000:]}"
+    assert "SIGTERM again: already stopping" in stderr.decode()
+    assert "lease released on shutdown" in stderr.decode()
+
+
+async def _wait_leading(url: str) -> None:
+    for _ in range(200):
+        try:
+            _, body = await _get(f"{url}/status")
+        except aiohttp.ClientConnectionError:
+            body = {}
+        if body.get("leader"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never led its zone")

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ class Rig:
     pinot: PinotEmulator
     alertmanager_url: str = ""
     matcher: str = ""
-    metrics: list[AgentMetrics] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    """The running agent's ``run()``, for a test that stops it by hand."""
 
     @staticmethod
     async def no_hook(op: str, key: str) -> None:
@@ -117,7 +118,7 @@ class Rig:
             async def on_ready() -> None:
                 ready.set()
 
-            task = asyncio.create_task(agent.run(on_ready=on_ready))
+            task = self.task = asyncio.create_task(agent.run(on_ready=on_ready))
             try:
                 await asyncio.wait_for(ready.wait(), 10)
                 yield agent
