@@ -289,7 +289,8 @@ class AgentProcess:
         return self._process is not None and self._process.returncode is None
 
     async def start(self, within: float = 30) -> None:
-        """Start the process and wait until its HTTP API answers ``/healthz``."""
+        """Start the process and wait until ``/healthz`` answers and recovery has ended (the
+        API answers while recovering, but refuses POSTs with 503 until then)."""
         assert not self.is_running, f"zone {self.zone}'s agent process already runs"
         stem = self._directory / f"agent-{self.zone}-run{len(self.logs) // 2 + 1}"
         out, err = stem.with_suffix(".stdout"), stem.with_suffix(".stderr")
@@ -320,7 +321,7 @@ class AgentProcess:
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as client,
                 client.get(f"{self.url}/healthz") as response,
             ):
-                return response.status == 200
+                return response.status == 200 and not (await response.json()).get("recovering")
         except (aiohttp.ClientError, TimeoutError):
             return False
 
