@@ -23,6 +23,7 @@ from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import Unavailable
 from az_agent.drivers.pinot import HttpPinotController, TableRef, UploadBody, UploadResult
+from az_agent.drivers.pinot.models import JsonObject, TableType
 from az_agent.drivers.storage.base import (
     DEFAULT_CHUNK_SIZE,
     Body,
@@ -54,12 +55,26 @@ LEASE = LeaseSettings(ttl_seconds=300, renew_deadline_seconds=240, retry_period_
 class DeletingController(HttpPinotController):
     """The controller client plus ``delete_segment`` (which the restore uses when it can),
     counting the uploads started, per segment (an upload cut short by a crash may still have
-    completed in the controller, so starts are what bounds the work done twice)."""
+    completed in the controller, so starts are what bounds the work done twice), and the calls
+    only a backup loop makes (so a test can tell that the loop ran, and how often)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url, timeout_seconds=10)
         self.base = url
         self.uploads: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        """``list_tables`` opens every poll round, ``table_configs`` every comparison of a
+        table's documents with the catalog; the tests' own helpers call neither."""
+
+    async def list_tables(self, table_type: TableType | None = None) -> list[TableRef]:
+        self.calls["list_tables"] += 1
+        return await super().list_tables(table_type)
+
+    async def table_configs(
+        self, table: str, table_type: TableType | None = None
+    ) -> dict[TableType, JsonObject]:
+        self.calls["table_configs"] += 1
+        return await super().table_configs(table, table_type)
 
     async def delete_segment(self, table: TableRef, segment: str) -> None:
         path = f"{self.base}/segments/{table.name_with_type}/{quote(segment, safe='')}"

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
@@ -30,15 +31,31 @@ LOGS = TableRef("logs", TableType.OFFLINE)
 Key = tuple[str, str]
 
 
+class MovableWallClock(SystemClock):
+    """The system's clocks, with a wall clock the test moves forward (Pinot's segment times and
+    the recovery point are wall time; the loop keeps polling on the real monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def now(self) -> datetime:
+        return super().now() + self.ahead
+
+
 def backup_loop(
-    pinot: DeletingController, session: LeaderSession, *, concurrency: int = 3, retry: float = 0.05
+    pinot: DeletingController,
+    session: LeaderSession,
+    *,
+    concurrency: int = 3,
+    retry: float = 0.05,
+    clock: SystemClock | None = None,
 ) -> SegmentBackupLoop:
     settings = PinotSettings(poll_interval_seconds=0.05, concurrency=concurrency)
     return SegmentBackupLoop(
         pinot,
         settings,
         session.metrics,
-        SystemClock(),
+        clock or SystemClock(),
         retry_min_seconds=retry,
         retry_max_seconds=4 * retry,
         config_interval_seconds=0.05,
@@ -81,6 +98,12 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def polled(pinot: DeletingController, rounds: int = 1) -> None:
+    """Wait until the running loop has started ``rounds`` more poll rounds."""
+    target = pinot.calls["list_tables"] + rounds
+    await until(lambda: pinot.calls["list_tables"] >= target)
+
+
 def sample(session: LeaderSession, name: str, **labels: str) -> float:
     value = session.metrics.registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
@@ -96,7 +119,7 @@ async def test_segments_produced_while_running_all_arrive_byte_identical(
         for _ in range(4):
             await produce(source, "events_REALTIME", 2)
             await produce(source, "logs_OFFLINE")
-            await asyncio.sleep(0.05)
+            await polled(pinot)  # a round that sees this batch: the next one comes later
         ready = await ready_segments(pinot)
         assert len(ready) == 12
         await wait_backed_up(session, pinot)
@@ -164,7 +187,7 @@ async def test_kill_and_restart_copies_nothing_twice_and_misses_nothing(
     store.before_put, store.after_put = hold_new_puts, die_after_third_put
     first = await lead(store, ZONE)
     async with running(backup_loop(pinot, first, concurrency=2).run(first)):
-        await dead.wait()
+        await asyncio.wait_for(dead.wait(), 30)  # the loop's third put completed
     await produce(source, "events_REALTIME", 2)  # more segments while no agent runs
 
     store.before_put = store.after_put = None
@@ -187,7 +210,8 @@ async def test_refreshed_segment_is_backed_up_again(
 ) -> None:
     [name] = await produce(source, "logs_OFFLINE")
     session = await lead(file_bucket.store, ZONE)
-    async with running(backup_loop(pinot, session).run(session)):
+    loop = backup_loop(pinot, session)
+    async with running(loop.run(session)):
         await wait_backed_up(session, pinot)
         old = session.catalog.segment("logs_OFFLINE", name)
         assert old is not None
@@ -205,6 +229,7 @@ async def test_refreshed_segment_is_backed_up_again(
     assert new.object_key != old.object_key
     assert session.catalog.segment("logs_OFFLINE", name, as_of=old.committed_at) == old
     assert file_bucket.store.segment_puts() == Counter({old.object_key: 1, new.object_key: 1})
+    assert loop.status()["segmentsBackedUp"] == 2  # both versions, by the loop
     stored, _ = await file_bucket.store.get(new.object_key)
     assert stored == tarball.read_bytes()
 
@@ -230,7 +255,7 @@ async def test_vanished_segments_are_reported_and_dropped(
         await pinot.delete_segment(LOGS, failing)
         await until(lambda: loop.status()["vanished"]["total"] == 2)
         failures = Counter(loop.stats.failures)
-        await asyncio.sleep(0.5)  # ten polls later: not tried again
+        await polled(pinot, 10)  # ten polls later: not tried again
         assert loop.stats.failures == failures
         status = loop.status()
     recent = status["vanished"]["recent"]
@@ -264,6 +289,7 @@ async def test_failing_download_is_retried_without_blocking_the_others(
         == 3
     )
     assert loop.status()["lastError"]["segment"] == bad
+    assert loop.status()["segmentsBackedUp"] == 4
     assert set(file_bucket.store.segment_puts().values()) == {1}
 
 
@@ -285,6 +311,7 @@ async def test_storage_unavailable_is_retried(
     async with running(loop.run(session)):
         await wait_backed_up(session, pinot)
     assert loop.stats.failures == Counter({"unavailable": 4})
+    assert loop.status()["segmentsBackedUp"] == 2
     assert set(refusals.values()) == {2}
     assert store.segment_puts() == Counter(dict.fromkeys(refusals, 1))
 
@@ -293,7 +320,8 @@ async def test_rpo_is_zero_when_idle_and_grows_while_a_segment_is_pending(
     file_bucket: Bucket, source: PinotEmulator, pinot: DeletingController, http: RawHttp
 ) -> None:
     session = await lead(file_bucket.store, ZONE)
-    loop = backup_loop(pinot, session)
+    clock = MovableWallClock()
+    loop = backup_loop(pinot, session, clock=clock)
 
     def gauge() -> float:
         return sample(session, "az_agent_rpo_seconds", kind="segments")
@@ -308,17 +336,18 @@ async def test_rpo_is_zero_when_idle_and_grows_while_a_segment_is_pending(
         await produce(source, "logs_OFFLINE")
         await until(lambda: loop.status()["pending"] == 1)
         first = loop.rpo_seconds()
-        await asyncio.sleep(0.4)
+        assert first > 0
+        clock.ahead += timedelta(minutes=10)  # the segment waits ten minutes more
         second = loop.rpo_seconds()
-        assert 0 < first < second
-        assert second >= 0.4
-        await until(lambda: gauge() >= second)
+        assert 600 <= second - first < 660
+        await until(lambda: gauge() >= second)  # the loop's next round publishes it
         assert sample(session, "az_agent_segments_pending") == 1
         await http.admin("DELETE", "/faults")
         await wait_backed_up(session, pinot)
         await until(lambda: gauge() == 0)
     assert loop.rpo_seconds() == 0
     assert sample(session, "az_agent_segments_pending") == 0
+    assert loop.status()["segmentsBackedUp"] == 2
 
 
 async def test_configs_and_schemas_saved_once_then_again_on_change(
@@ -331,13 +360,16 @@ async def test_configs_and_schemas_saved_once_then_again_on_change(
         catalog = session.catalog
         await until(lambda: len(catalog.table_configs()) + len(catalog.schemas()) == 4)
         before = session.catalog.schemas()["events"]
-        await asyncio.sleep(0.5)  # ten polls, each comparing the configs again
+        compared = pinot.calls["table_configs"]
+        await polled(pinot, 10)  # ten polls; the documents of both tables compared again
+        assert pinot.calls["table_configs"] >= compared + 10
         schema = await pinot.schema("events")
         schema["dimensionFieldSpecs"].append({"name": "region", "dataType": "STRING"})
         status, _, body = await http.call("POST", "/schemas", json=schema)
         assert status == 200, body
         await until(lambda: catalog.schemas()["events"].sha256 != before.sha256)
-        await asyncio.sleep(0.3)
+        compared = pinot.calls["table_configs"]
+        await until(lambda: pinot.calls["table_configs"] >= compared + 4)  # twice more each
     # Each version once, under its digest: <zone>/pinot/<folder>/<name>/<sha256>.json.
     documents = Counter(
         k.split(f"{ZONE}/pinot/", 1)[1].rsplit("/", 1)[0] for k in store.puts if "/pinot/" in k
@@ -359,7 +391,7 @@ async def test_configs_and_schemas_saved_once_then_again_on_change(
 
 
 async def test_flush_backs_up_everything_ready_even_beside_the_loop(
-    s3_bucket: Bucket, source: PinotEmulator, pinot: DeletingController, http: RawHttp
+    s3_bucket: Bucket, source: PinotEmulator, pinot: DeletingController
 ) -> None:
     store = s3_bucket.store
     await produce(source, "events_REALTIME", 4)
@@ -372,11 +404,20 @@ async def test_flush_backs_up_everything_ready_even_beside_the_loop(
     assert sorted(session.catalog.schemas()) == ["events", "logs"]
 
     await produce(source, "events_REALTIME", 4)
-    slow = {"path": "^/segments/events/", "method": "GET", "status": 0, "delay": 0.1}
-    await http.admin("POST", "/faults", json=slow | {"times": 1000})
     loop = backup_loop(pinot, session, concurrency=2)
+
+    all_taken = asyncio.Event()
+
+    async def hold_until_all_four_are_taken(key: str) -> None:
+        # The loop's two copies wait until the flush has taken the other two in hand, so the
+        # flush finds two segments being copied and copies two itself.
+        if "/segments/" in key and not all_taken.is_set():
+            await until(lambda: loop.status()["copying"] == 4)
+            all_taken.set()
+
+    store.before_put = hold_until_all_four_are_taken
     async with running(loop.run(session)):
-        await asyncio.sleep(0.1)  # the loop has started copying
+        await until(lambda: loop.status()["copying"] == 2)  # the loop has started copying
         assert await loop.flush(session) == 4
         assert await backed_up(session, pinot)
     assert set(store.segment_puts().values()) == {1}
