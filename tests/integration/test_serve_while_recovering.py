@@ -22,6 +22,7 @@ from az_agent.drivers.alerts import open_silence_manager
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.sandbox.postgres import free_port
 from az_agent.state import LogWriter, SystemClock
+from tests.integration.leftovers import settle
 from tests.unit.state.helpers import FaultyStore, file_store, segment
 
 SOURCE, ZONE = "az1", "az2"
@@ -73,6 +74,7 @@ async def _answers(url: str, session: aiohttp.ClientSession) -> bool:
 
 @pytest.fixture
 async def held(tmp_path: Path) -> AsyncIterator[Held]:
+    before = asyncio.all_tasks()
     store = await file_store(tmp_path / "bucket")
     source = LogWriter(store.inner, SOURCE, 1, "az1-agent")  # zone az1 backed up, lease gone
     await source.write_fence(reason="az1 leads")
@@ -122,6 +124,7 @@ async def held(tmp_path: Path) -> AsyncIterator[Held]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await settle(before)
 
 
 async def test_posts_wait_for_recovery_and_gets_say_so(held: Held) -> None:

@@ -23,6 +23,7 @@ from az_agent.drivers.storage.base import ObjectStore
 from az_agent.sandbox.postgres import free_port
 from az_agent.state import LeaseKeeper, LeaseSettings, LeaseState, LogWriter, new_holder_id
 from tests.integration.kubernetes.fake_apiserver import FakeApiServer
+from tests.integration.leftovers import settle
 from tests.unit.state.helpers import segment
 
 SOURCE, TARGET = "az1", "az2"
@@ -119,6 +120,7 @@ async def stack(
     apiserver: FakeApiServer, service_proxy: KubernetesServiceProxy, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     config = _config(tmp_path)
+    before = asyncio.all_tasks()
     async with contextlib.AsyncExitStack() as exits:
         agent = await exits.enter_async_context(build_agent(config))
         # The API server's own credentials come from the pod's service account in a cluster;
@@ -146,6 +148,7 @@ async def stack(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await settle(before)
 
 
 async def test_a_refused_pause_stops_the_activation_with_the_sources_answer(
