@@ -1,8 +1,12 @@
 """``/status`` and ``/readyz``: the human view of what the metrics count.
 
-Scripts depend on these names: ``zone``, ``state``, ``leader``, ``epoch``, ``rpoSeconds``
-(``segments``, ``postgres``) and ``operation`` (``id``, ``kind``, ``phase``, ``status``,
-``progress``, ``error``; null when none has run).
+Scripts depend on these names: ``zone``, ``state``, ``leader``, ``leading``, ``epoch``,
+``rpoSeconds`` (``segments``, ``postgres``) and ``operation`` (``id``, ``kind``, ``phase``,
+``status``, ``progress``, ``error``; null when none has run).
+
+``leader`` says the zone's lease is held; ``leading`` that its leader session runs (the fence
+entry written and the catalog loaded; the backup loops run under it), which comes a moment later:
+only then is anything being backed up.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "state": agent.state.value,
         "allowedRequests": agent.allowed(),
         "leader": lease.is_leader,
+        "leading": agent.session is not None,
         "epoch": lease.epoch or 0,
         "holder": agent.holder,
         "lease": {

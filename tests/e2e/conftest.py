@@ -440,8 +440,9 @@ async def activation_done(url: str) -> dict[str, Any] | None:
 
 
 async def leads(zone: Zone) -> bool:
-    """Whether ``zone``'s agent holds its lease now."""
-    return bool((await call("GET", f"{zone.url}/status"))["leader"])
+    """Whether ``zone``'s agent holds its lease and runs its leader session (backs up) now."""
+    body = await call("GET", f"{zone.url}/status")
+    return bool(body["leader"] and body["leading"])
 
 
 async def dumped(zone: Zone) -> bool:

@@ -107,7 +107,9 @@ async def back_up_and_pause(one: Zone) -> list[SegmentRecord]:
 
 
 async def _leads(url: str) -> bool:
-    return bool((await status_of(url))["leader"])
+    """The agent holds its lease and its leader session runs (backs up)."""
+    body = await status_of(url)
+    return bool(body["leader"] and body["leading"])
 
 
 async def slow_down_uploads(pinot_url: str) -> None:

@@ -65,13 +65,23 @@ async def consumption(zone: Zone) -> tuple[dict[int, int], dict[int, int]]:
 
 
 async def fully_backed_up(zone: Zone) -> bool:
+    """The zone's leader session runs and its catalog holds every segment Pinot committed.
+
+    ``leader`` (the lease) comes before the session, and the recovery point is only 0 once the
+    session has looked at Pinot, so the catalog itself is what is checked."""
     body = await status(zone)
-    if not body["leader"] or body["rpoSeconds"]["segments"] != 0:
+    if not body["leading"] or body["rpoSeconds"]["segments"] != 0:
         return False
     assert zone.agent is not None
-    assert zone.agent.session is not None
-    backed = {(r.name, r.crc) for r in zone.agent.session.catalog.segments()}
+    session = zone.agent.session
+    if session is None:  # ended since /status answered: not backed up now
+        return False
+    backed = {(r.name, r.crc) for r in session.catalog.segments()}
     return set((await committed(zone)).items()) <= backed
+
+
+async def in_state(zone: Zone, state: str) -> bool:
+    return bool((await status(zone))["state"] == state)
 
 
 async def operation_done(zone: Zone) -> dict[str, Any] | None:
@@ -158,7 +168,7 @@ async def test_planned_failover_and_back(stack: tuple[Zone, Zone], alertmanager:
 
     await fail_over(one, two, alertmanager.url)
     await assert_nothing_lost(one, two)
-    assert (await status(one))["state"] == "STANDBY", "zone 1 was handed over"
+    await wait_for(lambda: in_state(one, "STANDBY"), "zone 1 to see it was handed over")
 
     # Zone 2 now takes data and backs it up under its own zone; then everything goes back.
     await two.pinot.cluster.commit_consuming(REALTIME_TABLE)
@@ -166,8 +176,8 @@ async def test_planned_failover_and_back(stack: tuple[Zone, Zone], alertmanager:
     await execute_in(two, "INSERT INTO dashboards (title) VALUES ('made in az2')")
     await fail_over(two, one, alertmanager.url)
     await assert_nothing_lost(two, one)
-    assert (await status(two))["state"] == "STANDBY"
-    assert (await status(one))["leader"] is True
+    await wait_for(lambda: in_state(two, "STANDBY"), "zone 2 to see it was handed over")
+    await wait_for(lambda: leads(one), "zone 1 to lead again")
 
 
 async def execute_in(zone: Zone, sql: str) -> None:

@@ -77,8 +77,9 @@ async def zone_one_dies(one: Zone, agent: AgentProcess) -> tuple[str, list[Segme
 
 
 async def _leads(url: str) -> dict[str, Any] | None:
+    """The status once the agent holds its lease and its leader session runs (backs up)."""
     body = await status_of(url)
-    return body if body["leader"] else None
+    return body if body["leader"] and body["leading"] else None
 
 
 async def assert_restored(one: Zone, two: Zone, records: list[SegmentRecord]) -> None:

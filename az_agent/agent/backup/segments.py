@@ -15,7 +15,9 @@ then a ``segment`` log entry. A segment never sits in memory: a transfer holds o
 * An object already at its key (copied before a crash, before its entry was written) is adopted
   without a second copy: the put of a verified stream only completes when the CRC matched.
 * Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
-* Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none.
+* Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none;
+  while a session has not yet had one complete look at Pinot, at least the time since it began
+  (what Pinot holds is not known yet, so the loop is not "0 behind").
 
 What a poll does to the set of waiting segments is in :mod:`~az_agent.agent.backup.discovery`,
 how backup is measured and shown in :mod:`~az_agent.agent.backup.segment_stats`.
@@ -96,6 +98,9 @@ class SegmentBackupLoop:
         self._scheduled: set[Key] = set()
         self._wake = asyncio.Event()
         self._session: LeaderSession | None = None
+        self._began = 0.0
+        self._looked = False
+        """Whether this session has polled every table once (``_began`` is its start)."""
         self._configs_due = 0.0
         self.stats = BackupStats()
 
@@ -106,6 +111,7 @@ class SegmentBackupLoop:
         if self._session is not None:
             raise RuntimeError("the segment backup loop is already running")
         self._session = session
+        self._began, self._looked = self._clock.monotonic(), False
         self._configs_due = 0.0
         log.info(
             "zone %s: segment backup starts for epoch %d: %s, every %.1f s, %d at a time",
@@ -366,8 +372,10 @@ class SegmentBackupLoop:
         tables = await self._guarded(self._tables(), "the table list", strict)
         if tables is None:
             return
+        looked = True
         for table in tables:
-            await self._guarded(self._poll_table(session, table), str(table), strict)
+            if not await self._guarded(self._poll_table(session, table), str(table), strict):
+                looked = False
             if configs:
                 await self._guarded(self._save_configs(session, table), str(table), strict)
         names = {t.name_with_type for t in tables}
@@ -375,6 +383,7 @@ class SegmentBackupLoop:
             if key[0] not in names and key not in self._claims:
                 self._vanished(item, "its table is no longer listed by the controller")
         self.stats.polled(sorted(names), self._clock.now())
+        self._looked = self._looked or looked
         if configs:
             self._configs_due = now + self._config_interval
         self.refresh_metrics()
@@ -395,7 +404,7 @@ class SegmentBackupLoop:
     async def _tables(self) -> list[TableRef]:
         return wanted_tables(await self._pinot.list_tables(), self._settings.tables)
 
-    async def _poll_table(self, session: LeaderSession, table: TableRef) -> None:
+    async def _poll_table(self, session: LeaderSession, table: TableRef) -> bool:
         try:
             ready = await self._pinot.backup_ready_segments(table)
         except NotFound:
@@ -405,6 +414,7 @@ class SegmentBackupLoop:
         )
         for item in unlisted:
             self._vanished(item, "no longer listed by the controller")
+        return True
 
     async def _save_configs(self, session: LeaderSession, table: TableRef) -> None:
         for kind in await save_table_documents(session, self._pinot, table):
@@ -413,11 +423,15 @@ class SegmentBackupLoop:
     # -- status and metrics -------------------------------------------------------------------
 
     def rpo_seconds(self) -> float:
-        """Age of the oldest segment complete in Pinot but not yet durable; 0 when none."""
+        """Age of the oldest segment complete in Pinot but not yet durable; 0 when none. A
+        session that has not yet looked at every table counts at least from its start."""
+        unseen = 0.0
+        if self._session is not None and not self._looked:
+            unseen = max(self._clock.monotonic() - self._began, 0.0)
         if not self._pending:
-            return 0.0
+            return unseen
         oldest = min(item.completed_ms for item in self._pending.values())
-        return max(now_ms(self._clock) - oldest, 0) / 1000
+        return max((now_ms(self._clock) - oldest) / 1000, unseen, 0.0)
 
     def refresh_metrics(self) -> None:
         self._metrics.rpo_seconds.labels(kind=KIND).set(self.rpo_seconds())
