@@ -32,6 +32,7 @@ from az_agent.emulators.pinot.cluster import EmulatorOptions
 from az_agent.emulators.pinot.seed import SeedTable
 from az_agent.emulators.pinot.server import PinotEmulator
 from az_agent.sandbox.postgres import PASSWORD, PG_BIN, PostgresServer, free_port
+from az_agent.state import LeaseKeeper, LeaseObservation
 from tests.conftest import BackendPool
 from tests.servers.alertmanager import AlertmanagerServer
 
@@ -462,3 +463,32 @@ async def prometheus(zone: Zone) -> dict[str, float]:
             series, value = line.rsplit(" ", 1)
             samples[series] = float(value)
     return samples
+
+
+# ------------------------------------------------------------------------- counting rounds
+
+
+class LeaseReads:
+    """Counts the completed reads of one lease by an in-process agent's loops (the watch loop
+    reads its zone's lease every round while it does not hold it), so that a test waits for a
+    number of rounds, the agent's chances to do the wrong thing, instead of sleeping."""
+
+    def __init__(self, keeper: LeaseKeeper, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        read = keeper.observe
+
+        async def observe() -> LeaseObservation:
+            observation = await read()
+            self.count += 1
+            return observation
+
+        monkeypatch.setattr(keeper, "observe", observe)
+
+    async def wait(self, rounds: int, what: str) -> None:
+        """Until ``rounds`` more reads have completed."""
+        target = self.count + rounds
+
+        async def done() -> bool:
+            return self.count >= target
+
+        await wait_for(done, what, interval=0.05)

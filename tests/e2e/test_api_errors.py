@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
+import pytest
 
 from az_agent.agent.secrets import read_storage_secrets
 from az_agent.drivers.storage.config import StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
-from tests.e2e.conftest import REALTIME_TABLE, TABLE, Zone, call, dumped, leads, wait_for
+from tests.e2e.conftest import (
+    REALTIME_TABLE,
+    TABLE,
+    LeaseReads,
+    Zone,
+    call,
+    dumped,
+    leads,
+    wait_for,
+)
 from tests.servers.alertmanager import AlertmanagerServer
 
 
@@ -110,7 +119,7 @@ async def test_pause_with_pinot_gone_fails_then_force_pauses(stack: tuple[Zone, 
 
 
 async def test_paused_zone_nobody_took_over_resumes_in_place(
-    stack: tuple[Zone, Zone], alertmanager: AlertmanagerServer
+    stack: tuple[Zone, Zone], alertmanager: AlertmanagerServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     one, _ = stack
     await one.start()
@@ -121,11 +130,13 @@ async def test_paused_zone_nobody_took_over_resumes_in_place(
 
     await one.stop()  # a restart: a new incarnation with a new holder id finds its zone paused
     await one.start()
+    assert one.agent is not None
+    reads = LeaseReads(one.agent.keeper, monkeypatch)
     for _ in range(4):  # several lease rounds: it must not mistake its own pause for a takeover
         status = await call("GET", f"{one.url}/status")
         assert status["state"] == "PAUSED"
         assert status["leader"] is False
-        await asyncio.sleep(one.config.service.lease.retry_period_seconds)
+        await reads.wait(1, "a lease round of the restarted agent")
 
     resumed = await call("POST", f"{one.url}/resume", expect=200)
     assert resumed["state"] == "ACTIVE"

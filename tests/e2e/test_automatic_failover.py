@@ -9,7 +9,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.leadership import automatic as leadership_automatic
+from az_agent.agent.leadership.automatic import source_is_gone
+from az_agent.state import LeaseObservation, LeaseState
 from tests.e2e.conftest import (
     AgentProcessFactory,
     Zone,
@@ -55,15 +60,39 @@ async def test_standby_takes_over_a_dead_zone_by_itself(
     await assert_restored(one, two, records)
 
 
-async def test_standby_leaves_a_planned_pause_to_the_operator(stack: tuple[Zone, Zone]) -> None:
+async def test_standby_leaves_a_planned_pause_to_the_operator(
+    stack: tuple[Zone, Zone], monkeypatch: pytest.MonkeyPatch
+) -> None:
     one, two = stack
     two.config = automatic(two.config, "az1", grace=0)
+    judged: list[tuple[LeaseObservation, bool]] = []
+
+    def judging(observation: LeaseObservation, grace_seconds: float) -> bool:
+        gone = source_is_gone(observation, grace_seconds)
+        judged.append((observation, gone))
+        return gone
+
+    monkeypatch.setattr(leadership_automatic, "source_is_gone", judging)
     await one.start()
     await two.start()
     await wait_for(lambda: leads(one), "zone 1 to lead")
     await call("POST", f"{one.url}/pause", expect=200)
     ttl = one.config.service.lease.ttl_seconds
-    await asyncio.sleep(2 * ttl)
+
+    async def judged_silent_pause() -> bool:
+        # Zone 2's watcher has judged zone 1's paused lease, unchanged for longer than a live
+        # one may be, and one more round has passed since (so that judgement was acted on).
+        assert not any(gone for _, gone in judged), "zone 2 took a paused zone for gone"
+        silent = [
+            n
+            for n, (seen, _) in enumerate(judged)
+            if seen.record is not None
+            and seen.record.state is LeaseState.PAUSED
+            and seen.seconds_unchanged >= ttl
+        ]
+        return bool(silent) and len(judged) > silent[0] + 1
+
+    await wait_for(judged_silent_pause, "zone 2 to judge zone 1's paused lease past its TTL")
     status = await status_of(two.url)
     assert status["state"] == "STANDBY"
     assert status["operation"] is None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
+
+import pytest
 
 from tests.e2e.conftest import (
     REALTIME_TABLE,
+    LeaseReads,
     Zone,
     activation_done,
     bucket_listing,
@@ -28,7 +30,9 @@ async def _fenced(zone: Zone) -> dict[str, Any] | None:
     return status if status["state"] == "FENCED" else None
 
 
-async def test_live_agent_fenced_by_a_forced_activation(stack: tuple[Zone, Zone]) -> None:
+async def test_live_agent_fenced_by_a_forced_activation(
+    stack: tuple[Zone, Zone], monkeypatch: pytest.MonkeyPatch
+) -> None:
     one, two = stack
     await one.start()
     await two.start()
@@ -43,15 +47,16 @@ async def test_live_agent_fenced_by_a_forced_activation(stack: tuple[Zone, Zone]
     assert status["fencedBy"]
     assert (await prometheus(one))["az_agent_fenced"] == 1
 
+    assert one.agent is not None
+    reads = LeaseReads(one.agent.keeper, monkeypatch)
     async with open_bucket(one.config) as store:
         before = await bucket_listing(store, "az1/")
         # Zone 1's Pinot keeps producing; its agent must neither copy nor commit anything.
         await one.pinot.cluster.commit_consuming(REALTIME_TABLE)
-        await asyncio.sleep(4 * one.config.service.lease.retry_period_seconds)
+        await reads.wait(4, "four lease rounds of the fenced agent")
         after = await bucket_listing(store, "az1/")
     assert after == before, "a fenced agent writes nothing to its zone"
     assert await _state(one) == "FENCED"
-    assert one.agent is not None
     assert (await call("GET", f"{one.url}/status"))["lease"]["holder"] != one.agent.holder
     body = await call("POST", f"{one.url}/pause", expect=409)
     assert body["state"] == "FENCED"

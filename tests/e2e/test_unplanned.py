@@ -148,11 +148,16 @@ async def assert_old_agent_stays_out(one: Zone, old: AgentProcess) -> None:
         async with PinotEmulator(one.pinot.data_dir, port=port or 0) as pinot:
             await old.start()
             await pinot.cluster.commit_consuming(REALTIME_TABLE)
-            for _ in range(4):  # a few lease periods, to leave it time to do the wrong thing
+
+            async def watched_a_while() -> bool:
+                # A few lease periods, as the agent itself measures them (it has read its zone's
+                # lease and watched it unchanged), to leave it time to do the wrong thing.
                 body = await status_of(old.url)
                 assert body["state"] in ("STANDBY", "FENCED"), body
                 assert body["leader"] is False, body
-                await asyncio.sleep(retry)
+                return (body["lease"]["secondsUnchanged"] or 0) >= 4 * retry
+
+            await wait_for(watched_a_while, "the restarted agent to watch its lease a while")
             assert await old.terminate() == 0
         after = await bucket_listing(store)
         assert await find_tail(store, one.name) == tail, "zone 1's log grew"

@@ -96,5 +96,7 @@ async def test_resume_gives_the_lease_back_when_taken_over_meanwhile(rig: Rig) -
         assert isinstance(newest.payload, FencePayload)
         assert newest.payload.by == OTHER_ZONE_AGENT, "nothing written after the fence"
         assert (await lease_record(rig.store)).state is LeaseState.PAUSED
-        await asyncio.sleep(2 * SETTINGS.retry_period_seconds)
+        reads = rig.store.keys.count
+        seen = reads(("get", lease_key(ZONE)))
+        await until(lambda: reads(("get", lease_key(ZONE))) >= seen + 2, "two lease rounds")
         assert (await log_entries(rig.store))[-1] == newest, "and nothing later either"

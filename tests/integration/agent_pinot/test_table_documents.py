@@ -3,7 +3,6 @@ and a fenced writer cannot change what a newer entry points at (emulator, real b
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from typing import Any
 
@@ -14,7 +13,7 @@ from az_agent.agent.restore.pinot import load_document, restore_table_configs
 from az_agent.drivers.errors import CorruptObject
 from az_agent.drivers.pinot import TableRef, TableType
 from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator
-from az_agent.state import ConfigRecord, Fenced, SchemaPayload, load_catalog
+from az_agent.state import ConfigRecord, Fenced, SchemaPayload, SystemClock, load_catalog
 from tests.integration.agent_pinot.conftest import Bucket, DeletingController, lead
 from tests.integration.pinot.support import RawHttp
 
@@ -47,7 +46,8 @@ async def test_restore_as_of_gets_that_time_and_a_fenced_writer_changes_nothing(
     first = await _config(pinot)
     t1 = stale.catalog.schemas()[LOGS.raw].committed_at  # the config, then its schema
 
-    await asyncio.sleep(0.01)  # t2 strictly after t1 on every clock resolution
+    while SystemClock().now() <= t1:  # t2 strictly after t1: one tick of the clock at most
+        pass
     leader = await lead(store, ZONE, force=True)  # a new epoch: ``stale`` is fenced
     await _replace_config(http, first, "7")
     assert await save_table_documents(leader, pinot, LOGS) == ["table-config"]
