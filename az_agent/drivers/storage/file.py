@@ -13,11 +13,12 @@ import asyncio
 import builtins
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,14 @@ async def _open_file(path: Path, mode: str) -> BinaryIO:
     except asyncio.CancelledError:
         opening.add_done_callback(_close_opened)
         raise
+
+
+async def _cleanup(func: Callable[[], object]) -> None:
+    """Run a cleanup step (close a handle, remove a temporary file) in a thread, to its end
+    even if the caller is cancelled again meanwhile: a cancelled ``to_thread`` whose job has not
+    started yet (every thread busy) would skip it and leak the handle. TaskGroups deliver such a
+    second cancellation when a sibling fails while the group is being cancelled."""
+    await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(func)))
 
 
 def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
@@ -135,10 +144,10 @@ class FileObjectStore(ObjectStore):
                 header = self._header(version, digest.hexdigest())
                 await asyncio.to_thread(self._finish_temp, data_file, header)
             finally:
-                await asyncio.to_thread(data_file.close)
+                await _cleanup(data_file.close)
             await asyncio.to_thread(self._commit, key, path, tmp, if_none_match, if_match)
         finally:
-            await asyncio.to_thread(tmp.unlink, True)
+            await _cleanup(functools.partial(tmp.unlink, missing_ok=True))
         return ObjectInfo(key, digest.size, version, digest.hexdigest(), datetime.now(UTC))
 
     @staticmethod
@@ -192,7 +201,7 @@ class FileObjectStore(ObjectStore):
             info = await asyncio.to_thread(self._info_from_handle, key, handle)
             yield _FileReader(handle, info, chunk_size)
         finally:
-            await asyncio.to_thread(handle.close)
+            await _cleanup(handle.close)
 
     def open(
         self, key: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE

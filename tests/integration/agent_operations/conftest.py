@@ -29,6 +29,7 @@ from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
 from az_agent.state import LeaseRecord, LogEntry, SystemClock, read_entries
 from az_agent.state.keys import lease_key
+from tests.integration.leftovers import settle
 from tests.servers.alertmanager import AlertmanagerServer
 from tests.unit.state.helpers import FaultyStore, file_store
 
@@ -87,6 +88,7 @@ class Rig:
         silences: SilenceManager | None = None,
     ) -> AsyncIterator[Agent]:
         """An agent serving (as far as its methods go) for the block, then stopped."""
+        before = set(asyncio.all_tasks())
         config = self.config()
         clock = SystemClock()
         metrics = AgentMetrics(ZONE)
@@ -126,6 +128,7 @@ class Rig:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                await settle(before)  # a file open in a thread outlives the cancellation
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = 20.0) -> None:
