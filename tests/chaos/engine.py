@@ -89,7 +89,7 @@ AFTERMATH = 1.5
 CLIENT_TIMEOUT = 15.0
 CRASH_RESTART = 1.0
 """Simulated seconds before an agent that exited by itself is started again (a pod restart)."""
-STOP_WITHIN = 20.0
+STOP_WITHIN = 10.0
 """Real seconds an agent (or emulator) may take to stop once cancelled."""
 TRIAL_TIMEOUT = 120.0
 """Real seconds: a trial that takes longer is cut short (an anomaly) and still checked."""
@@ -355,6 +355,12 @@ class Trial:
             gate.cont()
         task.cancel()
         await asyncio.wait({task}, timeout=STOP_WITHIN)
+        if not task.done():
+            self.anomalies.append(
+                f"agent {gate.name} did not stop within {STOP_WITHIN:.0f}s of its cancellation "
+                f"(SIGTERM): {_waits_on(task)}"
+            )
+            self.note(f"{gate.name} ignores its cancellation")
         if pinot is not None:
             await pinot.close()
 
@@ -363,10 +369,7 @@ class Trial:
         interrupted by the end of the trial included)."""
         await asyncio.gather(*(self._end(slot, kill=False) for slot in self.slots))
         for task, pinot in self._incarnations:
-            task.cancel()
-            await asyncio.wait({task}, timeout=STOP_WITHIN)
-            if not task.done():
-                self.anomalies.append(f"{task.get_name()} did not stop within {STOP_WITHIN:.0f}s")
+            task.cancel()  # the run's reaper deals with one that still ignores it
             await pinot.close()
 
     async def _stop_emulators(self) -> None:
@@ -621,6 +624,18 @@ def _retrieve(task: asyncio.Task[None]) -> None:
     """A killed agent's loops may fail on its dead store: that is the kill, not news."""
     if not task.cancelled():
         task.exception()
+
+
+def _waits_on(task: asyncio.Task[Any]) -> str:
+    """Where a task is parked: the innermost frame of each task it awaits, outermost first."""
+    chain, seen = [], 0
+    current: Any = task
+    while isinstance(current, asyncio.Task) and seen < 8:
+        frames = current.get_stack(limit=1)
+        where = f"{frames[-1].f_code.co_qualname}:{frames[-1].f_lineno}" if frames else "?"
+        chain.append(where)
+        current, seen = getattr(current, "_fut_waiter", None), seen + 1
+    return " -> ".join(chain)
 
 
 def _term(agent: Agent) -> int:

@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import logging
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, FileSettings, StorageSecrets
@@ -126,6 +127,8 @@ class Summary:
     entries: int = 0
     seconds: float = 0.0
     slowest: float = 0.0
+    leaks: Counter[str] = field(default_factory=Counter)
+    """ResourceWarnings raised while the trials ran (driver resources left unclosed)."""
     lags: list[float] = field(default_factory=list)
     """Event-loop lag samples, real seconds."""
 
@@ -183,10 +186,94 @@ class Summary:
         ]
         lines += [f"  {violation}" for violation in self.violations]
         lines += [f"  replay: {spec.replay()}" for spec in self.violating.values()]
+        if self.leaks:
+            lines.append(
+                f"resources left unclosed by cancelled agents: {sum(self.leaks.values())} "
+                f"({_counts(self.leaks)})"
+            )
         if self.anomalies:
             lines.append(f"anomalies (not safety violations): {len(self.anomalies)}")
             lines += [f"  {anomaly}" for anomaly in self.anomalies]
         return "\n".join(lines)
+
+
+SETTLE_THREADS = 5.0
+
+
+async def _settle_threads(before: set[asyncio.Task[Any]]) -> None:
+    """Wait (at most ``SETTLE_THREADS`` s) for the ``to_thread`` calls the trials left: a
+    cancelled agent's file I/O runs on in its thread, and what it opened must come back to
+    the loop to be closed before anyone looks for leaks."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_THREADS
+    while loop.time() < deadline:
+        pending = [
+            task
+            for task in asyncio.all_tasks() - before
+            if not task.done() and getattr(task.get_coro(), "__name__", "") == "to_thread"
+        ]
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=deadline - loop.time())
+
+
+async def _reap(before: set[asyncio.Task[Any]], anomalies: list[str]) -> None:
+    """Cancel what the trials left running (an agent that ignored its cancellation leaves its
+    tasks parked), every task at once so that the innermost one ends too; say which."""
+    for _ in range(3):
+        left = [
+            task
+            for task in asyncio.all_tasks() - before
+            if not task.done() and task is not asyncio.current_task()
+        ]
+        if not left:
+            return
+        anomalies.append(
+            f"{len(left)} tasks still ran after their trials and were cancelled again: "
+            + ", ".join(sorted({f"{t.get_name()} ({_qualname(t)})" for t in left}))
+        )
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=SETTLE_THREADS)
+
+
+def _qualname(task: asyncio.Task[Any]) -> str:
+    return str(getattr(task.get_coro(), "__qualname__", "?"))
+
+
+@contextlib.contextmanager
+def _leaks_counted(leaks: Counter[str]) -> Iterator[None]:
+    """Count the resources the agents' drivers leave unclosed when a trial kills (cancels)
+    them mid-call, instead of letting each one fail the run: they are reported as findings,
+    beside the safety violations, and are not violations. Other unraisable errors pass on."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, ResourceWarning):
+            message = str(unraisable.exc_value)
+            leaks[message.split(" name=")[0].split(" <")[0] + _leak_place(message)] += 1
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _leak_place(message: str) -> str:
+    """Which kind of object: a temporary part of a put, a log entry, a lease, ..."""
+    for marker, kind in (
+        (".part", "put temp file"),
+        ("/log/", "log entry"),
+        ("lease", "lease"),
+        ("primary/", "primary record"),
+        ("/segments/", "segment"),
+    ):
+        if marker in message:
+            return f" ({kind})"
+    return ""
 
 
 LAG_PROBE = 0.05
@@ -249,10 +336,15 @@ async def run_trials(
         if on_result is not None:
             on_result(result)
 
+    before = asyncio.all_tasks()
     lag = asyncio.create_task(_measure_lag(summary.lags))
     try:
-        with _threads(THREADS_PER_TRIAL * concurrency):
-            await asyncio.gather(*(one(spec) for spec in specs))
+        with _threads(THREADS_PER_TRIAL * concurrency), _leaks_counted(summary.leaks):
+            try:
+                await asyncio.gather(*(one(spec) for spec in specs))
+            finally:
+                await _settle_threads(before)
+                await _reap(before | {lag}, summary.anomalies)
     finally:
         logger.setLevel(previous)
         lag.cancel()
