@@ -26,6 +26,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from az_agent.drivers.alerts import Matcher
+from az_agent.drivers.alerts.matchers import check_matchers
 from az_agent.drivers.pinot.config import PinotSettings
 from az_agent.drivers.postgres.config import PostgresSettings
 from az_agent.drivers.settings_base import SettingsModel
@@ -96,7 +98,9 @@ class SilenceMatcher(SettingsModel):
 class AlertmanagerSettings(SettingsModel):
     url: str = Field(default="", description="Alertmanager base URL; '' = no silencing.")
     matchers: list[SilenceMatcher] = Field(
-        default_factory=list, description="Matchers of the silences this agent creates."
+        default_factory=list,
+        description="Matchers of the silences this agent creates; none = every alert "
+        '(alertname=~".+"). Checked at start-up against the rules of Alertmanager.',
     )
     silence_hours: float = Field(
         default=12, gt=0, description="End time of each silence, so a forgotten one expires."
@@ -106,6 +110,12 @@ class AlertmanagerSettings(SettingsModel):
     token_secret: str = Field(
         default="", description="Secret under secretsDir with key 'token' (bearer); '' = none."
     )
+
+    @model_validator(mode="after")
+    def _acceptable_matchers(self) -> AlertmanagerSettings:
+        """Refuse at start-up what Alertmanager would refuse in the middle of a failover."""
+        check_matchers([Matcher(m.name, m.value, m.is_regex, m.is_equal) for m in self.matchers])
+        return self
 
 
 class KubernetesSettings(SettingsModel):

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import aiohttp
 
 from az_agent.drivers.alerts.base import Matcher, Silence, SilenceManager, SilenceState
+from az_agent.drivers.alerts.matchers import EVERY_ALERT
 from az_agent.drivers.errors import (
     DriverError,
     Misconfigured,
@@ -106,7 +107,8 @@ def _parse_silence(raw: dict[str, Any]) -> Silence:
 class AlertmanagerSilences(SilenceManager):
     """Silences on the Alertmanager at ``url`` (its base URL, route prefix included).
 
-    ``matchers`` and ``created_by`` are the defaults of :meth:`silence`. At most one of
+    ``matchers`` and ``created_by`` are the defaults of :meth:`silence`; no matchers means
+    every alert of this Alertmanager (:data:`EVERY_ALERT`). At most one of
     ``bearer_token`` (for an auth proxy in front) and ``basic_auth`` (Alertmanager's own
     ``--web.config.file``) may be given; ``timeout`` bounds each request as a whole.
     """
@@ -128,7 +130,7 @@ class AlertmanagerSilences(SilenceManager):
             raise Misconfigured("alertmanager: give a bearer token or basic auth, not both")
         self._base = url.rstrip("/")
         self._where = _display(self._base)
-        self._matchers = tuple(matchers)
+        self._matchers = tuple(matchers) or (EVERY_ALERT,)
         self._created_by = created_by
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = _auth_headers(bearer_token, basic_auth)

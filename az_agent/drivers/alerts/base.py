@@ -97,11 +97,12 @@ class SilenceManager(AsyncResource):
     ) -> str | None:
         """Create a silence starting now and ending after ``duration``; return its id.
 
-        ``matchers`` default to the configured ones, ``created_by`` to the configured creator.
+        ``matchers`` default to the configured ones (every alert when none is configured),
+        ``created_by`` to the configured creator.
         ``comment`` should name the operation so an operator knows who to ask. Not idempotent:
         each call creates a new silence, so the caller persists the id before acting on it.
         Returns ``None`` only when silencing is disabled (nothing was created). Raises
-        ``ValueError`` for a non-positive duration, an empty comment or no matchers at all.
+        ``ValueError`` for a non-positive duration, an empty comment or an empty ``matchers``.
         """
 
     @abc.abstractmethod
