@@ -56,6 +56,11 @@ class HttpSettings(SettingsModel):
         default="", description="PEM certificate; TLS is on when set with a key."
     )
     tls_key_file: str = Field(default="", description="PEM private key of tlsCertFile.")
+    trust_loopback: bool = Field(
+        default=True,
+        description="Without a token, accept POSTs from loopback clients (kubectl "
+        "port-forward); false refuses them too, for pods whose sidecars make every client local.",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> HttpSettings:

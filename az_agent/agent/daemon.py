@@ -366,9 +366,11 @@ class Agent:
     # ------------------------------------------------------------ write side
 
     async def pause(self, request: PauseRequest) -> tuple[int, dict[str, Any]]:
-        from az_agent.agent.operations.pause import Pause
+        from az_agent.agent.operations.pause import Pause, already_paused
 
         self._check_accepting()
+        if (held := already_paused(self)) is not None:
+            return held
         pause = Pause(self, request)
         op = await pause.begin()
         task = self.start_operation(pause.run())

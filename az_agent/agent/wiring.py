@@ -26,6 +26,7 @@ from az_agent.agent.config import AgentConfig, ConfigError
 from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.http.app import build_app
 from az_agent.agent.http.auth import TOKEN_ENV, Authenticator
+from az_agent.agent.http.server import ApiRunner
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
@@ -147,9 +148,9 @@ def _silences(config: AgentConfig) -> SilenceManager:
 
 async def serve(agent: Agent, config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run the agent and its HTTP server until cancelled."""
-    authenticator = Authenticator(read_api_token(config))
     http = config.service.http
-    runner = web.AppRunner(build_app(agent, authenticator), access_log=None)
+    authenticator = Authenticator(read_api_token(config), trust_loopback=http.trust_loopback)
+    runner = ApiRunner(build_app(agent, authenticator), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, http.host, http.port, ssl_context=tls_context(config))

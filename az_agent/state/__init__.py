@@ -52,7 +52,9 @@ Commit log (``log.py``, entry models in ``entries.py``) -- ``<zone>/log/<seq:020
 
   Payloads: ``SegmentPayload``, ``DumpPayload``, ``DumpDeletedPayload``,
   ``TableConfigPayload``, ``SchemaPayload``, ``PausedPayload``, ``FencePayload``,
-  ``ResumedPayload``. Write the data object first, then append its entry.
+  ``ResumedPayload``, ``SegmentDeletedPayload`` (Pinot deleted it: not live from then on),
+  ``SegmentsPurgedPayload`` (retention forgets deleted segments). Write the data object first,
+  then append its entry.
 
 Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, ``sweep.py``)::
 
@@ -65,6 +67,7 @@ Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, 
     catalog.table_configs(as_of=None); catalog.schemas(as_of=None); catalog.databases()
     catalog.last_seq, catalog.term, catalog.epoch, catalog.last_paused, catalog.last_fence
     await write_checkpoint(store, catalog); await prune_checkpoints(store, zone, keep=3)
+    await truncate_log(store, zone)   # entries older than the oldest checkpoint kept
     await sweep_orphans(store, zone, catalog, grace, clock) -> list[ObjectInfo]
 
   "As of T": records whose log entry was committed at or before T.
@@ -92,12 +95,13 @@ Errors (``errors.py``): ``StateError`` > ``LeaseHeld``, ``LeaseCorrupted``, ``No
 
 from __future__ import annotations
 
-from az_agent.state.backups import ConfigRecord, DumpRecord, SegmentRecord
+from az_agent.state.backups import ConfigRecord, DumpRecord, SegmentDeletion, SegmentRecord
 from az_agent.state.catalog import Catalog, CatalogSnapshot, apply_committed, refresh_catalog
 from az_agent.state.checkpoint import (
     load_catalog,
     prune_checkpoints,
     read_checkpoint,
+    truncate_log,
     write_checkpoint,
 )
 from az_agent.state.clock import Clock, SystemClock
@@ -110,7 +114,9 @@ from az_agent.state.entries import (
     Payload,
     ResumedPayload,
     SchemaPayload,
+    SegmentDeletedPayload,
     SegmentPayload,
+    SegmentsPurgedPayload,
     TableConfigPayload,
 )
 from az_agent.state.errors import (
@@ -180,8 +186,11 @@ __all__ = [
     "PrimaryTaken",
     "ResumedPayload",
     "SchemaPayload",
+    "SegmentDeletedPayload",
+    "SegmentDeletion",
     "SegmentPayload",
     "SegmentRecord",
+    "SegmentsPurgedPayload",
     "SplitBrain",
     "StateError",
     "SystemClock",
@@ -198,5 +207,6 @@ __all__ = [
     "read_entry",
     "refresh_catalog",
     "sweep_orphans",
+    "truncate_log",
     "write_checkpoint",
 ]

@@ -246,6 +246,28 @@ class DumpRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentDeletion:
+    """A segment Pinot no longer holds, as of its ``segment-deleted`` entry."""
+
+    table: str
+    name: str
+    seq: int
+    committed_ts: float
+
+    @property
+    def committed_at(self) -> datetime:
+        return _time(self.committed_ts)
+
+    def to_row(self) -> Row:
+        return ["x", self.table, self.name, self.seq, self.committed_ts]
+
+    @classmethod
+    def from_row(cls, row: Row) -> SegmentDeletion:
+        (_, table, name, seq, ts) = row
+        return cls(table, name, seq, ts)
+
+
 ConfigKind = Literal["table-config", "schema"]
 _CONFIG_ROW = {"table-config": "t", "schema": "c"}
 

@@ -1,7 +1,9 @@
 """The catalog: what a zone's backup holds, rebuilt from its checkpoint and commit log.
 
 It answers what the rest of the agent asks: every segment backed up (the latest CRC of each
-(table, segment), earlier CRCs kept for "as of" questions), every database dump, table configs
+(table, segment), earlier CRCs kept for "as of" questions; a segment Pinot deleted stops being
+live at its ``segment-deleted`` entry and is forgotten at its ``segments-purged`` one), every
+database dump, table configs
 and schemas, the last handover, the term, epoch and sequence number reached. "As of T" means the
 state of the backup at T: records whose log entry was committed at or before T.
 
@@ -20,7 +22,13 @@ from datetime import datetime
 from typing import Any
 
 from az_agent.drivers.storage.base import ObjectStore
-from az_agent.state.backups import ConfigRecord, DumpRecord, Row, SegmentRecord
+from az_agent.state.backups import (
+    ConfigRecord,
+    DumpRecord,
+    Row,
+    SegmentDeletion,
+    SegmentRecord,
+)
 from az_agent.state.entries import (
     DumpDeletedPayload,
     DumpPayload,
@@ -29,7 +37,9 @@ from az_agent.state.entries import (
     PausedPayload,
     ResumedPayload,
     SchemaPayload,
+    SegmentDeletedPayload,
     SegmentPayload,
+    SegmentsPurgedPayload,
     TableConfigPayload,
 )
 from az_agent.state.errors import LogCorrupted
@@ -38,7 +48,7 @@ from az_agent.state.log import read_entries
 
 log = logging.getLogger(__name__)
 
-Record = SegmentRecord | DumpRecord | ConfigRecord
+Record = SegmentRecord | DumpRecord | ConfigRecord | SegmentDeletion
 
 
 def _cutoff(as_of: datetime | None) -> float:
@@ -73,6 +83,7 @@ class Catalog:
         self.last_resumed: LogEntry | None = None
         self._segments: dict[str, dict[str, SegmentRecord]] = {}
         self._superseded: dict[tuple[str, str], list[SegmentRecord]] = {}
+        self._deleted: dict[tuple[str, str], SegmentDeletion] = {}
         self._dumps: dict[str, dict[int, DumpRecord]] = {}
         self._configs: dict[str, list[ConfigRecord]] = {}
         self._schemas: dict[str, list[ConfigRecord]] = {}
@@ -115,6 +126,15 @@ class Catalog:
         elif isinstance(payload, DumpDeletedPayload):
             self._dumps.get(payload.database, {}).pop(payload.dump_seq, None)
             self._other_keys = None
+        elif isinstance(payload, SegmentDeletedPayload):
+            if self._segments.get(payload.table, {}).get(payload.segment) is not None:
+                deletion = SegmentDeletion(
+                    payload.table, payload.segment, entry.seq, entry.time.timestamp()
+                )
+                self._deleted.setdefault((payload.table, payload.segment), deletion)
+        elif isinstance(payload, SegmentsPurgedPayload):
+            for table, name in payload.segments:
+                self._purge(table, name)
         elif isinstance(payload, TableConfigPayload | SchemaPayload):
             self._add_config(ConfigRecord.from_entry(entry, payload))
         elif isinstance(payload, PausedPayload):
@@ -124,10 +144,22 @@ class Catalog:
         elif isinstance(payload, ResumedPayload):
             self.last_resumed = entry
 
+    def _purge(self, table: str, name: str) -> None:
+        """Forget a deleted segment (a live one, backed up again since, is kept)."""
+        if self._deleted.pop((table, name), None) is None:
+            return
+        names = self._segments.get(table, {})
+        names.pop(name, None)
+        if not names:
+            self._segments.pop(table, None)
+        self._superseded.pop((table, name), None)
+        self._other_keys = None
+
     def _add_segment(self, record: SegmentRecord) -> None:
         names = self._segments.setdefault(record.table, {})
         current = names.get(record.name)
-        if current is not None and current.crc == record.crc:
+        revived = self._deleted.pop((record.table, record.name), None) is not None
+        if current is not None and current.crc == record.crc and not revived:
             return  # the same bytes again: it has been part of the backup since the first
         if current is not None:
             self._superseded.setdefault((record.table, record.name), []).append(current)
@@ -153,6 +185,9 @@ class Catalog:
             self._add_dump(DumpRecord.from_row(row))
         elif tag in ("t", "c"):
             self._add_config(ConfigRecord.from_row(row))
+        elif tag == "x":
+            deletion = SegmentDeletion.from_row(row)
+            self._deleted[(deletion.table, deletion.name)] = deletion
         elif tag == "e":
             self._restore_event(LogEntry.model_validate(row[1]))
         else:
@@ -174,6 +209,8 @@ class Catalog:
             for name in sorted(names):
                 records.extend(self._superseded.get((table, name), ()))
                 records.append(names[name])
+                if (deletion := self._deleted.get((table, name))) is not None:
+                    records.append(deletion)
         for database in sorted(self._dumps):
             records.extend(sorted(self._dumps[database].values(), key=lambda d: d.seq))
         for configs in (self._configs, self._schemas):
@@ -196,17 +233,33 @@ class Catalog:
 
     @property
     def segment_count(self) -> int:
-        return sum(len(names) for names in self._segments.values())
+        """Live segments: backed up and not deleted from Pinot."""
+        return sum(len(names) for names in self._segments.values()) - len(self._deleted)
 
     def tables(self) -> list[str]:
+        """Tables with at least one segment in the catalog (live or deleted, not purged)."""
         return sorted(self._segments)
 
     def segment(self, table: str, name: str, as_of: datetime | None = None) -> SegmentRecord | None:
-        """The version of one segment in the backup as of ``as_of`` (default: now)."""
+        """The version of one segment live in the backup as of ``as_of`` (default: now)."""
         current = self._segments.get(table, {}).get(name)
         return None if current is None else self._version_at(current, _cutoff(as_of))
 
+    def deletions(self) -> list[SegmentDeletion]:
+        """Segments deleted from Pinot whose objects are still kept, oldest deletion first."""
+        return sorted(self._deleted.values(), key=lambda d: d.seq)
+
+    def versions(self, table: str, name: str) -> list[SegmentRecord]:
+        """Every version of one segment the catalog holds, deleted or not, oldest first."""
+        current = self._segments.get(table, {}).get(name)
+        if current is None:
+            return []
+        return [*self._superseded.get((table, name), []), current]
+
     def _version_at(self, current: SegmentRecord, cutoff: float) -> SegmentRecord | None:
+        deletion = self._deleted.get((current.table, current.name))
+        if deletion is not None and deletion.committed_ts <= cutoff:
+            return None  # deleted from Pinot at or before the cutoff
         if current.committed_ts <= cutoff:
             return current
         older = self._superseded.get((current.table, current.name), [])

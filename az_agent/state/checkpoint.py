@@ -16,6 +16,7 @@ in worker threads, so a million segments neither build one giant string nor bloc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
 from az_agent.state.catalog import Catalog, CatalogSnapshot, refresh_catalog
 from az_agent.state.clock import Clock, SystemClock
 from az_agent.state.errors import CheckpointInvalid, LogCorrupted
-from az_agent.state.keys import check_zone, checkpoint_key
+from az_agent.state.keys import LOG_SUFFIX, check_zone, checkpoint_key, log_prefix, parse_seq
 from az_agent.state.log import checkpoint_seqs, entry_exists
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,30 @@ async def prune_checkpoints(store: ObjectStore, zone: str, keep: int = KEEP_CHEC
     for seq in old:
         await store.delete(checkpoint_key(zone, seq))
     return len(old)
+
+
+async def truncate_log(store: ObjectStore, zone: str) -> int:
+    """Delete the log entries older than the oldest checkpoint kept; how many were deleted.
+
+    Every checkpoint kept can still be replayed from (its own entry and those after it stay),
+    so losing the newest checkpoints falls back to an older one as before. With no checkpoint
+    the log is left alone. A reader that needs an entry deleted here finds a gap and raises
+    ``LogCorrupted`` (never a silently shorter catalog): :func:`load_catalog` is the way in.
+    """
+    seqs = await checkpoint_seqs(store, zone)
+    if not seqs:
+        return 0
+    oldest = seqs[-1]
+    prefix = log_prefix(zone)
+    doomed = [
+        info.key
+        async for info in store.list(prefix)
+        if (seq := parse_seq(info.key, prefix, LOG_SUFFIX)) is not None and seq < oldest
+    ]
+    for key in doomed:
+        with contextlib.suppress(NotFound):
+            await store.delete(key)
+    return len(doomed)
 
 
 class _Decoder:

@@ -64,6 +64,26 @@ class DumpDeletedPayload(_Stored):
     key: str
 
 
+class SegmentDeletedPayload(_Stored):
+    """Pinot no longer holds this segment: it was absent from two consecutive polls of its
+    table (or its table from two consecutive table lists). From this entry on the segment is
+    not part of the live backup; its objects stay until retention purges them."""
+
+    kind: Literal["segment-deleted"] = "segment-deleted"
+    table: str
+    segment: str
+    crc: str = Field("", description="The version the backup held when it was deleted.")
+
+
+class SegmentsPurgedPayload(_Stored):
+    """Retention removes the objects of these deleted segments (every version): the catalog
+    forgets them. Written before the objects are deleted; a segment backed up again since
+    its deletion is live and is not purged."""
+
+    kind: Literal["segments-purged"] = "segments-purged"
+    segments: list[tuple[str, str]] = Field(description="(table, segment) pairs.")
+
+
 class TableConfigPayload(_Stored):
     kind: Literal["table-config"] = "table-config"
     name: str
@@ -113,6 +133,8 @@ Payload = Annotated[
     SegmentPayload
     | DumpPayload
     | DumpDeletedPayload
+    | SegmentDeletedPayload
+    | SegmentsPurgedPayload
     | TableConfigPayload
     | SchemaPayload
     | PausedPayload

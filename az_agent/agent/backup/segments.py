@@ -14,6 +14,8 @@ then a ``segment`` log entry. A segment never sits in memory: a transfer holds o
   replaces the version still waiting.
 * An object already at its key (copied before a crash, before its entry was written) is adopted
   without a second copy: the put of a verified stream only completes when the CRC matched.
+* A backed-up segment Pinot no longer lists gets a ``segment-deleted`` entry once two
+  consecutive polls confirm it (:mod:`~az_agent.agent.backup.deletions`).
 * Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
 * Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none;
   while a session has not yet had one complete look at Pinot, at least the time since it began
@@ -33,6 +35,7 @@ from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, TypeVar, cast
 
 from az_agent.agent.backoff import backoff_delay
+from az_agent.agent.backup.deletions import DeletionWatch
 from az_agent.agent.backup.discovery import (
     Outcome,
     Pending,
@@ -102,6 +105,7 @@ class SegmentBackupLoop:
         self._looked = False
         """Whether this session has polled every table once (``_began`` is its start)."""
         self._configs_due = 0.0
+        self.deletions = DeletionWatch()
         self.stats = BackupStats()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -369,19 +373,22 @@ class SegmentBackupLoop:
         table is counted and logged, the others are still polled; ``strict`` raises instead."""
         now = self._clock.monotonic()
         configs = configs or now >= self._configs_due
-        tables = await self._guarded(self._tables(), "the table list", strict)
+        tables = await self._guarded(self._tables(session), "the table list", strict)
         if tables is None:
+            self.deletions.list_failed()
             return
         looked = True
         for table in tables:
             if not await self._guarded(self._poll_table(session, table), str(table), strict):
                 looked = False
+                self.deletions.table_failed(table.name_with_type)
             if configs:
                 await self._guarded(self._save_configs(session, table), str(table), strict)
         names = {t.name_with_type for t in tables}
         for key, item in list(self._pending.items()):
             if key[0] not in names and key not in self._claims:
                 self._vanished(item, "its table is no longer listed by the controller")
+        await self._guarded(self.deletions.commit(session), "deleted segments", strict)
         self.stats.polled(sorted(names), self._clock.now())
         self._looked = self._looked or looked
         if configs:
@@ -401,14 +408,20 @@ class SegmentBackupLoop:
             log.warning("segment discovery failed for %s: %s", what, exc)
             return None
 
-    async def _tables(self) -> list[TableRef]:
-        return wanted_tables(await self._pinot.list_tables(), self._settings.tables)
+    async def _tables(self, session: LeaderSession) -> list[TableRef]:
+        listed = await self._pinot.list_tables()
+        self.deletions.saw_tables([t.name_with_type for t in listed], session.catalog)
+        return wanted_tables(listed, self._settings.tables)
 
     async def _poll_table(self, session: LeaderSession, table: TableRef) -> bool:
         try:
-            ready = await self._pinot.backup_ready_segments(table)
+            segments = await self._pinot.segments(table)
+            names = [meta.name for meta in segments]
+            self.deletions.saw_table(table.name_with_type, names, session.catalog)
         except NotFound:
-            ready = []  # the table was deleted: what it still had pending is gone with it
+            segments = []  # the table was deleted: what it still had pending is gone with it
+            self.deletions.table_failed(table.name_with_type)  # the table list judges it
+        ready = sorted((s for s in segments if s.is_backup_ready), key=lambda s: s.name)
         unlisted = reconcile(
             self._pending, table, ready, session.catalog, self._claims, self._clock
         )

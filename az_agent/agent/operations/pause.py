@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.logs import log_context
@@ -21,7 +22,7 @@ from az_agent.agent.operations.journal import Operation
 from az_agent.agent.operations.phases import fail, run_phases
 from az_agent.agent.operations.requests import PauseRequest
 from az_agent.agent.operations.silences import silence_alerts
-from az_agent.agent.operations.states import Request
+from az_agent.agent.operations.states import Request, holds
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.models import TableRef, TableType
 from az_agent.state import LeaseState, PausedPayload, StateError
@@ -46,6 +47,15 @@ async def realtime_tables(agent: AgentContext) -> list[TableRef]:
     wanted = set(agent.deps.config.service.pinot.tables)
     tables = await agent.deps.pinot.list_tables(TableType.REALTIME)
     return [t for t in tables if not wanted or t.raw in wanted]
+
+
+def already_paused(agent: AgentContext) -> tuple[int, dict[str, Any]] | None:
+    """200 with the current state when a pause already holds (``PAUSED``), else None."""
+    if not holds(agent.state, Request.PAUSE):
+        return None
+    op = agent.operation
+    described = op.describe(agent.deps.clock.now()) if op is not None else None
+    return 200, {"state": agent.state.value, "alreadyHeld": True, "operation": described}
 
 
 class Pause:
