@@ -21,6 +21,7 @@ from az_agent.drivers.errors import DriverError
 from az_agent.drivers.storage.factory import open_object_store
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -133,6 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return int(emulator_main(args_list[1:]))
     args = build_parser().parse_args(args_list)
+    level = getattr(args, "log_level", "INFO")
+    if level.upper() not in LOG_LEVELS:
+        sys.stderr.write(
+            f"az-agent: --log-level {level!r} is not one of {', '.join(LOG_LEVELS)}\n"
+        )
+        return EXIT_CONFIG
     if args.command == "sandbox":
         return _sandbox(args)
     try:

@@ -86,3 +86,12 @@ def test_invalid_config_exits_2_with_one_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("az-agent: configuration error: global.cloudStorage.s3.bucket:")
+
+
+def test_unknown_log_level_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = _run(["run", "--log-level", "bogus"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line == "az-agent: --log-level 'bogus' is not one of DEBUG, INFO, WARNING, ERROR"
+    assert not (tmp_path / "az-agent-data").exists(), "it refused before touching anything"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from multidict import MultiDict
 
 from az_agent.agent.errors import InvalidParameter
 from az_agent.agent.http.params import (
@@ -52,6 +53,8 @@ def test_bools_and_unknown_parameters() -> None:
     assert parse_bool("force", "0") is False
     with pytest.raises(InvalidParameter, match="force"):
         parse_bool("force", "maybe")
-    reject_unknown({"zone": "az1"}, ["zone", "force"])
+    reject_unknown(MultiDict(zone="az1"), ["zone", "force"])
     with pytest.raises(InvalidParameter, match="zonee: unknown parameter"):
-        reject_unknown({"zonee": "az1"}, ["zone", "force"])
+        reject_unknown(MultiDict(zonee="az1"), ["zone", "force"])
+    with pytest.raises(InvalidParameter, match="zone: given more than once"):
+        reject_unknown(MultiDict([("zone", "az1"), ("zone", "az1")]), ["zone", "force"])

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from pathlib import Path
 
 import pytest
 
 from az_agent.agent.operations.states import (
+    OPERATOR_ANSWERS,
+    OPERATOR_REQUESTS,
+    REFUSED,
     AgentState,
     IllegalTransition,
     Request,
     allowed_requests,
+    answers_table,
+    holds,
     transition,
 )
 
@@ -153,3 +159,25 @@ def _accepts(state: AgentState, request: Request) -> AgentState | None:
         return transition(state, request)
     except IllegalTransition:
         return None
+
+
+def test_the_readme_shows_every_states_answer_to_every_post() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert answers_table() in readme, "README's table differs from states.answers_table()"
+
+
+@pytest.mark.parametrize("state", list(AgentState))
+def test_the_documented_answers_are_the_accepted_requests(state: AgentState) -> None:
+    """A non-409 cell exactly where :func:`transition` accepts the request or it already
+    holds; no request both holds and moves the state."""
+    for request in OPERATOR_REQUESTS:
+        accepted = _accepts(state, request) is not None
+        assert not (accepted and holds(state, request)), (state, request)
+        documented = (state, request) in OPERATOR_ANSWERS
+        assert documented == (accepted or holds(state, request)), (state, request)
+        cell = OPERATOR_ANSWERS.get((state, request), REFUSED)
+        assert cell.startswith("409") != documented, (state, request, cell)
+
+
+def test_a_pause_already_holds_only_when_paused() -> None:
+    assert {s for s in AgentState if holds(s, Request.PAUSE)} == {AgentState.PAUSED}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,9 +20,11 @@ from az_agent.agent.http.auth import Authenticator
 from az_agent.agent.http.errors import ApiError, http_status_of
 from az_agent.agent.http.openapi import openapi_document
 from az_agent.agent.http.params import (
+    MAX_BATCH_SIZE,
+    MAX_WAIT_SECONDS,
     parse_bool,
+    parse_past_timestamp,
     parse_positive_int,
-    parse_timestamp,
     reject_unknown,
 )
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -73,6 +76,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except NotFound as exc:
         body = {"error": "not-found", "detail": str(exc), "requestId": request_id}
         return _json(404, body)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        detail = f"{exc.method} is not allowed on {request.path} (allowed: {allowed})"
+        body = {"error": "method-not-allowed", "detail": detail, "requestId": request_id}
+        return _json(405, body, {"Allow": exc.headers["Allow"]})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -114,7 +122,7 @@ async def _pause(request: web.Request) -> web.StreamResponse:
     reject_unknown(query, ["force", "wait"])
     pause = PauseRequest(
         force=parse_bool("force", query.get("force")),
-        wait_seconds=parse_positive_int("wait", query.get("wait")),
+        wait_seconds=parse_positive_int("wait", query.get("wait"), MAX_WAIT_SECONDS),
     )
     status, body = await request.app[AGENT_KEY].pause(pause)
     return _json(status, body)
@@ -127,14 +135,23 @@ async def _activate(request: web.Request) -> web.StreamResponse:
     )
     activate = ActivateRequest.from_query(
         zone=query.get("zone"),
-        latest_time=parse_timestamp("latestTime", query.get("latestTime")),
-        batch_size=parse_positive_int("batchSize", query.get("batchSize")),
+        latest_time=parse_past_timestamp("latestTime", query.get("latestTime"), datetime.now(UTC)),
+        batch_size=parse_positive_int("batchSize", query.get("batchSize"), MAX_BATCH_SIZE),
         force=parse_bool("force", query.get("force")),
         dry_run=parse_bool("dryRun", query.get("dryRun")),
         namespace=query.get("namespace") or None,
         force_pause=parse_bool("forcePause", query.get("forcePause")),
     )
     status, body = await request.app[AGENT_KEY].activate(activate)
+    refusal = body.get("wouldBeRefused")
+    if isinstance(refusal, AgentError):  # a dry run: the answer the real call would get
+        answer = http_status_of(refusal)
+        body["wouldBeRefused"] = {
+            "status": answer.status,
+            "error": answer.code,
+            "reason": refusal.detail,
+            **refusal.extra,
+        }
     return _json(status, body)
 
 

@@ -80,6 +80,46 @@ TRANSITIONS: dict[tuple[AgentState, Request], AgentState] = {
 }
 
 
+HOLDS: frozenset[tuple[AgentState, Request]] = frozenset({(_S.PAUSED, _R.PAUSE)})
+"""Requests that already hold in a state: answered 200 with the current state, changing
+nothing (a retried ``/pause`` after a lost answer must not read as a failure)."""
+
+OPERATOR_REQUESTS = (_R.PAUSE, _R.ACTIVATE, _R.RESUME)
+OPERATOR_ANSWERS: dict[tuple[AgentState, Request], str] = {
+    (_S.ACTIVE, _R.PAUSE): "200 paused, 202 still running, 503 a step failed (`FAILED`)",
+    (_S.FAILED, _R.PAUSE): "retries the pause: 200, 202 or 503 as from `ACTIVE`",
+    (_S.PAUSED, _R.PAUSE): "200, already paused (nothing done)",
+    (_S.STANDBY, _R.ACTIVATE): "202 with the operation (400, 404 or 409 when refused)",
+    (_S.PAUSED, _R.ACTIVATE): "202: fail back from the zone that took over",
+    (_S.FENCED, _R.ACTIVATE): "202: fail back after an unplanned failover",
+    (_S.FAILED, _R.ACTIVATE): "202: retries a failed activation",
+    (_S.ACTIVE, _R.RESUME): "200, lifts this agent's silences",
+    (_S.PAUSED, _R.RESUME): "200, resumes in place (409 if another zone took over)",
+    (_S.FAILED, _R.RESUME): "200 after a failed pause: ingestion resumed, `ACTIVE` "
+    "(409 after a failed activation)",
+}
+"""What each state answers to each operator POST, when it is not a 409 (the README's table is
+rendered from this by :func:`answers_table`; a test keeps both equal to ``TRANSITIONS``)."""
+REFUSED = "409 with the state"
+
+
+def holds(state: AgentState, request: Request) -> bool:
+    """Whether ``request`` already holds in ``state`` (answer 200, do nothing)."""
+    return (state, request) in HOLDS
+
+
+def answers_table() -> str:
+    """The Markdown table of :data:`OPERATOR_ANSWERS`, as the README shows it."""
+    lines = [
+        "| state | " + " | ".join(f"`POST /{r.value}`" for r in OPERATOR_REQUESTS) + " |",
+        "|---|" + "---|" * len(OPERATOR_REQUESTS),
+    ]
+    for state in AgentState:
+        cells = [OPERATOR_ANSWERS.get((state, r), REFUSED) for r in OPERATOR_REQUESTS]
+        lines.append(f"| `{state.value}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def transition(state: AgentState, request: Request) -> AgentState:
     """The state ``request`` leads to from ``state``; ``IllegalTransition`` when not allowed."""
     try:

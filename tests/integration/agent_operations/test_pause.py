@@ -158,3 +158,18 @@ async def test_a_pause_failing_after_the_loops_stopped_backs_up_again(rig: Rig) 
             "a fresh session backing up while the failed pause waits to be retried",
         )
         assert agent.state is AgentState.FAILED
+
+
+async def test_a_repeated_pause_answers_200_with_the_state_and_changes_nothing(rig: Rig) -> None:
+    """A client that lost the first answer retries: the pause already holds."""
+    async with rig.running() as agent:
+        await until(lambda: leading(agent), "the agent to lead")
+        status, first = await agent.pause(PauseRequest())
+        assert (status, first["state"]) == (200, "PAUSED"), first
+        before = [(i.key, i.version) async for i in rig.store.inner.list()]
+
+        status, again = await agent.pause(PauseRequest(force=True))
+        assert (status, again["state"], again["alreadyHeld"]) == (200, "PAUSED", True), again
+        assert again["operation"]["id"] == first["operation"]["id"], "no new operation"
+        assert agent.state is AgentState.PAUSED
+        assert [(i.key, i.version) async for i in rig.store.inner.list()] == before
