@@ -165,6 +165,31 @@ class RehydrationSettings(SettingsModel):
     batch_size: int = Field(default=50, ge=1, description="Segments per rehydration batch.")
 
 
+class BucketRetentionSettings(SettingsModel):
+    """How the bucket follows Pinot's retention (PostgreSQL dumps: ``postgres.retention``)."""
+
+    deleted_segment_grace_hours: float = Field(
+        default=24,
+        ge=0,
+        description="Keep the objects of a segment deleted from Pinot this long after its "
+        "segment-deleted entry (rehydration as of an earlier time can still restore it).",
+    )
+    orphan_grace_hours: float = Field(
+        default=6,
+        gt=0,
+        description="Remove objects no log entry references once older than this (uploads of "
+        "crashed or fenced writers); longer than any upload takes to get its entry.",
+    )
+    keep_checkpoints: int = Field(
+        default=3,
+        ge=1,
+        description="Catalog checkpoints kept; the log entries older than the oldest are removed.",
+    )
+    interval_minutes: float = Field(
+        default=60, gt=0, description="How often the leader runs retention on the bucket."
+    )
+
+
 class ServiceConfig(SettingsModel):
     """``az-service.config``: everything specific to this agent."""
 
@@ -199,6 +224,7 @@ class ServiceConfig(SettingsModel):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     automatic_failover: AutomaticFailoverSettings = Field(default_factory=AutomaticFailoverSettings)
     rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
+    retention: BucketRetentionSettings = Field(default_factory=BucketRetentionSettings)
 
 
 class AzServiceSection(SettingsModel):

@@ -82,6 +82,7 @@ class Agent:
                 settings=self.lease_settings,
                 segment_backup=deps.segment_backup,
                 database_backup=deps.database_backup,
+                retention=deps.retention,
             ),
             wants=self._wants_leadership,
             on_fenced=self._on_fenced,

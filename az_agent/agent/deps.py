@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from az_agent.agent.config import AgentConfig
-from az_agent.agent.leadership.loops import DatabaseBackup, SegmentBackup
+from az_agent.agent.leadership.loops import DatabaseBackup, Retention, SegmentBackup
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.alerts.base import SilenceManager
 from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
@@ -29,3 +29,4 @@ class AgentDeps:
     database_backup: DatabaseBackup | None
     metrics: AgentMetrics
     service_proxy: KubernetesServiceProxy | None = None
+    retention: Retention | None = None

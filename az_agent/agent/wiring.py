@@ -21,6 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from aiohttp import web
 
 from az_agent.agent.backup.postgres import PostgresBackupLoop
+from az_agent.agent.backup.retention import RetentionLoop
 from az_agent.agent.backup.segments import SegmentBackupLoop
 from az_agent.agent.config import AgentConfig, ConfigError
 from az_agent.agent.daemon import Agent, AgentDeps
@@ -127,6 +128,7 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
             database_backup=database_backup,
             metrics=metrics,
             service_proxy=proxy,
+            retention=RetentionLoop(service.retention, clock),
         )
         yield Agent(deps)
 

@@ -31,3 +31,10 @@ class DatabaseBackup(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def rpo_seconds(self) -> float: ...
+
+
+class Retention(Protocol):
+    """Keeps the bucket's size tracking Pinot's: deleted segments, checkpoints, orphans."""
+
+    async def run(self, session: LeaderSession) -> None:
+        """A retention pass on a schedule until cancelled; returns when fenced or not leader."""

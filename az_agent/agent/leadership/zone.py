@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from az_agent.agent.leadership.loops import DatabaseBackup, SegmentBackup
+from az_agent.agent.leadership.loops import DatabaseBackup, Retention, SegmentBackup
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import DriverError
@@ -69,6 +69,7 @@ class LeadershipDeps:
     settings: LeaseSettings
     segment_backup: SegmentBackup
     database_backup: DatabaseBackup | None
+    retention: Retention | None = None
 
 
 class ZoneLeadership:
@@ -312,6 +313,7 @@ class ZoneLeadership:
                 if deps.database_backup is not None:
                     loops.create_task(deps.database_backup.run(session), name="postgres")
                 loops.create_task(self._checkpoints(session), name="checkpoints")
+                loops.create_task(_retention(deps.retention, session), name="retention")
                 loops.create_task(self._until_halted(), name="backups-halt")
         except* _BackupsHalted:
             log.info("zone %s: backup loops stopped before the handover", deps.zone)
@@ -340,6 +342,11 @@ class ZoneLeadership:
                     last = session.catalog.last_seq
                 except DriverError as exc:
                     log.warning("checkpoint failed: %s", exc)
+
+
+async def _retention(retention: Retention | None, session: LeaderSession) -> None:
+    if retention is not None:
+        await retention.run(session)
 
 
 def _superseded(record: PrimaryRecord, term: int) -> str:

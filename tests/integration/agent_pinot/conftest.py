@@ -153,9 +153,12 @@ class Bucket:
     store: CountingStore
 
 
-async def lead(store: ObjectStore, zone: str, *, force: bool = False) -> LeaderSession:
-    """Become the zone's leader as the agent does: lease, fence entry, catalog from the bucket."""
-    clock = SystemClock()
+async def lead(
+    store: ObjectStore, zone: str, *, force: bool = False, clock: SystemClock | None = None
+) -> LeaderSession:
+    """Become the zone's leader as the agent does: lease, fence entry, catalog from the bucket.
+    ``clock`` (default the system's) times the lease and the entries."""
+    clock = clock or SystemClock()
     keeper = LeaseKeeper(store, zone, new_holder_id(f"{zone}-test"), LEASE, clock=clock)
     if force:
         await keeper.take_over(force=True)
