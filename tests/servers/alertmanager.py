@@ -51,7 +51,7 @@ class AlertmanagerServer:
 
     @property
     def url(self) -> str:
-        assert self._process is not None, "Alertmanager not started"
+        assert self._port, "Alertmanager not started"
         return f"http://127.0.0.1:{self._port}"
 
     def start(self) -> None:
@@ -67,9 +67,19 @@ class AlertmanagerServer:
         self.stop()
         raise RuntimeError(f"Alertmanager did not become ready:\n{log[-2000:]}")
 
-    def _launch(self) -> bool:
+    def halt(self) -> None:
+        """Stop the process, keeping its port and data: an Alertmanager that is down."""
+        self._terminate()
+
+    def restart(self) -> None:
+        """Start again on the same port (and data) after :meth:`halt`."""
+        assert self._dir is not None, "Alertmanager never started"
+        if not self._launch(self._port):
+            raise RuntimeError(f"Alertmanager did not come back on port {self._port}")
+
+    def _launch(self, port: int | None = None) -> bool:
         assert self._dir is not None
-        self._port = free_port()
+        self._port = port or free_port()
         command = [
             _binary(),
             f"--config.file={self._dir / 'am.yml'}",

@@ -129,6 +129,11 @@ class AgentMetrics:
             "az_agent_rehydration_bytes_per_second", "Current rehydration throughput.", registry=reg
         )
         self.errors = Counter("az_agent_errors", "Errors by kind.", ["kind"], registry=reg)
+        self.silence_failures = Counter(
+            "az_agent_silence_failures",
+            "Attempts to silence alerts that failed (Alertmanager down or refusing); retried.",
+            registry=reg,
+        )
 
     def set_state(self, state: StrEnum) -> None:
         """One series per member of ``state``'s enum: 1 for ``state``, 0 for the others."""

@@ -9,6 +9,7 @@ from typing import Protocol
 from az_agent.agent.deps import AgentDeps
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.operations.journal import Operation, OperationJournal
+from az_agent.agent.operations.silences import SilenceRetry
 from az_agent.agent.operations.states import AgentState, Request
 from az_agent.state import LeaseKeeper
 
@@ -23,6 +24,8 @@ class AgentContext(Protocol):
     operation: Operation | None
     admission: asyncio.Lock
     """Held while a request is admitted (validated and committed), one at a time."""
+    silence_retry: SilenceRetry
+    """The lock over ``silences.json`` and the retry of silences that could not be created."""
 
     @property
     def state(self) -> AgentState: ...

@@ -71,6 +71,8 @@ class Operation(_Model):
     source_zone: str | None = None
     epoch: int | None = None
     silences: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    """What went wrong without failing the operation (alerts not silenced, ...)."""
     result: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
@@ -129,15 +131,19 @@ class Operation(_Model):
             "request": self.request,
             "sourceZone": self.source_zone,
             "result": self.result,
+            "warnings": self.warnings,
         }
 
 
 class SilenceRecord(_Model):
     """A silence this zone's agent meant to create: ``tag`` (put in its comment) is recorded
-    before Alertmanager is asked, ``id`` once it answered; either finds the silence again."""
+    before Alertmanager is asked, ``id`` once it answered; either finds the silence again.
+    ``comment`` and ``ends_at`` let a silence whose creation failed be created later."""
 
     tag: str = ""
     id: str | None = None
+    comment: str = ""
+    ends_at: datetime | None = None
 
 
 def silences_key(zone: str) -> str:
@@ -196,7 +202,7 @@ class OperationJournal:
     async def save_silences(self, records: list[SilenceRecord]) -> None:
         """Persisted before the silence is created (its tag) and again once Alertmanager gave
         its id, so a restarted agent can still lift it."""
-        body = [record.model_dump(by_alias=True) for record in records]
+        body = [record.model_dump(mode="json", by_alias=True) for record in records]
         await self._store.put(silences_key(self._zone), json.dumps(body).encode())
 
     async def save_throttled(self, op: Operation, every_seconds: float = 2.0) -> None:

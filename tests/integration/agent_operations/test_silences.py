@@ -3,13 +3,16 @@ crash between Alertmanager's answer and the journal's write leaves nothing unlif
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 
+from az_agent.agent.daemon import Agent
 from az_agent.agent.errors import OperationFailed
 from az_agent.agent.operations.journal import silences_key
 from az_agent.agent.operations.requests import PauseRequest
@@ -77,3 +80,52 @@ async def test_ids_recorded_by_an_older_agent_are_still_lifted(
         status, body = await agent.resume()
         assert (status, body["silencesLifted"]) == (200, [older])
         assert not await agent.deps.silences.is_active(older)
+
+
+def _failures_counted(agent: Agent) -> float:
+    text = agent.deps.metrics.render().decode()
+    for line in text.splitlines():
+        if line.startswith("az_agent_silence_failures_total "):
+            return float(line.split()[1])
+    raise AssertionError("az_agent_silence_failures_total is not exported")
+
+
+async def _settled_ids(rig: Rig) -> list[str]:
+    data, _ = await rig.store.inner.get(silences_key(ZONE))
+    return [str(r["id"]) for r in json.loads(data) if r.get("id")]
+
+
+async def test_a_pause_goes_on_while_alertmanager_is_down_and_the_silence_comes_later(
+    rig: Rig,
+) -> None:
+    server = AlertmanagerServer()
+    server.start()
+    try:
+        rig.alertmanager_url, rig.matcher = server.url, uuid.uuid4().hex
+        server.halt()
+        async with rig.running() as agent:
+            agent.silence_retry.low_seconds, agent.silence_retry.high_seconds = 0.05, 0.5
+            await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
+            status, body = await agent.pause(PauseRequest())
+            assert (status, agent.state) == (200, AgentState.PAUSED), body
+            warnings = body["operation"]["warnings"]
+            assert len(warnings) == 1, warnings
+            assert "alerts not silenced" in warnings[0], warnings
+            assert agent.status()["operation"]["warnings"] == warnings
+            assert _failures_counted(agent) >= 1
+            assert await _settled_ids(rig) == []
+
+            server.restart()
+            deadline = time.monotonic() + 30
+            while not (settled := await _settled_ids(rig)):
+                assert time.monotonic() < deadline, "the silence was never created"
+                await asyncio.sleep(0.05)
+            assert await agent.deps.silences.is_active(settled[0])
+            found = await agent.deps.silences.find(comment_contains=body["operation"]["id"])
+            assert [s.id for s in found] == settled, "created once, not once per attempt"
+
+            status, resumed = await agent.resume()
+            assert resumed["silencesLifted"] == settled
+            assert not await agent.deps.silences.is_active(settled[0])
+    finally:
+        server.stop()
