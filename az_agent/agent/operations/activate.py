@@ -23,8 +23,9 @@ where it stopped (done phases are skipped; rehydration re-plans against what Pin
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -94,6 +95,8 @@ class Activation:
         """The primary record as validated by :meth:`prepare`: the claim's expected version."""
         self.source_pause = NOT_ASKED
         """How the source's pause went (:func:`pause_source`), for the ``pause-source`` phase."""
+        self.refusal: WrongState | None = None
+        """Why the real call would be refused (a dry run notes it and goes on planning)."""
 
     @classmethod
     def resume(cls, agent: AgentContext, op: Operation) -> Activation:
@@ -126,8 +129,11 @@ class Activation:
             agent.forget_source(source)
             raise UnknownTarget(f"zone {source!r} has no lease and no backups in this bucket")
         if self.request.namespace is None:  # else after the source's pause, which ends it
-            self._refuse_live(observation)
-        self._check_primary(await self._primary_lock().read())
+            with self.noting_refusal():
+                self._refuse_live(observation)
+        primary = await self._primary_lock().read()
+        with self.noting_refusal():
+            self._check_primary(primary)
         self.catalog = await load_catalog(agent.deps.store, source)
         try:
             self._plan_databases()
@@ -135,6 +141,16 @@ class Activation:
             raise UnknownTarget(str(exc)) from exc
         if self.catalog.segment_count == 0 and not self._databases():
             raise UnknownTarget(f"zone {source!r} has nothing backed up")
+
+    @contextlib.contextmanager
+    def noting_refusal(self) -> Iterator[None]:
+        """A dry run notes the first refusal (``wouldBeRefused``) instead of raising it."""
+        try:
+            yield
+        except WrongState as exc:
+            if not self.request.dry_run:
+                raise
+            self.refusal = self.refusal or exc
 
     async def check_source_stopped(self) -> None:
         """After the source's pause (``namespace``): 409 while its lease is live, unless
@@ -187,7 +203,8 @@ class Activation:
         return plan_restore(self.catalog, databases, self.request.latest_time)
 
     async def dry_run(self) -> dict[str, Any]:
-        """The plan, with nothing written anywhere."""
+        """The plan, with nothing written anywhere; ``wouldBeRefused`` holds the error the real
+        call would get (the HTTP layer renders its status and reason), or None."""
         assert self.catalog is not None
         segments = self.catalog.segments(as_of=self.request.latest_time)
         plan = await plan_rehydration(self.agent.deps.pinot, segments)
@@ -203,6 +220,7 @@ class Activation:
             "segments": {"toMove": plan.segments_total, "bytesToMove": plan.bytes_total},
             "segmentsAlreadyPresent": len(segments) - plan.segments_total,
             "estimatedSeconds": round(estimate, 1),
+            "wouldBeRefused": self.refusal,
         }
 
     # -------------------------------------------------------------- execution
@@ -421,8 +439,8 @@ async def start_activation(
     """
     activation = Activation(agent, request)
     async with agent.admission:
-        if not request.dry_run:
-            # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
+        # Refuse illegal states before any I/O, so a busy agent answers 409 at once.
+        with activation.noting_refusal():
             transition(agent.state, Request.ACTIVATE)
         try:
             await activation.prepare()
