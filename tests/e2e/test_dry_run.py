@@ -24,7 +24,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 
-LIVE = LeaseSettings(ttlSeconds=3600, renewDeadlineSeconds=3000, retryPeriodSeconds=1)
+LIVE = LeaseSettings(ttl_seconds=3600, renew_deadline_seconds=3000, retry_period_seconds=1)
 """A lease nobody renews during the test, yet live all along it (judged on az2's clock)."""
 
 
@@ -85,9 +85,7 @@ async def test_a_dry_run_previews_every_refusal_and_writes_nothing(
         # Another zone is the group's primary: with force, that is what the preview names.
         await PrimaryLock(store).claim(source="az1", zone="az3", operation_id="by-the-test")
         before = await bucket_listing(store)
-        body = await call(
-            "POST", f"{two.url}/activate?zone=az1&force=true&dryRun=true", expect=200
-        )
+        body = await call("POST", f"{two.url}/activate?zone=az1&force=true&dryRun=true", expect=200)
         _assert_plan(body)
         refused = body["wouldBeRefused"]
         assert refused["status"] == 409, refused
