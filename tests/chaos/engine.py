@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import random
 import time
+import weakref
 from collections import Counter
-from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Coroutine, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
 from az_agent.agent.config import AgentConfig, parse_config
@@ -141,6 +143,8 @@ class Slot:
     pinot: ChaosPinot | None = None
     ending: bool = False
     """The engine is ending this incarnation (kill or teardown): its exit is expected."""
+    owned: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
+    """Every task of the current incarnation (see :data:`OWNER`)."""
 
     @property
     def alive(self) -> bool:
@@ -339,8 +343,14 @@ class Trial:
         )
         slot.gate, slot.pinot, slot.ending = gate, pinot, False
         slot.agent = Agent(deps)
-        slot.task = asyncio.create_task(slot.agent.run(), name=f"agent {gate.name}")
+        owned: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+        context = contextvars.copy_context()
+        context.run(OWNER.set, owned)
+        slot.task = asyncio.create_task(
+            slot.agent.run(), name=f"agent {gate.name}", context=context
+        )
         slot.task.add_done_callback(_retrieve)
+        slot.owned = owned
         self._incarnations.append((slot.task, pinot))
 
     async def _end(self, slot: Slot, *, kill: bool) -> None:
@@ -356,11 +366,17 @@ class Trial:
         task.cancel()
         await asyncio.wait({task}, timeout=STOP_WITHIN)
         if not task.done():
+            stuck = [t for t in slot.owned if not t.done()]
             self.anomalies.append(
                 f"agent {gate.name} did not stop within {STOP_WITHIN:.0f}s of its cancellation "
-                f"(SIGTERM): {_waits_on(task)}"
+                f"(SIGTERM); its tasks still running: "
+                + ", ".join(sorted(_waits_on(t) for t in stuck))
             )
             self.note(f"{gate.name} ignores its cancellation")
+            for parked in stuck:  # every one at once, the innermost included: they end
+                parked.cancel()
+            if stuck:
+                await asyncio.wait(stuck, timeout=STOP_WITHIN)
         if pinot is not None:
             await pinot.close()
 
@@ -627,15 +643,48 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 
 def _waits_on(task: asyncio.Task[Any]) -> str:
-    """Where a task is parked: the innermost frame of each task it awaits, outermost first."""
-    chain, seen = [], 0
-    current: Any = task
-    while isinstance(current, asyncio.Task) and seen < 8:
-        frames = current.get_stack(limit=1)
-        where = f"{frames[-1].f_code.co_qualname}:{frames[-1].f_lineno}" if frames else "?"
-        chain.append(where)
-        current, seen = getattr(current, "_fut_waiter", None), seen + 1
-    return " -> ".join(chain)
+    """Where a task is parked: its name and the line its coroutine waits at."""
+    frames = task.get_stack()
+    where = " > ".join(f"{f.f_code.co_qualname}:{f.f_lineno}" for f in frames[-3:])
+    return f"{task.get_name()} at {where or '?'}"
+
+
+OWNER: contextvars.ContextVar[weakref.WeakSet[asyncio.Task[Any]]] = contextvars.ContextVar(
+    "chaos_owner"
+)
+"""The tasks of one agent incarnation: every task created in its context joins the set (see
+:func:`owned_tasks`), so that one which ignores its cancellation can be found and ended."""
+
+
+@contextlib.contextmanager
+def owned_tasks() -> Iterator[None]:
+    """Install a task factory that files every new task under the :data:`OWNER` of the context
+    it is created in (the previous factory, if any, still makes the task)."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_task_factory()
+
+    def factory(
+        loop: asyncio.AbstractEventLoop,
+        coro: Coroutine[Any, Any, Any],
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Future[Any]:
+        if previous is not None:
+            make = cast(Any, previous)
+            task: asyncio.Future[Any] = (
+                make(loop, coro) if context is None else make(loop, coro, context=context)
+            )
+        else:
+            task = asyncio.Task(coro, loop=loop, context=context)
+        owner = OWNER.get(None) if context is None else context.get(OWNER)
+        if owner is not None and isinstance(task, asyncio.Task):
+            owner.add(task)
+        return task
+
+    loop.set_task_factory(cast(Any, factory))  # 3.11 passes context= when it has one
+    try:
+        yield
+    finally:
+        loop.set_task_factory(previous)
 
 
 def _term(agent: Agent) -> int:

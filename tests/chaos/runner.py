@@ -29,7 +29,7 @@ from az_agent.drivers.storage.config import CloudStorageSettings, FileSettings, 
 from az_agent.drivers.storage.factory import open_object_store
 from az_agent.drivers.storage.prefixed import PrefixedObjectStore
 from tests.chaos.checker import INVARIANTS, Violation
-from tests.chaos.engine import Trial, TrialResult, TrialSpec
+from tests.chaos.engine import Trial, TrialResult, TrialSpec, owned_tasks
 from tests.servers.base import StorageBackend
 
 DELETE_CONCURRENCY = 16
@@ -339,7 +339,11 @@ async def run_trials(
     before = asyncio.all_tasks()
     lag = asyncio.create_task(_measure_lag(summary.lags))
     try:
-        with _threads(THREADS_PER_TRIAL * concurrency), _leaks_counted(summary.leaks):
+        with (
+            _threads(THREADS_PER_TRIAL * concurrency),
+            _leaks_counted(summary.leaks),
+            owned_tasks(),
+        ):
             try:
                 await asyncio.gather(*(one(spec) for spec in specs))
             finally:
