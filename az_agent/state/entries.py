@@ -72,7 +72,7 @@ class SegmentDeletedPayload(_Stored):
     kind: Literal["segment-deleted"] = "segment-deleted"
     table: str
     segment: str
-    crc: str = Field("", description="The version the backup held when it was deleted.")
+    crc: str = Field(default="", description="The version the backup held when it was deleted.")
 
 
 class SegmentsPurgedPayload(_Stored):
