@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian: PostgreSQL 15 (server and client tools) and Alertmanager, started by the tests.
+# Debian: PostgreSQL 15 (server and client tools), Alertmanager and Prometheus (with promtool),
+# started by the tests.
 apt_packages=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_packages+=(postgresql-15 postgresql-client-15)
 command -v prometheus-alertmanager >/dev/null || apt_packages+=(prometheus-alertmanager)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_packages+=(prometheus)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing Debian packages: ${apt_packages[*]}"
   as_root apt-get update -qq

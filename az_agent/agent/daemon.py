@@ -27,6 +27,7 @@ from az_agent.agent.errors import AgentError, NotReady, OperationFailed, WrongSt
 from az_agent.agent.leadership.automatic import watch_source
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.leadership.zone import LeadershipDeps, ZoneLeadership
+from az_agent.agent.observability.logs import bind_context
 from az_agent.agent.observability.metrics import CONTENT_TYPE
 from az_agent.agent.operations.journal import Operation, OperationJournal
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -183,6 +184,7 @@ class Agent:
 
     async def run(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until cancelled: lease loop, leader sessions, operations. Cleans up on exit."""
+        bind_context(zone=self.zone, holder=self.holder)  # on every record of its tasks
         await self._recover()
         self._started = True
         try:
@@ -276,9 +278,6 @@ class Agent:
         metrics.leader.set(1 if status.is_leader else 0)
         metrics.epoch.set(status.epoch or 0)
         metrics.fenced.set(1 if self.state is AgentState.FENCED else 0)
-        metrics.rpo_seconds.labels(kind="segments").set(self.deps.segment_backup.rpo_seconds())
-        if self.deps.database_backup is not None:
-            metrics.rpo_seconds.labels(kind="postgres").set(self.deps.database_backup.rpo_seconds())
 
     async def stop_backups(self) -> None:
         """Stop the session's backup loops, keeping its writer for the pause's handover."""

@@ -28,6 +28,7 @@ from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.http.app import build_app
 from az_agent.agent.http.auth import TOKEN_ENV, Authenticator
 from az_agent.agent.http.server import ApiRunner
+from az_agent.agent.observability.logs import bind_context
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
@@ -150,6 +151,9 @@ def _silences(config: AgentConfig) -> SilenceManager:
 
 async def serve(agent: Agent, config: AgentConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run the agent and its HTTP server until cancelled."""
+    # Before the site starts: its connections' tasks inherit this context, so every record,
+    # the HTTP handlers' too, names the zone and the holder.
+    bind_context(zone=agent.zone, holder=agent.holder)
     http = config.service.http
     authenticator = Authenticator(read_api_token(config), trust_loopback=http.trust_loopback)
     runner = ApiRunner(build_app(agent, authenticator), access_log=None)

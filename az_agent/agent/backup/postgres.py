@@ -148,6 +148,8 @@ class PostgresBackupLoop:
         self._catalog: Catalog | None = None
         self._queued: _Run | None = None
         self._wake = asyncio.Event()
+        metrics.recovery.track(KIND, self.recovery_point)
+        metrics.recovery.track_dumps(self.dump_ages)
 
     @classmethod
     def from_config(
@@ -183,7 +185,6 @@ class PostgresBackupLoop:
             queued, self._queued = self._queued, None
             if queued is not None:
                 queued.fail(NotLeader("leadership ended before the requested dump ran"))
-            self.refresh_metrics()
 
     def _begin(self, session: LeaderSession) -> None:
         self._session = session
@@ -198,7 +199,6 @@ class PostgresBackupLoop:
 
     async def _serve(self, session: LeaderSession) -> None:
         while session.is_usable:
-            self.refresh_metrics()
             run, self._queued = self._queued, None
             if run is not None:
                 await self._serve_request(session, run)
@@ -301,7 +301,6 @@ class PostgresBackupLoop:
         state.next_due = started + self._interval
         self._metrics.dump_duration.labels(database=db).set(state.last_duration)
         self._metrics.dump_size.labels(database=db).set(record.size)
-        self.refresh_metrics()
         log.info(
             "committed dump of %s as entry %d (%d bytes in %.1f s, %s): %s",
             db,
@@ -376,10 +375,16 @@ class PostgresBackupLoop:
         """The recovery point of configuration: the oldest of the newest dumps' ages."""
         return max((self._age(db) for db in self._states), default=0.0)
 
-    def refresh_metrics(self) -> None:
-        for db in self._states:
-            self._metrics.dump_age.labels(database=db).set(self._age(db))
-        self._metrics.rpo_seconds.labels(kind=KIND).set(self.rpo_seconds())
+    def recovery_point(self) -> float | None:
+        """:meth:`rpo_seconds` while a session backs up; None otherwise (a standby or paused
+        zone dumps nothing, so it has no recovery point to export)."""
+        return self.rpo_seconds() if self._session is not None else None
+
+    def dump_ages(self) -> dict[str, float] | None:
+        """Per database, the age of its newest good dump, while a session backs up."""
+        if self._session is None:
+            return None
+        return {db: self._age(db) for db in self._states}
 
     def status(self) -> dict[str, Any]:
         """JSON-ready: leadership, the recovery point and, per database, its newest dump."""

@@ -17,9 +17,14 @@ then a ``segment`` log entry. A segment never sits in memory: a transfer holds o
 * A backed-up segment Pinot no longer lists gets a ``segment-deleted`` entry once two
   consecutive polls confirm it (:mod:`~az_agent.agent.backup.deletions`).
 * Table configs and schemas go to ``<zone>/pinot/...`` whenever their canonical JSON changes.
-* Recovery point: the age of the oldest backup-ready segment not yet committed, 0 when none;
-  while a session has not yet had one complete look at Pinot, at least the time since it began
-  (what Pinot holds is not known yet, so the loop is not "0 behind").
+* Recovery point (only while a session backs up; None otherwise, and no metric series): the
+  age of the oldest backup-ready segment not yet committed, or how long Pinot has gone unseen
+  if that is older, since an agent that cannot see Pinot is not "0 behind". A complete look
+  (every table listed) is due every poll interval; only when the last one is older than
+  :func:`blind_after` (one interval plus a margin for a slow poll) does the time since it
+  count, and then all of it (whatever completed since may be missing), so a healthy loop reads
+  0 while idle and a blind one climbs. Before a session's first complete look, the time since
+  it began counts.
 
 What a poll does to the set of waiting segments is in :mod:`~az_agent.agent.backup.discovery`,
 how backup is measured and shown in :mod:`~az_agent.agent.backup.segment_stats`.
@@ -102,11 +107,13 @@ class SegmentBackupLoop:
         self._wake = asyncio.Event()
         self._session: LeaderSession | None = None
         self._began = 0.0
-        self._looked = False
-        """Whether this session has polled every table once (``_began`` is its start)."""
+        self._last_look: float | None = None
+        """When this session's last complete look at Pinot began (None: none yet)."""
         self._configs_due = 0.0
         self.deletions = DeletionWatch()
         self.stats = BackupStats()
+        metrics.recovery.track(KIND, self.recovery_point)
+        metrics.segments_pending.set_function(lambda: len(self._pending))
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -115,7 +122,7 @@ class SegmentBackupLoop:
         if self._session is not None:
             raise RuntimeError("the segment backup loop is already running")
         self._session = session
-        self._began, self._looked = self._clock.monotonic(), False
+        self._began, self._last_look = self._clock.monotonic(), None
         self._configs_due = 0.0
         log.info(
             "zone %s: segment backup starts for epoch %d: %s, every %.1f s, %d at a time",
@@ -133,7 +140,6 @@ class SegmentBackupLoop:
         finally:
             self._session = None
             self._scheduled.clear()
-            self.refresh_metrics()
 
     async def _serve(self, session: LeaderSession, workers: asyncio.TaskGroup) -> None:
         next_poll = self._clock.monotonic()
@@ -212,7 +218,6 @@ class SegmentBackupLoop:
             log.error("flush: a segment could not be backed up: %s", error)
         if failed:
             raise failed[0]
-        self.refresh_metrics()
         return sum(1 for r in results if r is True)
 
     async def _flush_one(self, session: LeaderSession, item: Pending) -> bool:
@@ -357,7 +362,6 @@ class SegmentBackupLoop:
         self._metrics.segment_bytes_backed_up.inc(payload.size)
         self._metrics.segment_backup_lag.set(lag)
         self.stats.backed_up(item.key, payload.crc, payload.size, lag, payload.backed_up_at)
-        self.refresh_metrics()
         log.info(
             "backed up %s: %d bytes in %.2f s, %.2f s after it completed in Pinot",
             item.describe(),
@@ -390,10 +394,10 @@ class SegmentBackupLoop:
                 self._vanished(item, "its table is no longer listed by the controller")
         await self._guarded(self.deletions.commit(session), "deleted segments", strict)
         self.stats.polled(sorted(names), self._clock.now())
-        self._looked = self._looked or looked
+        if looked:
+            self._last_look = now
         if configs:
             self._configs_due = now + self._config_interval
-        self.refresh_metrics()
 
     async def _guarded(self, step: Awaitable[T], what: str, strict: bool) -> T | None:
         try:
@@ -435,20 +439,25 @@ class SegmentBackupLoop:
 
     # -- status and metrics -------------------------------------------------------------------
 
-    def rpo_seconds(self) -> float:
-        """Age of the oldest segment complete in Pinot but not yet durable; 0 when none. A
-        session that has not yet looked at every table counts at least from its start."""
-        unseen = 0.0
-        if self._session is not None and not self._looked:
-            unseen = max(self._clock.monotonic() - self._began, 0.0)
-        if not self._pending:
-            return unseen
-        oldest = min(item.completed_ms for item in self._pending.values())
-        return max((now_ms(self._clock) - oldest) / 1000, unseen, 0.0)
+    def recovery_point(self) -> float | None:
+        """Seconds of segments that may not be durable (module docstring); None while no
+        session backs up."""
+        if self._session is None:
+            return None
+        now = self._clock.monotonic()
+        if self._last_look is None:
+            unseen = now - self._began
+        else:
+            unseen = now - self._last_look
+            if unseen <= blind_after(self._settings.poll_interval_seconds):
+                unseen = 0.0
+        oldest = min((item.completed_ms for item in self._pending.values()), default=None)
+        waiting = 0.0 if oldest is None else (now_ms(self._clock) - oldest) / 1000
+        return max(waiting, unseen, 0.0)
 
-    def refresh_metrics(self) -> None:
-        self._metrics.rpo_seconds.labels(kind=KIND).set(self.rpo_seconds())
-        self._metrics.segments_pending.set(len(self._pending))
+    def rpo_seconds(self) -> float:
+        """:meth:`recovery_point`, 0 while not backing up (for ``/status``)."""
+        return self.recovery_point() or 0.0
 
     def status(self) -> dict[str, Any]:
         """JSON-ready: leadership, recovery point, counts, failures, vanished segments."""
@@ -466,6 +475,12 @@ class SegmentBackupLoop:
         }
 
 
+def blind_after(poll_interval_seconds: float) -> float:
+    """How old the last complete look at Pinot may be before the loop counts as blind: one poll
+    interval plus a margin (one more interval, at least 10 s) for a slow poll."""
+    return poll_interval_seconds + max(poll_interval_seconds, 10.0)
+
+
 async def _adoptable(store: ObjectStore, key: str) -> ObjectInfo | None:
     """The object at ``key`` if a complete, checksummed copy is already there."""
     try:
@@ -475,4 +490,4 @@ async def _adoptable(store: ObjectStore, key: str) -> ObjectInfo | None:
     return info if info.sha256 is not None and info.size > 0 else None
 
 
-__all__ = ["KIND", "BackupStats", "Outcome", "SegmentBackupLoop", "completed_at_ms"]
+__all__ = ["KIND", "BackupStats", "Outcome", "SegmentBackupLoop", "blind_after", "completed_at_ms"]

@@ -1,8 +1,10 @@
-"""Structured logs: one JSON object per line, with the operation id, zone and epoch attached.
+"""Structured logs: one JSON object per line, with the zone, holder and operation id attached.
 
 Context is carried in ``contextvars`` so every log line written inside an operation's task
-carries its id without passing loggers around. Messages use ``%``-style arguments; secrets and
-credential-bearing URLs are never logged.
+carries its id without passing loggers around. The agent binds its zone and holder id at the
+start of ``serve`` and ``Agent.run``, so every task they start (loops, operations, the HTTP
+server's connections) inherits them, and two agents in one process (tests) stay apart.
+Messages use ``%``-style arguments; secrets and credential-bearing URLs are never logged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 _CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("az_log_context")
 
@@ -59,13 +61,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send JSON lines to stderr; quiet the chatty HTTP client libraries."""
-    handler = logging.StreamHandler(sys.stderr)
+def json_handler(stream: TextIO) -> logging.Handler:
+    """A handler writing one JSON object per record to ``stream``, with the context."""
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
+    return handler
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Send JSON lines to stderr; quiet the chatty HTTP client libraries."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [json_handler(sys.stderr)]
     root.setLevel(level)
     for noisy in ("aiobotocore", "botocore", "azure", "urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

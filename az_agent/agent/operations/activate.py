@@ -371,14 +371,20 @@ class Activation:
         if op.progress.segments_total:
             # Resumed after a restart: the totals were fixed by the first plan, and what the new
             # plan no longer needs is done (the saved counters may lag behind a crash).
-            op.progress.segments_done = op.progress.segments_total - plan.segments_total
-            op.progress.bytes_done = op.progress.bytes_total - plan.bytes_total
+            # A plan larger than the first one (segments lost from Pinot meanwhile) counts 0.
+            progress = op.progress
+            progress.segments_done = max(progress.segments_total - plan.segments_total, 0)
+            progress.bytes_done = max(progress.bytes_total - plan.bytes_total, 0)
         else:
             op.progress.segments_total = plan.segments_total
             op.progress.bytes_total = plan.bytes_total
         metrics = agent.deps.metrics
-        metrics.rehydration_segments.labels(of="total").set(op.progress.segments_total)
-        metrics.rehydration_bytes.labels(of="total").set(op.progress.bytes_total)
+
+        def publish() -> None:
+            p = op.progress
+            metrics.set_rehydration(p.segments_done, p.segments_total, p.bytes_done, p.bytes_total)
+
+        publish()
         await agent.journal.save(op)
 
         started, moved = agent.deps.clock.monotonic(), 0
@@ -386,10 +392,12 @@ class Activation:
         async def on_progress(segments_done: int, bytes_done: int) -> None:
             nonlocal moved
             moved += bytes_done
-            op.progress.segments_done += segments_done
-            op.progress.bytes_done += bytes_done
-            metrics.rehydration_segments.labels(of="done").set(op.progress.segments_done)
-            metrics.rehydration_bytes.labels(of="done").set(op.progress.bytes_done)
+            progress = op.progress
+            progress.segments_done = min(
+                progress.segments_done + segments_done, progress.segments_total
+            )
+            progress.bytes_done = min(progress.bytes_done + bytes_done, progress.bytes_total)
+            publish()
             elapsed = agent.deps.clock.monotonic() - started
             metrics.rehydration_rate.set(moved / elapsed if elapsed > 0 else 0.0)
             await agent.journal.save_throttled(op)
@@ -402,7 +410,10 @@ class Activation:
             batch_size=self.request.batch_size or rehydration.batch_size,
             on_progress=on_progress,
         )
-        await rehydrator.run(plan)
+        try:
+            await rehydrator.run(plan)
+        finally:
+            metrics.rehydration_rate.set(0)  # nothing moves now: no throughput to show
         return f"{plan.segments_total} segments moved, {already} already present"
 
     async def _resume_consumption(self) -> str:

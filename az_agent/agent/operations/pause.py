@@ -90,8 +90,12 @@ class Pause:
                 await fail(self.agent, op, exc)
                 return
             await self.agent.journal.finish(op)
+            total = (op.finished_at - op.started_at).total_seconds() if op.finished_at else 0.0
+            self.agent.deps.metrics.pause_duration.set(total)
             self.agent.set_state(Request.FINISH)
-            log.info("zone %s paused: handover written, lease released", self.agent.zone)
+            log.info(
+                "zone %s paused in %.1fs: handover written, lease released", self.agent.zone, total
+            )
 
     def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
         return [

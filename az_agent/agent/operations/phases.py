@@ -39,10 +39,8 @@ async def run_phases(
             await agent.journal.begin_phase(op, name)
             detail = await step()
             await agent.journal.end_phase(op, name, detail)
-            if op.kind == "activate":
-                agent.deps.metrics.activation_phase_duration.labels(phase=name).set(
-                    op.get_phase(name).seconds or 0.0
-                )
+            seconds = op.get_phase(name).seconds or 0.0
+            agent.deps.metrics.set_phase_duration(op.kind, name, seconds)
         if name == through:
             return
 

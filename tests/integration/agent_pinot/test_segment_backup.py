@@ -316,61 +316,6 @@ async def test_storage_unavailable_is_retried(
     assert store.segment_puts() == Counter(dict.fromkeys(refusals, 1))
 
 
-async def test_rpo_is_zero_when_idle_and_grows_while_a_segment_is_pending(
-    file_bucket: Bucket, source: PinotEmulator, pinot: DeletingController, http: RawHttp
-) -> None:
-    session = await lead(file_bucket.store, ZONE)
-    clock = MovableWallClock()
-    loop = backup_loop(pinot, session, clock=clock)
-
-    def gauge() -> float:
-        return sample(session, "az_agent_rpo_seconds", kind="segments")
-
-    assert loop.rpo_seconds() == 0
-    async with running(loop.run(session)):
-        await produce(source, "logs_OFFLINE")
-        await wait_backed_up(session, pinot)
-        assert (loop.rpo_seconds(), gauge()) == (0, 0)
-        fault = {"path": "^/segments/logs/logs_", "method": "GET", "status": 503, "times": 1000}
-        await http.admin("POST", "/faults", json=fault)
-        await produce(source, "logs_OFFLINE")
-        await until(lambda: loop.status()["pending"] == 1)
-        first = loop.rpo_seconds()
-        assert first > 0
-        clock.ahead += timedelta(minutes=10)  # the segment waits ten minutes more
-        second = loop.rpo_seconds()
-        assert 600 <= second - first < 660
-        await until(lambda: gauge() >= second)  # the loop's next round publishes it
-        assert sample(session, "az_agent_segments_pending") == 1
-        await http.admin("DELETE", "/faults")
-        await wait_backed_up(session, pinot)
-        await until(lambda: gauge() == 0)
-    assert loop.rpo_seconds() == 0
-    assert sample(session, "az_agent_segments_pending") == 0
-    assert loop.status()["segmentsBackedUp"] == 2
-
-
-async def test_rpo_is_not_zero_before_pinot_was_seen(
-    file_bucket: Bucket, source: PinotEmulator, pinot: DeletingController, http: RawHttp
-) -> None:
-    fault = {"path": "^/tables$", "method": "GET", "status": 503, "times": 1000}
-    await http.admin("POST", "/faults", json=fault)  # the controller cannot list its tables
-    session = await lead(file_bucket.store, ZONE)
-    loop = backup_loop(pinot, session)
-    assert loop.rpo_seconds() == 0  # not backing up: no recovery point to speak of
-    async with running(loop.run(session)):
-        await polled(pinot, 2)
-        first = loop.rpo_seconds()
-        await polled(pinot, 2)
-        assert 0 < first < loop.rpo_seconds()  # counts from the session's start
-        assert loop.status()["rpoSeconds"] > 0
-        assert loop.stats.failures["discovery"] >= 2
-        await http.admin("DELETE", "/faults")
-        await until(lambda: loop.rpo_seconds() == 0)  # seen, and nothing waits
-        assert loop.status()["lastPollAt"] is not None
-    assert loop.rpo_seconds() == 0
-
-
 async def test_configs_and_schemas_saved_once_then_again_on_change(
     file_bucket: Bucket, source: PinotEmulator, pinot: DeletingController, http: RawHttp
 ) -> None:

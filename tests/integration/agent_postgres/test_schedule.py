@@ -44,6 +44,8 @@ async def test_first_dump_soon_then_every_interval_and_only_with_a_session(
     with pytest.raises(NotLeader):
         await loop.dump_now("no session")
     assert loop.status()["databases"][dbname]["nextRunInSeconds"] is None
+    assert gauge(metrics, "az_agent_rpo_seconds", kind="postgres") is None  # not backing up
+    assert gauge(metrics, "az_agent_postgres_dump_age_seconds", database=dbname) is None
 
     session = await lead(store, clock, metrics)
     async with running(loop, session):
@@ -76,7 +78,12 @@ async def test_first_dump_soon_then_every_interval_and_only_with_a_session(
         assert gauge(metrics, "az_agent_postgres_dump_age_seconds", database=dbname) == (
             INTERVAL - 1
         )
-        clock.advance(1)  # due now
+        clock.advance(0.5)  # ages are computed when scraped, not when the loop wakes
+        assert gauge(metrics, "az_agent_rpo_seconds", kind="postgres") == INTERVAL - 0.5
+        assert gauge(metrics, "az_agent_postgres_dump_age_seconds", database=dbname) == (
+            INTERVAL - 0.5
+        )
+        clock.advance(0.5)  # due now
         await until(lambda: len(session.catalog.dumps(dbname)) == 2)
     first, second = await dump_entries(store)
     assert (second.started_at - first.started_at).total_seconds() == INTERVAL
@@ -86,6 +93,8 @@ async def test_first_dump_soon_then_every_interval_and_only_with_a_session(
     # however far time moves, no dump can start.
     assert not loop.is_running
     assert clock.timeline.parked == 0
+    assert gauge(metrics, "az_agent_rpo_seconds", kind="postgres") is None  # no longer
+    assert gauge(metrics, "az_agent_postgres_dump_age_seconds", database=dbname) is None
     clock.advance(3 * INTERVAL)
     assert loop.status()["databases"][dbname]["nextRunInSeconds"] is None
     assert len(await object_keys(store)) == 2
