@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from az_agent.emulators.pinot import PinotEmulator
 from az_agent.state import (
     LogEntry,
     SegmentDeletedPayload,
+    SegmentPayload,
     SystemClock,
     load_catalog,
     read_entries,
@@ -210,3 +211,31 @@ async def test_the_retention_loop_runs_on_its_schedule(
             await asyncio.sleep(0.01)
     assert retention.last.checkpoints == 0
     assert await checkpoint_seqs(file_bucket.store, ZONE)  # the pass wrote one
+
+
+async def test_a_purge_never_deletes_an_object_a_live_entry_references(file_bucket: Bucket) -> None:
+    """A segment backed up again (same name and CRC, so the same key) between the moment
+    retention picked it and its purge entry: the purge leaves it, and its object, alone."""
+    store = file_bucket.store
+    session = await lead(store, ZONE)
+    key = segment_key(ZONE, "logs_OFFLINE", "again", "7")
+    info = await store.put(key, b"segment bytes")
+    payload = SegmentPayload(
+        table="logs_OFFLINE",
+        table_type="OFFLINE",
+        segment="again",
+        crc="7",
+        size=info.size,
+        sha256=info.sha256 or "",
+        key=key,
+        commit_time_ms=None,
+        backed_up_at=datetime.now(UTC),
+    )
+    await session.commit(payload)
+    await session.commit(SegmentDeletedPayload(table="logs_OFFLINE", segment="again", crc="7"))
+    picked = session.catalog.deletions()
+    await session.commit(payload)  # Pinot has it again: live again
+    retention = RetentionLoop(BucketRetentionSettings(), SystemClock())
+    assert await retention._purge_batch(session, picked) == 0
+    assert await exists(store, key)
+    assert live(session, "again")
