@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--dir", default="./az-agent-sandbox", help="where the stack keeps data")
     sandbox.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL out")
+    sandbox.add_argument(
+        "--ports",
+        nargs=2,
+        type=int,
+        default=(8081, 8082),
+        metavar=("AZ1", "AZ2"),
+        help="HTTP ports of the two agents (default: 8081 8082)",
+    )
     sandbox.add_argument("--log-level", default="WARNING", help="agent log level")
     commands.add_parser(
         "pinot-emulator", help="run the Pinot controller emulator (see --help)", add_help=False
@@ -119,11 +128,12 @@ def _sandbox(args: argparse.Namespace) -> int:
     from az_agent.sandbox.stack import SandboxOptions, run_sandbox
 
     configure_logging(args.log_level.upper())
-    options = SandboxOptions(base_dir=Path(args.dir), postgres=not args.no_postgres)
-    try:
+    options = SandboxOptions(
+        base_dir=Path(args.dir), ports=tuple(args.ports), postgres=not args.no_postgres
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the stack handles signals
         asyncio.run(run_sandbox(options))
-    except KeyboardInterrupt:
-        sys.stdout.write("sandbox stopped\n")
+    sys.stdout.write("sandbox stopped\n")
     return EXIT_OK
 
 

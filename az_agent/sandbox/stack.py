@@ -3,20 +3,28 @@
 A ``file`` bucket in a local directory, two Pinot controller emulators (zone 1 producing
 segments, zone 2 empty), two throwaway PostgreSQL servers when the binaries are installed, and
 two agents on ports 8081 (zone ``az1``, active) and 8082 (zone ``az2``, standby). It prints the
-exact ``curl`` commands of the failover handshake and runs until interrupted.
+exact ``curl`` commands of the failover handshake and runs until SIGTERM or SIGINT (Ctrl-C),
+then stops everything it started: agents, emulators, PostgreSQL servers and their temporary
+directories. A second sandbox in the same folder finds the zones where the first left them (a
+failover survives), so its banner shows the states the agents report on ``/status`` and points
+the handshake from the zone that serves to the other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from az_agent.agent.config import AgentConfig, parse_config
 from az_agent.agent.wiring import build_agent, serve
@@ -28,6 +36,9 @@ from az_agent.sandbox.postgres import PASSWORD, PG_BIN, PostgresServer
 log = logging.getLogger(__name__)
 
 DATABASES = ["configdb", "orchestratordb"]
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SERVING = ("ACTIVE", "FAILED", "PAUSED", "ACTIVATING", "PAUSING")
+"""States of a zone that holds (or last held) the data: the handshake starts from it."""
 DEMO_SQL = """
 CREATE TABLE IF NOT EXISTS dashboards (id serial PRIMARY KEY, title text NOT NULL,
                                        created timestamptz NOT NULL DEFAULT now());
@@ -91,35 +102,65 @@ def agent_config(
     return parse_config(raw, environ={})
 
 
-def handshake_text(options: SandboxOptions, postgres_note: str | None) -> str:
-    one, two = options.ports
+def handshake_text(
+    options: SandboxOptions,
+    postgres_note: str | None,
+    states: tuple[str, str] = ("ACTIVE", "STANDBY"),
+) -> str:
+    """The banner: each zone with the state its agent reports, and the handshake from the zone
+    that holds the data (az1 unless only az2 does) to the other, then back."""
+    zones = [("az1", options.ports[0], states[0]), ("az2", options.ports[1], states[1])]
+    if states[1] in SERVING and states[0] not in SERVING:
+        zones.reverse()
+    (src, src_port, src_state), (dst, dst_port, _) = zones
+    pause = f"  curl -s -X POST localhost:{src_port}/pause"
+    if src_state == "PAUSED":
+        pause += "      # already PAUSED: answers 200 at once"
     lines = [
         "",
-        f"az-agent sandbox is up: zone az1 (active) on :{one}, zone az2 (standby) on :{two}",
+        "az-agent sandbox is up: "
+        + ", ".join(f"zone {z} ({state}) on :{port}" for z, port, state in sorted(zones)),
         f"  bucket: {options.base_dir.resolve() / 'bucket'}",
         "  postgres: "
         + (postgres_note or "two throwaway servers, databases " + ", ".join(DATABASES)),
         "",
-        "The failover handshake:",
-        f"  curl -s localhost:{one}/status",
-        f"  curl -s -X POST localhost:{one}/pause",
-        f'  curl -s -X POST "localhost:{two}/activate?zone=az1"',
-        f"  curl -s localhost:{two}/status      # repeat until the operation has succeeded",
-        f"  curl -s -X POST localhost:{two}/resume",
+        f"The failover handshake, from {src} to {dst}:",
+        f"  curl -s localhost:{src_port}/status",
+        pause,
+        f'  curl -s -X POST "localhost:{dst_port}/activate?zone={src}"',
+        f"  curl -s localhost:{dst_port}/status      # repeat until the operation has succeeded",
+        f"  curl -s -X POST localhost:{dst_port}/resume",
         "And back:",
-        f"  curl -s -X POST localhost:{two}/pause",
-        f'  curl -s -X POST "localhost:{one}/activate?zone=az2"',
-        f"  curl -s -X POST localhost:{one}/resume",
-        f"Metrics: curl -s localhost:{one}/metrics    Ctrl-C stops everything.",
+        f"  curl -s -X POST localhost:{dst_port}/pause",
+        f'  curl -s -X POST "localhost:{src_port}/activate?zone={dst}"',
+        f"  curl -s -X POST localhost:{src_port}/resume",
+        f"Metrics: curl -s localhost:{src_port}/metrics    Ctrl-C or SIGTERM stops everything.",
         "",
     ]
     return "\n".join(lines)
 
 
+async def zone_states(ports: tuple[int, int]) -> tuple[str, str]:
+    """The state each agent reports on its ``/status``."""
+    states: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        for port in ports:
+            async with client.get(f"http://127.0.0.1:{port}/status") as answer:
+                states.append(str((await answer.json())["state"]))
+    return states[0], states[1]
+
+
 async def _start_postgres(stack: AsyncExitStack, name: str, base: Path) -> PostgresServer:
     server = PostgresServer(name)
-    await asyncio.to_thread(server.start)
-    stack.callback(server.stop)
+    stack.push_async_callback(asyncio.to_thread, server.stop)  # a no-op before start()
+    starting = asyncio.ensure_future(asyncio.to_thread(server.start))
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # The thread cannot be interrupted: let it finish, so stop() finds what it started.
+        with contextlib.suppress(Exception):
+            await starting
+        raise
     secret = base / "secrets" / "postgres"
     secret.mkdir(parents=True, exist_ok=True)
     (secret / "password").write_text(PASSWORD)
@@ -148,6 +189,33 @@ async def _seed_databases(server: PostgresServer) -> None:
 
 
 async def run_sandbox(options: SandboxOptions) -> None:
+    """Run the stack until SIGTERM or SIGINT, then stop all of it. A second signal while
+    stopping is logged and ignored: it never cuts the PostgreSQL servers' stop short."""
+    main = asyncio.current_task()
+    assert main is not None
+    loop = asyncio.get_running_loop()
+    stopping: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if stopping:
+            log.warning("%s again: already stopping", sig.name)
+            return
+        stopping.append(sig)
+        main.cancel()
+
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await _run_stack(options)
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def _run_stack(options: SandboxOptions) -> None:
     base = options.base_dir.resolve()
     base.mkdir(parents=True, exist_ok=True)
     note = postgres_available() if options.postgres else "disabled (--no-postgres)"
@@ -182,5 +250,6 @@ async def run_sandbox(options: SandboxOptions) -> None:
             for agent, config, event in zip(agents, configs, ready, strict=True):
                 group.create_task(serve(agent, config, ready=event))
             await asyncio.gather(*(event.wait() for event in ready))
-            sys.stdout.write(handshake_text(options, note) + "\n")
+            states = await zone_states(options.ports)
+            sys.stdout.write(handshake_text(options, note, states) + "\n")
             sys.stdout.flush()
