@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractContextManager
 from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
@@ -27,7 +28,7 @@ from az_agent.agent.errors import AgentError, NotReady, OperationFailed, WrongSt
 from az_agent.agent.leadership.automatic import watch_source
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.leadership.zone import LeadershipDeps, ZoneLeadership
-from az_agent.agent.observability.logs import bind_context
+from az_agent.agent.observability.logs import bind_context, log_context
 from az_agent.agent.observability.metrics import CONTENT_TYPE
 from az_agent.agent.operations.journal import Operation, OperationJournal
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -371,9 +372,10 @@ class Agent:
         self._check_accepting()
         if (held := already_paused(self)) is not None:
             return held
-        pause = Pause(self, request)
-        op = await pause.begin()
-        task = self.start_operation(pause.run())
+        with self._named():
+            pause = Pause(self, request)
+            op = await pause.begin()
+            task = self.start_operation(pause.run())
         await asyncio.wait({task}, timeout=request.wait_seconds or PAUSE_WAIT_SECONDS)
         return self._operation_answer(op, done=task.done())
 
@@ -381,13 +383,20 @@ class Agent:
         from az_agent.agent.operations.activate import start_activation
 
         self._check_accepting()
-        return await start_activation(self, request)
+        with self._named():
+            return await start_activation(self, request)
 
     async def resume(self) -> tuple[int, dict[str, Any]]:
         from az_agent.agent.operations.resume import resume
 
         self._check_accepting()
-        return await resume(self)
+        with self._named():
+            return await resume(self)
+
+    def _named(self) -> AbstractContextManager[None]:
+        """Zone and holder on the records of a request's work in the caller's task (the HTTP
+        server's are named already; an embedding caller's, a test's, are not)."""
+        return log_context(zone=self.zone, holder=self.holder)
 
     def _operation_answer(self, op: Operation, *, done: bool) -> tuple[int, dict[str, Any]]:
         body = {"state": self.state.value, "operation": op.describe(self.deps.clock.now())}

@@ -192,6 +192,7 @@ async def run_agent(config: AgentConfig) -> None:
     impatient second SIGTERM cannot cut the shutdown's lease release short (the daemon waits
     for it to the end in any case). SIGKILL remains the way to stop without it.
     """
+    bind_context(zone=config.zone)  # the records of the start-up too (the holder comes later)
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()

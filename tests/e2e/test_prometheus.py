@@ -1,19 +1,25 @@
-"""The agents' metrics as a real Prometheus sees them, scraping both zones through a failover.
+"""The agents' metrics as a real Prometheus sees them, and their logs, through a failover.
 
 Recovery point series exist only on the zone that backs up (the leading primary); nothing
 exports ``_created`` series; durations are absent until their operation first ran; after the
-activation, rehydration shows no throughput and ``done`` equals ``total``.
+activation, rehydration shows no throughput and ``done`` equals ``total``. Both agents run in
+this process: every JSON line they log names its own zone and holder, and the operation's id
+inside one.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
+from az_agent.agent.observability.logs import json_handler
 from tests.e2e.conftest import Zone, call, leads, wait_for
 from tests.servers.prometheus import PrometheusServer
 
@@ -27,6 +33,19 @@ PAUSE_PHASES = {
     "write-handover",
     "release-lease",
 }
+
+
+@pytest.fixture
+def json_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The JSON lines logged at INFO and above so far, as ``az-agent run`` writes them."""
+    stream = io.StringIO()
+    handler = json_handler(stream)
+    caplog.set_level(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 @pytest.fixture
@@ -90,8 +109,10 @@ async def promtool_check(zone: Zone) -> None:
     assert process.returncode == 0, output.decode()
 
 
-async def test_metrics_tell_the_truth_through_a_failover(
-    stack: tuple[Zone, Zone], scraped: PrometheusServer
+async def test_metrics_and_logs_tell_the_truth_through_a_failover(
+    stack: tuple[Zone, Zone],
+    json_logs: Callable[[], list[dict[str, Any]]],
+    scraped: PrometheusServer,
 ) -> None:
     one, two = stack
     prometheus = scraped
@@ -116,7 +137,7 @@ async def test_metrics_tell_the_truth_through_a_failover(
     phases = await zones_with(prometheus, "az_agent_pause_phase_duration_seconds")
     assert {s["phase"] for s in phases["az1"]} == PAUSE_PHASES
 
-    await call("POST", f"{two.url}/activate?zone={one.name}", expect=202)
+    accepted = await call("POST", f"{two.url}/activate?zone={one.name}", expect=202)
 
     async def activated() -> bool:
         body = await call("GET", f"{two.url}/status")
@@ -136,3 +157,21 @@ async def test_metrics_tell_the_truth_through_a_failover(
     for name in ("az_agent_rehydration_segments", "az_agent_rehydration_bytes"):
         progress = {s["of"]: float(s["value"]) for s in (await zones_with(prometheus, name))["az2"]}
         assert progress["done"] == progress["total"] > 0, name
+
+    operations = {"az1": paused["operation"]["id"], "az2": accepted["operation"]["id"]}
+    assert_logs_say_who(json_logs(), operations)
+
+
+def assert_logs_say_who(lines: list[dict[str, Any]], operations: dict[str, str]) -> None:
+    """Every agent line names its zone and holder; an operation's own lines, its id."""
+    agent_lines = [line for line in lines if line["logger"].startswith("az_agent.agent.")]
+    assert {line.get("zone") for line in agent_lines} == {"az1", "az2"}
+    for line in agent_lines:
+        assert str(line.get("holder", "")).startswith(f"{line['zone']}-agent"), line
+    ran = {(line["zone"], line.get("operation")) for line in agent_lines}
+    assert set(operations.items()) <= ran
+    for line in agent_lines:
+        if line["logger"].startswith("az_agent.agent.operations.phases"):
+            assert line.get("operation") == operations[line["zone"]], line
+        if "rehydration done" in line["msg"] or " paused in " in line["msg"]:
+            assert line.get("operation") == operations[line["zone"]], line
