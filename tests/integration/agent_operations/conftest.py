@@ -22,7 +22,7 @@ import pytest
 from az_agent.agent.backup.segments import SegmentBackupLoop
 from az_agent.agent.config import AgentConfig, parse_config
 from az_agent.agent.daemon import Agent, AgentDeps
-from az_agent.agent.leadership.loops import SegmentBackup
+from az_agent.agent.leadership.loops import Retention, SegmentBackup
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
 from az_agent.drivers.pinot.http import HttpPinotController
@@ -86,6 +86,7 @@ class Rig:
         *,
         segment_backup: Callable[[HttpPinotController, AgentConfig], SegmentBackup] | None = None,
         silences: SilenceManager | None = None,
+        retention: Retention | None = None,
     ) -> AsyncIterator[Agent]:
         """An agent serving (as far as its methods go) for the block, then stopped."""
         before = set(asyncio.all_tasks())
@@ -113,6 +114,7 @@ class Rig:
                     segment_backup=backup,
                     database_backup=None,
                     metrics=metrics,
+                    retention=retention,
                 )
             )
             ready = asyncio.Event()
