@@ -190,6 +190,25 @@ async def test_crash_in_the_middle_of_rehydration(
     )
     size = sum(r.size for r in records)
     assert (progress["bytesDone"], progress["bytesTotal"]) == (size, size), progress
+    metrics = await scrape(agent.url)  # the restarted process's, for the resumed activation
+    for kind, total in (("segments", len(records)), ("bytes", size)):
+        assert metrics[f'az_agent_rehydration_{kind}{{of="done"}}'] == total, metrics
+        assert metrics[f'az_agent_rehydration_{kind}{{of="total"}}'] == total, metrics
+    assert metrics["az_agent_rehydration_bytes_per_second"] == 0  # nothing moves any more
+    assert metrics["az_agent_activation_duration_seconds"] > 0
+
+
+async def scrape(url: str) -> dict[str, float]:
+    """An agent's /metrics as {series: value}."""
+    async with aiohttp.ClientSession() as client, client.get(f"{url}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            samples[series] = float(value)
+    return samples
 
 
 async def assert_no_gap(one: Zone, two: Zone, records: list[SegmentRecord]) -> None:
