@@ -123,6 +123,7 @@ class SegmentBackupLoop:
             raise RuntimeError("the segment backup loop is already running")
         self._session = session
         self._began, self._last_look = self._clock.monotonic(), None
+        self.deletions = DeletionWatch()  # suspicions of an earlier session are stale
         self._configs_due = 0.0
         log.info(
             "zone %s: segment backup starts for epoch %d: %s, every %.1f s, %d at a time",
