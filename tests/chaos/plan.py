@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 OP_KINDS = ("pause", "activate", "resume", "kill", "stop", "brownout")
+SCENARIO_GAP = (1.5, 3.5)
+"""Simulated seconds between two scenarios of a trial."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ def plan_trial(seed: int, zones: Sequence[str], steps: int | None = None) -> lis
     """The plan of the trial with ``seed`` over ``zones`` (the first one starts primary)."""
     rng = random.Random(seed)
     model = _Model(zones, zones[0], {zones[0]})
-    count = steps if steps is not None else rng.randint(2, 5)
+    count = steps if steps is not None else rng.randint(2, 4)
     plan: list[Step] = [Step(rng.uniform(1.0, 2.5), (), scenario="warm-up")]
     if rng.random() < 0.5:
         # A history first: a clean failover, so that both zones hold backups and the
@@ -105,8 +107,13 @@ def plan_trial(seed: int, zones: Sequence[str], steps: int | None = None) -> lis
         model.been_primary.add(target)
     for _ in range(count):
         scenario = rng.choices(list(_SCENARIOS), weights=[w for w, _ in _SCENARIOS.values()])[0]
+        steps_of = _SCENARIOS[scenario][1](rng, model)
+        # A gap between scenarios: a zone that just became primary needs a moment to back
+        # up what it restored, or every activation from it is refused (nothing to restore).
+        gap = rng.uniform(*SCENARIO_GAP)
         plan += [
-            Step(s.after, s.ops, s.settle, scenario) for s in _SCENARIOS[scenario][1](rng, model)
+            Step(s.after + (gap if i == 0 else 0.0), s.ops, s.settle, scenario)
+            for i, s in enumerate(steps_of)
         ]
     return plan
 

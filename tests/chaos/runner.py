@@ -277,6 +277,42 @@ def _leak_place(message: str) -> str:
 
 
 LAG_PROBE = 0.05
+LAG_WINDOW = 20
+"""Samples (of ``LAG_PROBE`` s each) that make the recent lag."""
+LAG_LIMIT = 0.5
+"""Simulated seconds: a trial starts only once the event loop wakes sleepers this promptly."""
+ADMISSION_WAIT = 20.0
+
+
+class LagMonitor:
+    """How late the event loop wakes a sleeper. The trials' clocks run ``speed`` times faster
+    than real time, so a late loop ages leases (more churn, never less safety); new trials
+    wait for a prompt loop (:meth:`calm`), so a loaded machine runs fewer at once."""
+
+    def __init__(self, samples: list[float]) -> None:
+        self.samples = samples
+        self._sampled = asyncio.Condition()
+
+    def recent(self) -> float:
+        return max(self.samples[-LAG_WINDOW:], default=0.0)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE)
+            self.samples.append(loop.time() - before - LAG_PROBE)
+            async with self._sampled:
+                self._sampled.notify_all()
+
+    async def calm(self, limit: float, idle: Callable[[], bool]) -> None:
+        """Return once the recent lag is at most ``limit`` (or ``idle()``, or after
+        ``ADMISSION_WAIT`` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ADMISSION_WAIT), self._sampled:
+                await self._sampled.wait_for(lambda: idle() or self.recent() <= limit)
+
+
 THREADS_PER_TRIAL = 4
 
 
@@ -299,16 +335,6 @@ def _threads(count: int) -> Iterator[None]:
         pool.shutdown(wait=False)
 
 
-async def _measure_lag(lags: list[float]) -> None:
-    """How late the event loop wakes a sleeper: the trials' clocks run ``speed`` times faster
-    than real time, so a late loop ages leases (more churn, never less safety)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        before = loop.time()
-        await asyncio.sleep(LAG_PROBE)
-        lags.append(loop.time() - before - LAG_PROBE)
-
-
 def _counts(counter: Counter[str]) -> str:
     return ", ".join(f"{name} {n}" for name, n in sorted(counter.items()))
 
@@ -329,15 +355,24 @@ async def run_trials(
     previous = logger.level
     logger.setLevel(log_level)
 
+    running = 0
+
     async def one(spec: TrialSpec) -> None:
+        nonlocal running
         async with limit:
-            result = await run_trial(spec, buckets[spec.store])
+            await monitor.calm(LAG_LIMIT / spec.speed, lambda: running == 0)
+            running += 1
+            try:
+                result = await run_trial(spec, buckets[spec.store])
+            finally:
+                running -= 1
         summary.add(result)
         if on_result is not None:
             on_result(result)
 
     before = asyncio.all_tasks()
-    lag = asyncio.create_task(_measure_lag(summary.lags))
+    monitor = LagMonitor(summary.lags)
+    lag = asyncio.create_task(monitor.run())
     try:
         with (
             _threads(THREADS_PER_TRIAL * concurrency),
