@@ -180,7 +180,7 @@ class Catalog:
         """Restore one checkpoint row (rows come in the order :meth:`snapshot` lists them)."""
         tag = row[0]
         if tag == "s":
-            self._add_segment(SegmentRecord.from_row(self.zone, row))
+            self._restore_segment(SegmentRecord.from_row(self.zone, row))
         elif tag == "d":
             self._add_dump(DumpRecord.from_row(row))
         elif tag in ("t", "c"):
@@ -192,6 +192,17 @@ class Catalog:
             self._restore_event(LogEntry.model_validate(row[1]))
         else:
             raise ValueError(f"unknown checkpoint row {tag!r}")
+
+    def _restore_segment(self, record: SegmentRecord) -> None:
+        """Rows list a segment's versions oldest first, the current one last, as they were
+        (a version revived after a deletion may repeat the CRC of the one before it)."""
+        names = self._segments.setdefault(record.table, {})
+        current = names.get(record.name)
+        if current is not None:
+            self._superseded.setdefault((record.table, record.name), []).append(current)
+        names[record.name] = record
+        if record.key_override is not None:
+            self._other_keys = None
 
     def _restore_event(self, entry: LogEntry) -> None:
         if isinstance(entry.payload, PausedPayload):

@@ -120,3 +120,19 @@ def test_a_table_absent_from_two_consecutive_lists_loses_its_segments() -> None:
     assert watch.confirmed == 0
     watch.saw_tables([], catalog)
     assert watch.confirmed == 2
+
+
+def test_a_segment_revived_with_the_same_crc_survives_a_checkpoint() -> None:
+    history = History()
+    history.add(segment(ZONE, "a"))
+    deleted = history.add(SegmentDeletedPayload(table=TABLE, segment="a"))
+    revived = history.add(segment(ZONE, "a"))  # the same bytes back in Pinot
+    rows = list(history.catalog.rows())
+    restored = Catalog(ZONE)
+    for row in rows:
+        restored.apply_row(row)
+    assert list(restored.rows()) == rows
+    record = restored.segment(TABLE, "a")
+    assert record is not None
+    assert record.committed_at == revived.time
+    assert restored.segment(TABLE, "a", deleted.time - timedelta(seconds=1)) is not None
