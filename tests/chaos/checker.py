@@ -509,14 +509,40 @@ def check_restores(bucket: BucketSnapshot, history: TrialHistory) -> list[Violat
     return found
 
 
+def _fence_of(bucket: BucketSnapshot, activation: ActivationRecord) -> LogEntry | None:
+    """The fence the activation wrote in its source's log (found by its epoch)."""
+    return next(
+        (
+            e
+            for e in bucket.logs.get(activation.source, [])
+            if isinstance(e.payload, FencePayload) and e.epoch == activation.epoch
+        ),
+        None,
+    )
+
+
+def coverage(bucket: BucketSnapshot, history: TrialHistory) -> dict[str, int]:
+    """How much the checker looked at: entries, objects, activations and segments owed."""
+    owed = 0
+    for activation in history.activations:
+        fence = _fence_of(bucket, activation) if activation.epoch is not None else None
+        if fence is not None:
+            owed += len(committed_before(bucket.logs.get(activation.source, []), fence.seq))
+    return {
+        "entries": sum(len(entries) for entries in bucket.logs.values()),
+        "objects": len(bucket.objects),
+        "activations": len(history.activations),
+        "segments owed": owed,
+        "leader overlaps": len(history.leaders),
+        "primary samples": len(history.primaries),
+    }
+
+
 def _restore_problem(bucket: BucketSnapshot, activation: ActivationRecord) -> str | None:
     if activation.epoch is None:
         return "succeeded without recording the epoch of its fence"
     entries = bucket.logs.get(activation.source, [])
-    fence = next(
-        (e for e in entries if isinstance(e.payload, FencePayload) and e.epoch == activation.epoch),
-        None,
-    )
+    fence = _fence_of(bucket, activation)
     if fence is None:
         return f"no fence with epoch {activation.epoch} in zone {activation.source}'s log"
     committed = committed_before(entries, fence.seq)

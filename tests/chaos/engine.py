@@ -61,6 +61,7 @@ from tests.chaos.checker import (
     TrialHistory,
     Violation,
     check,
+    coverage,
     read_bucket,
 )
 from tests.chaos.faults import (
@@ -127,6 +128,8 @@ class TrialResult:
     entries: int
     seconds: float
     trace: list[str]
+    checked: Counter[str]
+    """What the checker looked at (see :func:`~tests.chaos.checker.coverage`)."""
 
 
 @dataclass
@@ -190,6 +193,7 @@ class Trial:
         self.operations: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.anomalies: list[str] = []
+        self.checked: Counter[str] = Counter()
         self.uploads: dict[str, list[Upload]] = {zone: [] for zone in self.zones}
         self.emulators: dict[str, PinotEmulator] = {}
         self.slots: list[Slot] = []
@@ -243,13 +247,15 @@ class Trial:
         finally:
             self._count_weather()
         violations = check(bucket, self.history, self.spec.seed)
+        self.checked.update(coverage(bucket, self.history))
         return TrialResult(
             spec=self.spec,
             violations=violations,
             operations=self.operations,
             faults=self.faults,
             anomalies=[f"seed {self.spec.seed}: {a}" for a in self.anomalies],
-            entries=sum(len(entries) for entries in bucket.logs.values()),
+            entries=self.checked["entries"],
+            checked=self.checked,
             seconds=time.monotonic() - started,
             trace=self.trace,
         )

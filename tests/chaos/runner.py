@@ -125,6 +125,7 @@ class Summary:
     """What happened in each violating trial (see ``Trial.trace``)."""
     anomalies: list[str] = field(default_factory=list)
     entries: int = 0
+    checked: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     slowest: float = 0.0
     leaks: Counter[str] = field(default_factory=Counter)
@@ -144,6 +145,7 @@ class Summary:
             self.traces[spec.seed] = result.trace
         self.anomalies += result.anomalies
         self.entries += result.entries
+        self.checked.update(result.checked)
         self.slowest = max(self.slowest, result.seconds)
 
     @property
@@ -180,6 +182,7 @@ class Summary:
             f"{self.entries} log entries checked",
             f"operations: {self.operation_count} ({_counts(self.operations)})",
             f"faults: {self.fault_count} signals and brownouts ({_counts(self.faults)})",
+            f"checked: {_counts(self.checked)}",
             f"violations: {len(self.violations)} in {len(self.violating)} trials ("
             + ", ".join(f"{name} {by_invariant[name]}" for name in INVARIANTS)
             + ")",
