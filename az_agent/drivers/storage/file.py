@@ -1,10 +1,18 @@
 """A local directory as an object store: the embedded default, laptops and tests.
 
-Each object is one file under the root holding a one-line JSON header (version token, SHA-256)
-followed by the bytes. Writes go to a temporary file that is renamed into place, so readers see
-the old or the new object, never half of one. Conditional writes hold an ``flock`` on a per-key
-lock file while they compare and rename, which makes them safe between processes on one host
-(not across hosts: NFS locking is not relied upon). Blocking file work runs in threads.
+Each object is one file under the root holding exactly its bytes, so an operator can copy a
+dump straight out of the bucket and give it to ``pg_restore``. Its metadata lives in a sidecar
+under ``.az-meta/`` (same relative path): the SHA-256 and the identity (inode, size, mtime) of
+the data file it describes. The version token is the SHA-256 (as S3's ETag is the MD5: identical
+bytes keep their version, which the interface allows). A sidecar that does not describe the
+data file a reader holds (a crash between the two renames, or a write racing the read) is
+ignored and the digest computed from that file, so what a reader reports always belongs to the
+bytes it reads.
+
+Writes go to a temporary file that is renamed into place, so readers see the old or the new
+object, never half of one. Conditional writes hold an ``flock`` on a per-key lock file while
+they compare and rename, which makes them safe between processes on one host (not across hosts:
+NFS locking is not relied upon). Blocking file work runs in threads.
 """
 
 from __future__ import annotations
@@ -37,17 +45,30 @@ from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.streams import PartReader
 
-MAGIC = b"AZOBJ1 "
 RESERVED_PREFIX = ".az-"
 _WRITE_PART = 1 << 20
+_HASH_PART = 1 << 20
 
 
-def _read_header(handle: BinaryIO, key: str) -> tuple[str, str]:
-    line = handle.readline(4096)
-    if not line.startswith(MAGIC) or not line.endswith(b"\n"):
-        raise Misconfigured(f"{key}: not an az-agent object file (header missing)")
-    header = json.loads(line[len(MAGIC) :])
-    return str(header["version"]), str(header["sha256"])
+def _identity(stat: os.stat_result) -> list[int]:
+    """What ties a sidecar to one data file: a rename keeps it, a new write changes it."""
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _sha256_of(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    handle.seek(0)
+    while chunk := handle.read(_HASH_PART):
+        digest.update(chunk)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 async def _open_file(path: Path, mode: str) -> BinaryIO:
@@ -97,6 +118,7 @@ class FileObjectStore(ObjectStore):
         self._create = create
         self._tmp = self._root / f"{RESERVED_PREFIX}tmp"
         self._locks = self._root / f"{RESERVED_PREFIX}locks"
+        self._meta = self._root / f"{RESERVED_PREFIX}meta"
 
     def _path(self, key: str) -> Path:
         validate_key(key)
@@ -120,6 +142,7 @@ class FileObjectStore(ObjectStore):
         try:
             self._tmp.mkdir(exist_ok=True)
             self._locks.mkdir(exist_ok=True)
+            self._meta.mkdir(exist_ok=True)
         except OSError as exc:
             raise Misconfigured(f"file store: {self._root} is not writable: {exc}") from exc
 
@@ -129,37 +152,52 @@ class FileObjectStore(ObjectStore):
         check_conditions(if_none_match, if_match)
         path = self._path(key)
         await asyncio.to_thread(self._check_sync)
-        version = uuid.uuid4().hex
         reader = PartReader(body, _WRITE_PART)
         digest = reader.digest
         tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        tmp_meta = tmp.with_suffix(".meta")
         try:
             data_file = await _open_file(tmp, "wb")
             try:
-                # Placeholder header of fixed width, rewritten once the digest is known.
-                header_len = len(self._header(version, "0" * 64))
-                await asyncio.to_thread(data_file.write, b" " * header_len)
                 while await reader.advance():
                     await asyncio.to_thread(data_file.write, reader.part)
-                header = self._header(version, digest.hexdigest())
-                await asyncio.to_thread(self._finish_temp, data_file, header)
+                await asyncio.to_thread(self._finish_temp, data_file)
             finally:
                 await _cleanup(data_file.close)
-            await asyncio.to_thread(self._commit, key, path, tmp, if_none_match, if_match)
+            sha256 = digest.hexdigest()
+            await asyncio.to_thread(self._write_sidecar, tmp_meta, tmp, sha256)
+            commit = functools.partial(self._commit, key, path, tmp, tmp_meta)
+            await asyncio.to_thread(commit, if_none_match, if_match)
         finally:
             await _cleanup(functools.partial(tmp.unlink, missing_ok=True))
-        return ObjectInfo(key, digest.size, version, digest.hexdigest(), datetime.now(UTC))
+            await _cleanup(functools.partial(tmp_meta.unlink, missing_ok=True))
+        return ObjectInfo(key, digest.size, sha256, sha256, datetime.now(UTC))
 
     @staticmethod
-    def _header(version: str, sha256: str) -> bytes:
-        return MAGIC + json.dumps({"version": version, "sha256": sha256}).encode() + b"\n"
-
-    @staticmethod
-    def _finish_temp(handle: BinaryIO, header: bytes) -> None:
-        handle.seek(0)
-        handle.write(header)
+    def _finish_temp(handle: BinaryIO) -> None:
         handle.flush()
         os.fsync(handle.fileno())
+
+    @staticmethod
+    def _write_sidecar(meta: Path, data: Path, sha256: str) -> None:
+        """The sidecar of ``data`` (a rename keeps the identity it records)."""
+        record = {"sha256": sha256, "identity": _identity(data.stat())}
+        _write_durably(meta, json.dumps(record).encode())
+
+    def _meta_path(self, key: str) -> Path:
+        return self._meta / key
+
+    def _sha256(self, key: str, handle: BinaryIO) -> str:
+        """The SHA-256 of the open data file: its sidecar's when that describes this very file,
+        else computed from it."""
+        identity = _identity(os.fstat(handle.fileno()))
+        try:
+            record = json.loads(self._meta_path(key).read_bytes())
+            if record["identity"] == identity:
+                return str(record["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no sidecar or a damaged one: the bytes themselves tell
+        return _sha256_of(handle)
 
     @contextlib.contextmanager
     def _key_lock(self, key: str) -> Iterator[None]:
@@ -174,12 +212,18 @@ class FileObjectStore(ObjectStore):
     def _current_version(self, key: str, path: Path) -> str | None:
         try:
             with path.open("rb") as handle:
-                return _read_header(handle, key)[0]
+                return self._sha256(key, handle)
         except FileNotFoundError:
             return None
 
     def _commit(
-        self, key: str, path: Path, tmp: Path, if_none_match: bool, if_match: str | None
+        self,
+        key: str,
+        path: Path,
+        tmp: Path,
+        tmp_meta: Path,
+        if_none_match: bool,
+        if_match: str | None,
     ) -> None:
         with self._key_lock(key):
             current = self._current_version(key, path)
@@ -188,7 +232,10 @@ class FileObjectStore(ObjectStore):
             if if_match is not None and current != if_match:
                 raise PreconditionFailed(f"{key}: version is {current}, expected {if_match}")
             path.parent.mkdir(parents=True, exist_ok=True)
+            meta = self._meta_path(key)
+            meta.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, path)
+            os.replace(tmp_meta, meta)  # a crash before this: readers hash the bytes instead
 
     @asynccontextmanager
     async def _open(self, key: str, chunk_size: int) -> AsyncIterator[ObjectReader]:
@@ -208,13 +255,11 @@ class FileObjectStore(ObjectStore):
     ) -> AbstractAsyncContextManager[ObjectReader]:
         return self._open(key, chunk_size)
 
-    @staticmethod
-    def _info_from_handle(key: str, handle: BinaryIO) -> ObjectInfo:
-        version, sha256 = _read_header(handle, key)
+    def _info_from_handle(self, key: str, handle: BinaryIO) -> ObjectInfo:
+        sha256 = self._sha256(key, handle)
         stat = os.fstat(handle.fileno())
-        size = stat.st_size - handle.tell()
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
-        return ObjectInfo(key, size, version, sha256, modified)
+        return ObjectInfo(key, stat.st_size, sha256, sha256, modified)
 
     def _head_sync(self, key: str) -> ObjectInfo:
         path = self._path(key)
@@ -270,10 +315,15 @@ class FileObjectStore(ObjectStore):
                     raise PreconditionFailed(f"{key}: version is {current}, expected {if_match}")
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        self._prune_empty_dirs(path.parent)
+            meta = self._meta_path(key)
+            with contextlib.suppress(FileNotFoundError):
+                meta.unlink()
+        self._prune_empty_dirs(path.parent, self._root)
+        self._prune_empty_dirs(meta.parent, self._meta)
 
-    def _prune_empty_dirs(self, directory: Path) -> None:
-        while directory != self._root and directory.is_relative_to(self._root):
+    @staticmethod
+    def _prune_empty_dirs(directory: Path, top: Path) -> None:
+        while directory != top and directory.is_relative_to(top):
             try:
                 directory.rmdir()
             except OSError:

@@ -13,7 +13,6 @@ import asyncpg
 from pydantic import SecretStr
 
 from az_agent.drivers.postgres.dumper import PgDumper
-from az_agent.drivers.storage.file import MAGIC
 from tests.integration.postgres.schema import seed
 from tests.servers.postgres import PostgresServer
 
@@ -50,16 +49,18 @@ async def database_names(server: PostgresServer) -> set[str]:
 
 
 def flip_byte(store_root: Path, key: str, from_end: int | None = None) -> None:
-    """Corrupt a stored object behind the store's back, keeping its header (and so its
-    recorded checksum): the middle byte of the payload, or the one ``from_end`` before the end.
+    """Corrupt a stored object behind the store's back, as bit rot would: same file, same size,
+    same mtime, so its sidecar (and so its recorded checksum) still describes it. The middle
+    byte, or the one ``from_end`` before the end.
     """
     path = store_root / key
+    before = path.stat()
     raw = bytearray(path.read_bytes())
-    assert raw.startswith(MAGIC)
-    body_start = raw.index(b"\n") + 1
-    position = (body_start + len(raw)) // 2 if from_end is None else len(raw) - 1 - from_end
+    position = len(raw) // 2 if from_end is None else len(raw) - 1 - from_end
     raw[position] ^= 0xFF
-    path.write_bytes(bytes(raw))
+    with path.open("r+b") as handle:
+        handle.write(bytes(raw))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def children_named(*names: str) -> Iterator[int]:
