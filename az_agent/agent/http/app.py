@@ -110,7 +110,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 def _auth_middleware(authenticator: Authenticator) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # A request no route takes gets its 404/405 first: there is nothing to authorize.
+        routed = request.match_info.http_exception is None
+        if routed and request.method not in ("GET", "HEAD", "OPTIONS"):
             authenticator.check(request)
         return await handler(request)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from az_agent import __version__
+from az_agent.agent.http.params import MAX_BATCH_SIZE, MAX_WAIT_SECONDS
+from az_agent.agent.http.schemas import COMPONENTS
 
 
 def _param(
@@ -20,10 +22,17 @@ def _param(
 
 
 _BOOL = {"type": "boolean", "default": False}
+_ZONE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
+_LATEST_TIME = {
+    "type": "string",
+    "pattern": r"^(\d{1,13}|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$",
+    "description": "not in the future",
+}
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
+def _responses(*codes: int, ok: str = "OK", bodies: dict[int, str] | None = None) -> dict[str, Any]:
+    """The listed answers: errors in the ``Error`` shape, successes as named in ``bodies``."""
     texts = {
         200: ok,
         202: "Accepted: the operation runs; follow it in /status",
@@ -36,7 +45,10 @@ def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
     }
     responses: dict[str, Any] = {}
     for code in codes:
-        content = _ERROR if code >= 400 else {"type": "object"}
+        named = (bodies or {}).get(code)
+        content = {"$ref": f"#/components/schemas/{named}"} if named else _ERROR
+        if code < 400 and named is None:
+            content = {"type": "object"}
         responses[str(code)] = {
             "description": texts[code],
             "content": {"application/json": {"schema": content}},
@@ -45,7 +57,14 @@ def _responses(*codes: int, ok: str = "OK") -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The API as a client sees it; ``paths`` lists exactly the routes the app serves."""
+    """The API as a client sees it; ``paths`` lists exactly the routes the app serves, and
+    every answer's body has its schema (:mod:`.schemas`)."""
+    document = _document()
+    document["components"]["schemas"].update(COMPONENTS)
+    return document
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {
@@ -79,11 +98,21 @@ def openapi_document() -> dict[str, Any]:
                         _param("force", _BOOL, "Do not wait for consuming segments to commit"),
                         _param(
                             "wait",
-                            {"type": "integer", "minimum": 1},
+                            {"type": "integer", "minimum": 1, "maximum": MAX_WAIT_SECONDS},
                             "Seconds to wait for completion before answering 202 (default 300)",
                         ),
                     ],
-                    "responses": _responses(200, 202, 400, 401, 403, 409, 503, ok="Paused"),
+                    "responses": _responses(
+                        200,
+                        202,
+                        400,
+                        401,
+                        403,
+                        409,
+                        503,
+                        ok="Paused, or already paused",
+                        bodies={200: "PauseAnswer", 202: "PauseAnswer"},
+                    ),
                 }
             },
             "/activate": {
@@ -91,16 +120,16 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "Restore from a zone's backups and take over",
                     "security": [{"bearer": []}],
                     "parameters": [
-                        _param("zone", {"type": "string"}, "Zone id of the source backup", True),
+                        _param("zone", _ZONE, "Zone id of the source backup", True),
                         _param(
                             "latestTime",
-                            {"type": "string"},
+                            _LATEST_TIME,
                             "Restore what was committed at or before this time "
                             "(RFC 3339, Unix seconds or milliseconds)",
                         ),
                         _param(
                             "batchSize",
-                            {"type": "integer", "minimum": 1},
+                            {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE},
                             "Segments rehydrated per batch",
                         ),
                         _param("force", _BOOL, "Take the source's lease even while it is live"),
@@ -117,24 +146,40 @@ def openapi_document() -> dict[str, Any]:
                             "Pause the source with force=true, and go on if it does not pause",
                         ),
                     ],
-                    "responses": _responses(200, 202, 400, 401, 403, 404, 409, 503),
+                    "responses": _responses(
+                        200,
+                        202,
+                        400,
+                        401,
+                        403,
+                        404,
+                        409,
+                        503,
+                        ok="dryRun: the plan, and wouldBeRefused",
+                        bodies={200: "DryRun", 202: "Accepted"},
+                    ),
                 }
             },
             "/resume": {
                 "post": {
                     "summary": "Lift this agent's silences; resume a paused zone nobody took over",
                     "security": [{"bearer": []}],
-                    "responses": _responses(200, 400, 401, 403, 409, 503),
+                    "responses": _responses(
+                        200, 400, 401, 403, 409, 503, bodies={200: "ResumeAnswer"}
+                    ),
                 }
             },
             "/status": {
                 "get": {
                     "summary": "State, leadership, recovery point, operation",
-                    "responses": _responses(200),
+                    "responses": _responses(200, bodies={200: "Status"}),
                 }
             },
             "/healthz": {
-                "get": {"summary": "Process alive, loop turning", "responses": _responses(200, 503)}
+                "get": {
+                    "summary": "Process alive, loop turning",
+                    "responses": _responses(200, 503, bodies={200: "Health", 503: "Health"}),
+                }
             },
             "/readyz": {
                 "get": {"summary": "Dependencies reachable", "responses": _responses(200, 503)}
