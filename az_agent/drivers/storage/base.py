@@ -42,7 +42,7 @@ class ObjectInfo:
     """What a store knows about one stored object.
 
     ``version`` is the backend's opaque version token used for compare-and-swap (S3 ETag, GCS
-    generation, Azure ETag, a random nonce for ``file``). On S3 identical bytes keep the same
+    generation, Azure ETag, the SHA-256 for ``file``). On S3 identical bytes keep the same
     ETag, so callers must not rely on content changing for CAS to be meaningful.
     """
 
