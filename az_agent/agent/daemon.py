@@ -32,6 +32,7 @@ from az_agent.agent.observability.logs import bind_context, log_context
 from az_agent.agent.observability.metrics import CONTENT_TYPE
 from az_agent.agent.operations.journal import Operation, OperationJournal
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
+from az_agent.agent.operations.silences import SilenceRetry
 from az_agent.agent.operations.states import (
     AgentState,
     IllegalTransition,
@@ -94,6 +95,7 @@ class Agent:
         self.state = AgentState.STANDBY
         self.operation: Operation | None = None
         self.admission = asyncio.Lock()
+        self.silence_retry = SilenceRetry()
         self.fenced_by: str | None = None
         self._op_task: asyncio.Task[None] | None = None
         self._op_runner: asyncio.TaskGroup | None = None
@@ -191,6 +193,7 @@ class Agent:
         try:
             async with asyncio.TaskGroup() as group:
                 self._op_runner = group
+                group.create_task(self.silence_retry.run(self), name="silence-retry")
                 group.create_task(self.leadership.run(), name="leadership")
                 group.create_task(self._heartbeat(), name="heartbeat")
                 if self.deps.config.service.automatic_failover.enabled:
