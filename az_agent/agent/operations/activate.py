@@ -368,16 +368,7 @@ class Activation:
         segments = catalog.segments(as_of=self.request.latest_time)
         plan: RehydrationPlan = await plan_rehydration(agent.deps.pinot, segments)
         already = len(segments) - plan.segments_total
-        if op.progress.segments_total:
-            # Resumed after a restart: the totals were fixed by the first plan, and what the new
-            # plan no longer needs is done (the saved counters may lag behind a crash).
-            # A plan larger than the first one (segments lost from Pinot meanwhile) counts 0.
-            progress = op.progress
-            progress.segments_done = max(progress.segments_total - plan.segments_total, 0)
-            progress.bytes_done = max(progress.bytes_total - plan.bytes_total, 0)
-        else:
-            op.progress.segments_total = plan.segments_total
-            op.progress.bytes_total = plan.bytes_total
+        op.progress.plan(plan.segments_total, plan.bytes_total)
         metrics = agent.deps.metrics
 
         def publish() -> None:
@@ -392,11 +383,7 @@ class Activation:
         async def on_progress(segments_done: int, bytes_done: int) -> None:
             nonlocal moved
             moved += bytes_done
-            progress = op.progress
-            progress.segments_done = min(
-                progress.segments_done + segments_done, progress.segments_total
-            )
-            progress.bytes_done = min(progress.bytes_done + bytes_done, progress.bytes_total)
+            op.progress.advance(segments_done, bytes_done)
             publish()
             elapsed = agent.deps.clock.monotonic() - started
             metrics.rehydration_rate.set(moved / elapsed if elapsed > 0 else 0.0)

@@ -57,6 +57,22 @@ class Progress(_Model):
     bytes_total: int = 0
     bytes_done: int = 0
 
+    def plan(self, segments: int, size: int) -> None:
+        """A rehydration plan of ``segments`` still to move (``size`` bytes). The first fixes
+        the totals; a later one (resumed after a restart, when the saved counters may lag
+        behind a crash) makes done what it no longer needs, never below 0 (a larger plan:
+        segments lost from Pinot meanwhile)."""
+        if self.segments_total:
+            self.segments_done = max(self.segments_total - segments, 0)
+            self.bytes_done = max(self.bytes_total - size, 0)
+        else:
+            self.segments_total, self.bytes_total = segments, size
+
+    def advance(self, segments: int, size: int) -> None:
+        """Count moved segments; ``done`` never exceeds ``total``."""
+        self.segments_done = min(self.segments_done + segments, self.segments_total)
+        self.bytes_done = min(self.bytes_done + size, self.bytes_total)
+
 
 class Operation(_Model):
     id: str
