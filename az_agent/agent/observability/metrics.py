@@ -48,10 +48,6 @@ class LastValue(Collector):
         self._name, self._documentation = name, documentation
         self._value: float | None = None
 
-    @property
-    def value(self) -> float | None:
-        return self._value
-
     def set(self, value: float) -> None:
         self._value = value
 
