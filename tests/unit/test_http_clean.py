@@ -221,3 +221,12 @@ async def test_a_dry_run_renders_the_refusal_it_would_get() -> None:
         "state": "STANDBY",
         "retryAfterSeconds": 3.0,
     }
+
+
+async def test_an_unrouted_method_is_405_before_any_credential_is_asked(
+    address: tuple[str, int],
+) -> None:
+    """Nothing to authorize when no route takes the request (schemathesis found 401 here)."""
+    request = b"TRACE /status HTTP/1.1\r\nHost: agent\r\nContent-Length: 0\r\n\r\n"
+    status, headers, body = await raw_request(address, request)
+    assert (status, headers["allow"], body["error"]) == (405, "GET", "method-not-allowed"), body
