@@ -32,7 +32,10 @@ def test_fractional_seconds() -> None:
     assert parsed.timestamp() == 1795348800.5
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2026-11-22T12:00:00", "2026-13-01T00:00:00Z", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["yesterday", "2026-11-22T12:00:00", "2026-13-01T00:00:00Z", "", "\u0661\u0667\u0669\u0665"],
+)
 def test_bad_latest_time(text: str) -> None:
     with pytest.raises(InvalidParameter) as caught:
         parse_timestamp("latestTime", text)

@@ -12,7 +12,7 @@ from az_agent.agent.errors import InvalidParameter
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-_NUMBER = re.compile(r"^\d+(\.\d+)?$")
+_NUMBER = re.compile(r"^\d+(\.\d+)?$", re.ASCII)
 MILLIS_THRESHOLD = 100_000_000_000
 """Unix times above this are milliseconds: as seconds it would be the year 5138."""
 
