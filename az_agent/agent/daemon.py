@@ -40,12 +40,14 @@ from az_agent.agent.operations.states import (
     allowed_requests,
     transition,
 )
+from az_agent.agent.supervisor import Supervisor
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
     FencePayload,
     LeaseKeeper,
     LeaseSettings,
     LeaseState,
+    LogCorrupted,
     StateError,
     last_entry,
     new_holder_id,
@@ -68,6 +70,11 @@ class Agent:
         self.deps = deps
         self.zone = deps.config.zone
         self.holder = new_holder_id(f"{self.zone}-agent")
+        self.supervisor = Supervisor(deps.metrics, deps.clock, self._on_fatal)
+        self.failure: str | None = None
+        """Why the agent is FAILED outside any operation (a split brain, a corrupt log)."""
+        self.dependencies: dict[str, str] = {}
+        """Each dependency's last probe: ``"ok"`` or its error (``status.check_dependencies``)."""
         lease = deps.config.service.lease
         self.lease_settings = LeaseSettings(
             ttl_seconds=lease.ttl_seconds,
@@ -85,6 +92,7 @@ class Agent:
                 settings=self.lease_settings,
                 segment_backup=deps.segment_backup,
                 database_backup=deps.database_backup,
+                supervisor=self.supervisor,
                 retention=deps.retention,
             ),
             wants=self._wants_leadership,
@@ -123,6 +131,8 @@ class Agent:
         if new is not self.state:
             log.info("state %s -> %s (%s)", self.state.value, new.value, request.value)
         self.state = new
+        if new is not AgentState.FAILED:
+            self.failure = None  # an operator request or a fence moved it on
         if self._wants_leadership():
             # Leading again, a (retried) pause that needs the session, or a pause that failed
             # after it had stopped the session: the zone stays backed up until it is retried.
@@ -132,6 +142,8 @@ class Agent:
         return new
 
     def _wants_leadership(self) -> bool:
+        if self.failure is not None:
+            return False
         if self.state is AgentState.FAILED:
             # A failed pause keeps the zone backed up until it is retried; a failed activation
             # must not take this zone's lease.
@@ -190,14 +202,18 @@ class Agent:
         bind_context(zone=self.zone, holder=self.holder)  # on every record of its tasks
         await self._recover()
         self._started = True
+        from az_agent.agent.status import watch_dependencies
+
+        supervisor = self.supervisor
         try:
             async with asyncio.TaskGroup() as group:
                 self._op_runner = group
-                group.create_task(self.silence_retry.run(self), name="silence-retry")
-                group.create_task(self.leadership.run(), name="leadership")
-                group.create_task(self._heartbeat(), name="heartbeat")
+                supervisor.start(group, "silence-retry", lambda: self.silence_retry.run(self))
+                supervisor.start(group, "leadership", self.leadership.run)
+                supervisor.start(group, "heartbeat", self._heartbeat)
+                supervisor.start(group, "dependencies", lambda: watch_dependencies(self))
                 if self.deps.config.service.automatic_failover.enabled:
-                    group.create_task(self._automatic_failover(), name="automatic-failover")
+                    supervisor.start(group, "automatic-failover", self._automatic_failover)
                 if self.state is AgentState.ACTIVATING and self.operation is not None:
                     self.start_operation(self._resume_activation(self.operation))
                 self._accepting = True
@@ -216,6 +232,10 @@ class Agent:
         while True:
             try:
                 await self.recover()
+            except LogCorrupted as exc:  # no retry reads it: FAILED with the reason
+                self._recovery_error = None
+                self._on_fatal("recovery", exc)
+                return
             except DriverError as exc:
                 attempt += 1
                 self._recovery_error = f"{type(exc).__name__}: {exc}"
@@ -304,6 +324,19 @@ class Agent:
         if self.state is not AgentState.FENCED:
             self.set_state(Request.FENCE)
 
+    def _on_fatal(self, loop: str, exc: LogCorrupted) -> None:
+        """A split brain or a corrupt log: stop writing and wait in ``FAILED`` with the reason
+        (``/status``), serving the API, for an operator; no retry or restart can fix it."""
+        self.failure = f"{loop}: {type(exc).__name__}: {exc}"
+        log.error("zone %s FAILED: %s; this agent stops writing", self.zone, self.failure)
+        if self.state is not AgentState.FAILED:
+            log.info("state %s -> FAILED (%s)", self.state.value, loop)
+            self.state = AgentState.FAILED  # from any state: outside the operator's table
+        self.deps.metrics.errors.labels(kind="fatal").inc()
+        self.deps.metrics.set_state(self.state)
+        self.leadership.end_session()
+        self.leadership.state_changed()
+
     def _on_taken_over(self, by: str) -> None:
         if self.state not in (AgentState.ACTIVE, AgentState.PAUSED):
             return
@@ -356,7 +389,8 @@ class Agent:
         if self._started:
             return ok, body
         body["dependencies"]["recovery"] = self._recovery_error or "recovering"
-        return False, {**body, "ok": False, "recovering": True}
+        down = sorted([*body["down"], "recovery"])
+        return False, {**body, "ok": False, "down": down, "recovering": True}
 
     def metrics_text(self) -> tuple[bytes, str]:
         self._refresh_metrics()

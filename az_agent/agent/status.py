@@ -2,7 +2,9 @@
 
 Scripts depend on these names: ``zone``, ``state``, ``leader``, ``leading``, ``epoch``,
 ``rpoSeconds`` (``segments``, ``postgres``) and ``operation`` (``id``, ``kind``, ``phase``,
-``status``, ``progress``, ``error``; null when none has run).
+``status``, ``progress``, ``error``; null when none has run), ``dependencies`` (each one's
+last probe: ``"ok"`` or its error) and ``failure`` (why the agent is ``FAILED`` outside any
+operation: a split brain or a corrupt log; null otherwise).
 
 ``leader`` says the zone's lease is held; ``leading`` that its leader session runs (the fence
 entry written and the catalog loaded; the backup loops run under it), which comes a moment later:
@@ -12,6 +14,7 @@ only then is anything being backed up.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from az_agent.drivers.errors import DriverError
@@ -52,6 +55,8 @@ def build_status(agent: Agent) -> dict[str, Any]:
             "postgres": database.status() if database else {"enabled": False},
         },
         "alerts": {"silencing": deps.silences.enabled},
+        "dependencies": agent.dependencies,
+        "failure": agent.failure,
         "operation": agent.operation.describe(now) if agent.operation else None,
         "time": now.isoformat(),
     }
@@ -74,11 +79,23 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+DEPENDENCY_CHECK_SECONDS = 10.0
+"""How often :func:`watch_dependencies` probes, so ``/status`` and the metrics stay current
+without anyone calling ``/readyz``."""
+
+ALERTMANAGER_PROBE = "az-agent readiness probe"
+
+
 async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
-    """Probe the bucket, Pinot and PostgreSQL concurrently; ready when all answer."""
+    """Probe every configured dependency concurrently; ready when all answer.
+
+    The body names each dependency that is down in ``down`` and gives every one's one-line
+    answer in ``dependencies`` (``"ok"`` or the error). The result is also kept on the agent
+    (``/status``) and exported as ``az_agent_dependency_up{dependency}``.
+    """
     deps = agent.deps
 
-    async def probe(name: str, check: Any) -> tuple[str, str | None]:
+    async def probe(name: str, check: Callable[[], Awaitable[Any]]) -> tuple[str, str | None]:
         try:
             await asyncio.wait_for(check(), timeout=5)
         except (DriverError, TimeoutError) as exc:
@@ -88,9 +105,24 @@ async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
     checks = [probe("bucket", deps.store.check), probe("pinot", deps.pinot.health)]
     if deps.dumper is not None:
         checks.append(probe("postgres", deps.dumper.ping))
+    if deps.silences.enabled:
+        silences = deps.silences
+        checks.append(
+            probe("alertmanager", lambda: silences.find(comment_contains=ALERTMANAGER_PROBE))
+        )
+    if deps.service_proxy is not None:
+        checks.append(probe("kubernetes", deps.service_proxy.ping))
     results = dict(await asyncio.gather(*checks))
-    ok = all(error is None for error in results.values())
-    return ok, {
-        "ok": ok,
-        "dependencies": {name: error or "ok" for name, error in results.items()},
-    }
+    for name, error in results.items():
+        deps.metrics.dependency_up.labels(dependency=name).set(0 if error else 1)
+    answers = {name: error or "ok" for name, error in results.items()}
+    agent.dependencies = answers
+    down = sorted(name for name, error in results.items() if error is not None)
+    return not down, {"ok": not down, "down": down, "dependencies": answers}
+
+
+async def watch_dependencies(agent: Agent, period: float = DEPENDENCY_CHECK_SECONDS) -> None:
+    """Probe the dependencies every ``period`` seconds, until cancelled."""
+    while True:
+        await check_dependencies(agent)
+        await agent.deps.clock.sleep(period)

@@ -2,9 +2,12 @@
 
 Start-up refuses a misconfigured agent with one readable line (exit 2): bad configuration, a
 bucket that is missing or refuses the credentials, PostgreSQL tools missing or older than the
-server. SIGTERM and SIGINT cancel the agent's task group: the operation in flight is left
-checkpointed, the lease is released only when no operation is running, every task is awaited.
-A second signal while stopping is logged and ignored: it never cuts the lease release short.
+server. A dependency that is merely down (bucket, PostgreSQL, Pinot, Alertmanager, Kubernetes)
+never stops it: it starts, says so in ``/readyz``, ``/status`` and the metrics, and retries.
+
+SIGTERM and SIGINT cancel the agent's task group: the operation in flight is left checkpointed,
+the lease is released only when no operation is running, every task is awaited. A second
+signal while stopping is logged and ignored: it never cuts the lease release short.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from az_agent.agent.observability.logs import bind_context
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
-from az_agent.drivers.errors import Misconfigured, PermissionDenied
+from az_agent.drivers.errors import Misconfigured, PermissionDenied, Unavailable
 from az_agent.drivers.kubernetes.client import KubernetesConnection
 from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
 from az_agent.drivers.pinot.auth import read_pinot_credentials
@@ -88,6 +91,8 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
             await store.check()
         except (Misconfigured, PermissionDenied) as exc:
             raise StartupRefused(f"object storage ({config.storage.type}): {exc}") from exc
+        except Unavailable as exc:  # recovery retries it; /readyz names it meanwhile
+            log.warning("object storage unreachable at start-up, retrying: %s", exc)
         credentials = await read_pinot_credentials(service.secrets_dir, service.pinot.auth_secret)
         pinot = HttpPinotController.from_settings(service.pinot, credentials)
         stack.push_async_callback(pinot.close)
@@ -102,6 +107,8 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
                 await dumper.check()
             except Misconfigured as exc:
                 raise StartupRefused(f"postgres: {exc}") from exc
+            except Unavailable as exc:  # the tools were found; dumps retry until it answers
+                log.warning("postgres unreachable at start-up, dumps retry: %s", exc)
             database_backup = PostgresBackupLoop(
                 dumper, service.postgres, service.backup_interval_minutes * 60, metrics, clock
             )

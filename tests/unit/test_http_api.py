@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema_rs
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
@@ -223,10 +224,21 @@ async def test_dependency_down_is_503(unreachable_pinot: tuple[Agent, str]) -> N
         assert int(response.headers["Retry-After"]) > 0
         body = await response.json()
     assert body["ok"] is False
+    assert body["down"] == ["pinot", "recovery"]  # served, not run: it never recovers
     assert body["dependencies"]["bucket"] == "ok"
     down = body["dependencies"]["pinot"]
     assert down.startswith("Unavailable: ")
     assert agent.deps.config.service.pinot.controller_url.split("//")[1] in down, down
+    document = openapi_document()
+    for code in ("200", "503"):
+        ref = document["paths"]["/readyz"]["get"]["responses"][code]["content"]
+        name = ref["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        jsonschema_rs.Draft4Validator(document["components"]["schemas"][name]).validate(body)
+    # The same in /status and the metrics.
+    assert agent.status()["dependencies"] == body["dependencies"]
+    metrics = agent.metrics_text()[0].decode()
+    assert 'az_agent_dependency_up{dependency="pinot"} 0.0' in metrics
+    assert 'az_agent_dependency_up{dependency="bucket"} 1.0' in metrics
 
 
 async def test_unknown_route_is_json_404(served: Served) -> None:

@@ -25,10 +25,32 @@ _BOOL = {"type": "boolean", "default": False}
 _ZONE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 _LATEST_TIME = {
     "type": "string",
-    "pattern": r"^(\d{1,13}(\.\d+)?|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$",
+    "pattern": r"^(\d{1,13}|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$",
     "description": "not in the future",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
+_READINESS = {"$ref": "#/components/schemas/Readiness"}
+_NOT_READY = "A dependency is down, or the agent is still recovering (``down`` names them)"
+READINESS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["ok", "down", "dependencies"],
+    "properties": {
+        "ok": {"type": "boolean"},
+        "down": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "The dependencies that did not answer (bucket, pinot, postgres, "
+            "alertmanager, kubernetes; recovery while the agent reads its state)",
+        },
+        "dependencies": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": 'Each dependency\'s answer: "ok", or its error in one line',
+        },
+        "recovering": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
 
 
 def _responses(*codes: int, ok: str = "OK", bodies: dict[int, str] | None = None) -> dict[str, Any]:
@@ -86,7 +108,8 @@ def _document() -> dict[str, Any]:
                         "parameter": {"type": "string"},
                         "state": {"type": "string"},
                     },
-                }
+                },
+                "Readiness": READINESS_SCHEMA,
             },
         },
         "paths": {
@@ -182,7 +205,16 @@ def _document() -> dict[str, Any]:
                 }
             },
             "/readyz": {
-                "get": {"summary": "Dependencies reachable", "responses": _responses(200, 503)}
+                "get": {
+                    "summary": "Dependencies reachable",
+                    "responses": {
+                        str(code): {
+                            "description": text,
+                            "content": {"application/json": {"schema": _READINESS}},
+                        }
+                        for code, text in ((200, "Every dependency answers"), (503, _NOT_READY))
+                    },
+                }
             },
             "/metrics": {
                 "get": {

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from az_agent.agent.leadership.loops import DatabaseBackup, Retention, SegmentBackup
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.supervisor import Supervisor
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state import (
@@ -31,6 +32,7 @@ from az_agent.state import (
     LeaseObservation,
     LeaseSettings,
     LeaseState,
+    LogCorrupted,
     LogWriter,
     NotLeader,
     PrimaryLock,
@@ -69,6 +71,8 @@ class LeadershipDeps:
     settings: LeaseSettings
     segment_backup: SegmentBackup
     database_backup: DatabaseBackup | None
+    supervisor: Supervisor
+    """Runs every loop below (lease, watch, sessions, backups): a crash restarts only it."""
     retention: Retention | None = None
 
 
@@ -115,6 +119,12 @@ class ZoneLeadership:
 
     def wants_leadership(self) -> bool:
         return not self._suspended and self._wants()
+
+    def end_session(self) -> None:
+        """End the current leader session, if any, at once (the agent failed: stop writing);
+        a new one starts only when leading is wanted again."""
+        self._stop.set()
+        self._wake.set()
 
     def state_changed(self) -> None:
         """The agent's state moved: re-evaluate (a pause lifts suspension by ending)."""
@@ -172,13 +182,15 @@ class ZoneLeadership:
 
     async def run(self) -> None:
         """Until cancelled: the lease rounds, the watch, and one session per won lease."""
+        supervisor = self.deps.supervisor
         async with asyncio.TaskGroup() as group:
-            group.create_task(
-                self.keeper.run(wants=self.wants_leadership, release_on_exit=False),
-                name="lease",
+            supervisor.start(
+                group,
+                "lease",
+                lambda: self.keeper.run(wants=self.wants_leadership, release_on_exit=False),
             )
-            group.create_task(self._watch(), name="lease-watch")
-            group.create_task(self._sessions(), name="leadership")
+            supervisor.start(group, "lease-watch", self._watch)
+            supervisor.start(group, "leader-sessions", self._sessions)
 
     async def _watch(self) -> None:
         period = self.deps.settings.retry_period_seconds
@@ -259,6 +271,8 @@ class ZoneLeadership:
         except Fenced as exc:
             self._on_fenced(str(exc))
             return
+        except LogCorrupted:
+            raise  # no retry fixes it: the supervisor fails the agent with the reason
         except (NotLeader, DriverError, StateError) as exc:
             log.warning("could not start leading: %s", exc)
             await deps.clock.sleep(deps.settings.retry_period_seconds)
@@ -306,14 +320,15 @@ class ZoneLeadership:
 
     async def _backups(self, session: LeaderSession) -> None:
         """The session's backup loops, until the session ends or a pause halts them."""
-        deps = self.deps
+        deps, supervisor = self.deps, self.deps.supervisor
         try:
             async with asyncio.TaskGroup() as loops:
-                loops.create_task(deps.segment_backup.run(session), name="segments")
-                if deps.database_backup is not None:
-                    loops.create_task(deps.database_backup.run(session), name="postgres")
-                loops.create_task(self._checkpoints(session), name="checkpoints")
-                loops.create_task(_retention(deps.retention, session), name="retention")
+                supervisor.start(loops, "segment-backup", lambda: deps.segment_backup.run(session))
+                database = deps.database_backup
+                if database is not None:
+                    supervisor.start(loops, "dump-schedule", lambda: database.run(session))
+                supervisor.start(loops, "checkpoints", lambda: self._checkpoints(session))
+                supervisor.start(loops, "retention", lambda: _retention(deps.retention, session))
                 loops.create_task(self._until_halted(), name="backups-halt")
         except* _BackupsHalted:
             log.info("zone %s: backup loops stopped before the handover", deps.zone)

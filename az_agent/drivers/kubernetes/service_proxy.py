@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 AGENT_TOKEN_HEADER = "X-Az-Agent-Token"
 DEFAULT_SERVICE = "az-service"
 DEFAULT_PORT = 8080
+PING_TIMEOUT = 5.0
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -168,6 +169,27 @@ class KubernetesServiceProxy:
         )
         log.info("pause of the agent in %s answered %d", namespace, reply.status)
         return reply
+
+    async def ping(self) -> None:
+        """One round trip to the API server (``GET /version``); ``Unavailable`` when it does
+        not answer, our other errors for its refusals."""
+        if self._closed:
+            raise RuntimeError("KubernetesServiceProxy is closed")
+        with translate_errors("GET /version"):
+            response = await self._client.call_api(
+                "/version",
+                "GET",
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=min(self._timeout, PING_TIMEOUT),
+            )
+            try:
+                raw = await response.read()
+            finally:
+                response.release()
+        if response.status >= 300:
+            raise error_for_status(response.status, raw, "GET /version")
 
     async def close(self) -> None:
         if not self._closed:
