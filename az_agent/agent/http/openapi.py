@@ -25,7 +25,8 @@ _BOOL = {"type": "boolean", "default": False}
 _ZONE = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 _LATEST_TIME = {
     "type": "string",
-    "pattern": r"^(\d{1,13}(\.\d+)?|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$",
+    "pattern": r"^(\d{1,13}(\.\d+)?"
+    r"|\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))$",
     "description": "not in the future",
 }
 _ERROR = {"$ref": "#/components/schemas/Error"}
