@@ -12,15 +12,17 @@ import os
 import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
 
 from az_agent.drivers.errors import CorruptObject, Misconfigured, NotFound, PreconditionFailed
-from az_agent.drivers.storage.base import ObjectStore
+from az_agent.drivers.storage.base import ObjectReader, ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, RetrySettings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
 from tests.servers.base import StorageBackend
 from tests.servers.flaky_proxy import FlakyProxy
+from tests.servers.wrapped import WrappedStore
 
 Bucket = tuple[CloudStorageSettings, StorageSecrets | None]
 RACERS = 32
@@ -164,6 +166,40 @@ async def test_list_reports_sizes_and_versions(store: ObjectStore) -> None:
     written = await store.put("dir/one", b"12345")
     [info] = [i async for i in store.list("dir/")]
     assert (info.key, info.size, info.version) == ("dir/one", 5, written.version)
+
+
+class ReplacedUnderFirstReader(WrappedStore):
+    """Replaces ``key`` once, after the first reader looked it up and before it reads."""
+
+    def __init__(self, inner: ObjectStore, newer: bytes) -> None:
+        super().__init__(inner)
+        self.newer = newer
+        self.replaced = False
+
+    def open(
+        self, key: str, *, chunk_size: int = 1 << 20
+    ) -> AbstractAsyncContextManager[ObjectReader]:
+        return self._open(key, chunk_size)
+
+    @asynccontextmanager
+    async def _open(self, key: str, chunk_size: int) -> AsyncIterator[ObjectReader]:
+        async with self.inner.open(key, chunk_size=chunk_size) as reader:
+            if not self.replaced:
+                self.replaced = True
+                await self.inner.put(key, self.newer)
+            yield reader
+
+
+async def test_get_of_an_object_replaced_under_the_read_returns_one_whole_version(
+    store: ObjectStore,
+) -> None:
+    await store.put("record", b"version one")
+    racing = ReplacedUnderFirstReader(store, b"version two, longer")
+    data, info = await racing.get("record")
+    assert racing.replaced
+    assert data in (b"version one", b"version two, longer")
+    assert info.size == len(data)
+    assert (await store.get("record"))[0] == b"version two, longer"
 
 
 async def test_delete(store: ObjectStore) -> None:

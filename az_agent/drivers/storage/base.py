@@ -25,8 +25,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 
-from az_agent.drivers.errors import CorruptObject
+from az_agent.drivers.errors import CorruptObject, PreconditionFailed
 from az_agent.drivers.resource import AsyncResource
+
+GET_ATTEMPTS = 5
+"""Whole-object reads started again when the object is replaced under them."""
 
 Body = bytes | AsyncIterable[bytes]
 """What :meth:`ObjectStore.put` accepts: whole bytes, or a stream of unknown length."""
@@ -149,9 +152,20 @@ class ObjectStore(AsyncResource):
         """Release connections; the store cannot be used afterwards."""
 
     async def get(self, key: str) -> tuple[bytes, ObjectInfo]:
-        """The whole verified object and its info; for small objects only."""
-        async with self.open(key) as reader:
-            return await reader.read_all(), reader.info
+        """The whole verified object and its info; for small objects only.
+
+        A read that meets the object replaced under it (``PreconditionFailed`` from the reader)
+        starts again on the new version: a whole-object read has no earlier version to be
+        loyal to, and records under compare-and-swap (lease, primary record) change often.
+        """
+        for attempt in range(GET_ATTEMPTS):
+            try:
+                async with self.open(key) as reader:
+                    return await reader.read_all(), reader.info
+            except PreconditionFailed:
+                if attempt == GET_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
 
 def check_conditions(if_none_match: bool, if_match: str | None) -> None:
