@@ -650,9 +650,13 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 
 def _waits_on(task: asyncio.Task[Any]) -> str:
     """Where a task is parked: its name and the line its coroutine waits at."""
-    frames = task.get_stack()
-    where = " > ".join(f"{f.f_code.co_qualname}:{f.f_lineno}" for f in frames[-3:])
-    return f"{task.get_name()} at {where or '?'}"
+    frames = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        frame = awaited.cr_frame
+        frames.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None)
+    return f"{task.get_name()} at {' > '.join(frames[-3:]) or '?'}"
 
 
 OWNER: contextvars.ContextVar[weakref.WeakSet[asyncio.Task[Any]]] = contextvars.ContextVar(

@@ -17,7 +17,7 @@ import pytest
 from tests.chaos.runner import FileBuckets, NetworkBuckets, Summary, run_trials, specs
 from tests.servers.base import StorageBackend
 
-TRIALS = {("file", 2): 100, ("file", 3): 80, ("s3", 2): 70, ("s3", 3): 50}
+TRIALS = {("file", 2): 110, ("file", 3): 90, ("s3", 2): 60, ("s3", 3): 40}
 CONCURRENCY = 8
 
 
