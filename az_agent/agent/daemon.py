@@ -327,7 +327,7 @@ class Agent:
     def _on_fatal(self, loop: str, exc: LogCorrupted) -> None:
         """A split brain or a corrupt log: stop writing and wait in ``FAILED`` with the reason
         (``/status``), serving the API, for an operator; no retry or restart can fix it."""
-        self.failure = f"{loop}: {type(exc).__name__}: {exc}"
+        self.failure = f"{loop}: {type(exc).__name__}: {' '.join(str(exc).split())}"
         log.error("zone %s FAILED: %s; this agent stops writing", self.zone, self.failure)
         if self.state is not AgentState.FAILED:
             log.info("state %s -> FAILED (%s)", self.state.value, loop)

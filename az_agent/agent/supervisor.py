@@ -62,11 +62,12 @@ class Supervisor:
                 await loop()
             except asyncio.CancelledError:
                 raise
-            except LogCorrupted as exc:
-                log.error("loop %s stopped: %s: %s", name, type(exc).__name__, exc)
-                self._on_fatal(name, exc)
-                return
-            except Exception:
+            except Exception as exc:
+                fatal = _fatal_cause(exc)
+                if fatal is not None:
+                    log.error("loop %s stopped: %s: %s", name, type(fatal).__name__, fatal)
+                    self._on_fatal(name, fatal)
+                    return
                 if self._clock.monotonic() - started > self._max_delay:
                     attempt = 0
                 attempt += 1
@@ -76,3 +77,11 @@ class Supervisor:
                 await self._clock.sleep(delay)
             else:
                 return
+
+
+def _fatal_cause(exc: Exception) -> LogCorrupted | None:
+    """The ``LogCorrupted`` that ended a loop, alone or among a task group's errors."""
+    if isinstance(exc, ExceptionGroup):
+        matched, _ = exc.split(LogCorrupted)
+        return None if matched is None else _fatal_cause(matched.exceptions[0])
+    return exc if isinstance(exc, LogCorrupted) else None

@@ -30,7 +30,7 @@ from datetime import datetime
 from az_agent.drivers.errors import DriverError, NotFound, PreconditionFailed
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state.clock import Clock, SystemClock
-from az_agent.state.errors import LeaseHeld, StateError
+from az_agent.state.errors import LeaseHeld, LogCorrupted, StateError
 from az_agent.state.keys import check_zone, lease_key
 from az_agent.state.lease_record import (
     MIN_WRITE_SPACING,
@@ -266,6 +266,8 @@ class LeaseKeeper:
             try:
                 if wants():
                     await self.tick()
+            except LogCorrupted:
+                raise  # no later round reads it better: the owner decides (the agent FAILS)
             except (DriverError, StateError) as exc:
                 log.warning("zone %s: lease round failed: %s", self._zone, exc)
             await self._clock.sleep(self._settings.retry_period_seconds)
