@@ -27,7 +27,7 @@ ENV = "AZ_AGENT__AZ_SERVICE__CONFIG__"
 @contextlib.asynccontextmanager
 async def forwarding(port: int, server: PostgresServer) -> AsyncIterator[None]:
     """PostgreSQL "comes back" at 127.0.0.1:``port``: every connection relayed to ``server``."""
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Future[Any]] = set()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -109,7 +109,7 @@ async def test_run_without_config_serves_while_postgres_is_down_then_backs_up(
     async def answers(path: str, status: int) -> bool:
         with contextlib.suppress(aiohttp.ClientConnectionError):
             state["status"], state["body"] = await _get(f"{url}{path}")
-            return state["status"] == status
+            return bool(state["status"] == status)
         assert process.returncode is None, "the agent exited"
         return False
 
