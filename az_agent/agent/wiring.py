@@ -123,7 +123,10 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
                 context=kube.context or None,
                 timeout=kube.timeout_seconds,
             )
-            proxy = await KubernetesServiceProxy.connect(connection)
+            try:
+                proxy = await KubernetesServiceProxy.connect(connection)
+            except Misconfigured as exc:  # no kubeconfig, no in-cluster account: no retry helps
+                raise StartupRefused(f"kubernetes: {exc}") from exc
             stack.push_async_callback(proxy.close)
         deps = AgentDeps(
             config=config,

@@ -152,3 +152,28 @@ async def test_run_without_config_serves_while_postgres_is_down_then_backs_up(
             process.kill()
             await process.wait()
     assert process.returncode == 0, stderr.decode()[-2000:]
+
+
+async def test_kubernetes_that_cannot_be_configured_refuses_to_start(tmp_path: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("AZ_AGENT", "KUBE"))}
+    environ |= {
+        f"{ENV}HTTP__HOST": "127.0.0.1",
+        f"{ENV}HTTP__PORT": str(free_port()),
+        f"{ENV}POSTGRES__DATABASES": "[]",
+        f"{ENV}KUBERNETES__ENABLED": "true",
+        f"{ENV}KUBERNETES__KUBECONFIG": str(tmp_path / "no-such-kubeconfig"),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "az_agent.cli",
+        "run",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=environ,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2, stderr.decode()[-2000:]
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("az-agent: refusing to start: kubernetes:"), last

@@ -122,6 +122,7 @@ class FakeApiServer:
         app.router.add_route(
             "*", "/api/v1/namespaces/{ns}/services/{svc}/proxy/{path:.*}", self._proxy
         )
+        app.router.add_get("/version", self._version_info)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -189,6 +190,9 @@ class FakeApiServer:
     def fail_next(self, code: int, reason: str) -> None:
         """Answer the next request with this error instead of serving it."""
         self.faults.append((code, reason))
+
+    async def _version_info(self, request: web.Request) -> web.Response:
+        return web.json_response({"major": "1", "minor": "30", "gitVersion": "v1.30.0-fake"})
 
     @web.middleware
     async def _front(self, request: web.Request, handler: Any) -> web.StreamResponse:

@@ -159,3 +159,16 @@ async def test_bad_names_are_refused_before_sending(
     with pytest.raises(ValueError, match="service"):
         await service_proxy.pause_agent(SOURCE_NS, service="Az_Service")
     assert apiserver.requests == []
+
+
+async def test_ping_answers_while_the_api_server_does_and_says_why_not(
+    apiserver: FakeApiServer, service_proxy: KubernetesServiceProxy
+) -> None:
+    await service_proxy.ping()
+    assert apiserver.requests[-1].path == "/version"
+    apiserver.faults.append((503, "ServiceUnavailable"))
+    with pytest.raises(Unavailable):
+        await service_proxy.ping()
+    await apiserver.stop()
+    with pytest.raises(Unavailable, match="GET /version"):
+        await service_proxy.ping()
