@@ -10,9 +10,10 @@ the counts of trials, operations, faults and violations, every violation with th
 replays its trial, and the anomalies seen (agents that exited or ignored a cancellation,
 resources left unclosed). Exit status 1 when any trial broke an invariant, else 0.
 
-``--trials 1 --seed S`` replays trial ``S``: the same plan (operations, targets, delays) and the
-same fault decisions. The agents' interleaving with real I/O is not replayed, so a violation that
-depends on a race shows up again often, not always: run the replay a few times.
+``--trials 1 --seed S`` replays trial ``S``: the same plan (requests, signals, brownout windows,
+their targets and simulated times). The agents' interleaving with real I/O is not replayed (nor
+which requests a brownout hits), so a violation that depends on a race shows up again often, not
+always: run the replay a few times.
 """
 
 from __future__ import annotations

@@ -16,35 +16,30 @@ A trial (seeded; :class:`TrialSpec`):
 
 Everything is bounded: each step's settling, the quiescence and the whole trial have deadlines
 on the trial clock or in real time; nothing waits on a wall-clock sleep for a condition.
-Replaying a seed replays the plan and the fault decisions exactly; the interleaving of the
-agents' tasks with real I/O is not reproducible, so a replay reproduces a timing-dependent
-violation often, not always (``python -m benchmarks.chaos --seed S --trials 1``, repeated).
+Replaying a seed replays the plan exactly: the same requests and signals to the same agents at
+the same simulated times, the same brownout windows. The interleaving of the agents' tasks with
+real I/O is not reproducible (nor, with it, which requests a brownout hits), so a replay
+reproduces a timing-dependent violation often, not always
+(``python -m benchmarks.chaos --seed S --trials 1``, repeated).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import json
 import random
 import time
-import weakref
 from collections import Counter
-from collections.abc import Awaitable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from az_agent.agent.backup.segments import SegmentBackupLoop
-from az_agent.agent.config import AgentConfig, parse_config
-from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.errors import AgentError
-from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
 from az_agent.agent.operations.states import AgentState, IllegalTransition
-from az_agent.drivers.alerts import open_silence_manager
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.emulators.pinot.cluster import EmulatorOptions
@@ -52,6 +47,14 @@ from az_agent.emulators.pinot.seed import SeedTable
 from az_agent.emulators.pinot.server import PinotEmulator
 from az_agent.state import LeaseRecord, LeaseState, StateError
 from az_agent.state.keys import lease_key
+from tests.chaos.agents import (
+    Slot,
+    TrialClock,
+    agent_config,
+    launch,
+    term_of,
+    waits_on,
+)
 from tests.chaos.checker import (
     PRIMARY_KEY,
     ActivationRecord,
@@ -65,9 +68,7 @@ from tests.chaos.checker import (
     read_bucket,
 )
 from tests.chaos.faults import (
-    ChaosClock,
     ChaosPinot,
-    FaultyStore,
     ProcessGate,
     Signal,
     Upload,
@@ -79,7 +80,6 @@ SPEED = {"file": 10.0, "s3": 5.0}
 """Simulated seconds per real second, per store: an S3 request costs the client a
 millisecond or more of CPU (signing, parsing), so on S3 the trial clock runs slower and the
 agents' requests keep up with their lease timings."""
-LEASE = {"ttlSeconds": 3, "renewDeadlineSeconds": 2, "retryPeriodSeconds": 1}
 TABLE = "events"
 REPLICAS = "ab"
 SAMPLE_EVERY = 0.2
@@ -130,52 +130,6 @@ class TrialResult:
     trace: list[str]
     checked: Counter[str]
     """What the checker looked at (see :func:`~tests.chaos.checker.coverage`)."""
-
-
-@dataclass
-class Slot:
-    """One agent of a zone (a pod), across its incarnations (process restarts)."""
-
-    name: str
-    zone: str
-    config: AgentConfig
-    incarnation: int = 0
-    gate: ProcessGate | None = None
-    agent: Agent | None = None
-    task: asyncio.Task[None] | None = None
-    pinot: ChaosPinot | None = None
-    ending: bool = False
-    """The engine is ending this incarnation (kill or teardown): its exit is expected."""
-    owned: weakref.WeakSet[asyncio.Task[Any]] = field(default_factory=weakref.WeakSet)
-    """Every task of the current incarnation (see :data:`OWNER`)."""
-
-    @property
-    def alive(self) -> bool:
-        return self.task is not None and not self.task.done() and not self.ending
-
-    @property
-    def running(self) -> bool:
-        return self.alive and self.gate is not None and self.gate.is_running
-
-
-def agent_config(zone: str, role: str, pinot_url: str, workdir: Path) -> AgentConfig:
-    """A zone's configuration; its ``cloudStorage`` is never opened (the engine hands the
-    agent the trial's bucket through the fault layer)."""
-    raw = {
-        "global": {"cloudStorage": {"type": "file", "file": {"path": str(workdir / "unused")}}},
-        "az-service": {
-            "config": {
-                "zone": zone,
-                "role": role,
-                "http": {"host": "127.0.0.1", "port": 0},
-                "lease": LEASE,
-                "pinot": {"controllerUrl": pinot_url, "pollIntervalSeconds": 1.0},
-                "postgres": {"databases": []},
-                "rehydration": {"concurrency": 4, "batchSize": 10},
-            }
-        },
-    }
-    return parse_config(raw, environ={})
 
 
 class Trial:
@@ -316,47 +270,9 @@ class Trial:
     # ------------------------------------------------------------------------------ agents
 
     def _start(self, slot: Slot) -> None:
-        slot.incarnation += 1
-        gate = ProcessGate(f"{slot.name}#{slot.incarnation}")
-        clock = ChaosClock(self.spec.speed, self._origin, self._wall_start, gate)
-
-        def operation() -> str | None:
-            op = slot.agent.operation if slot.agent is not None else None
-            return op.id if op is not None and op.kind == "activate" else None
-
-        store = FaultyStore(self.store, gate, self.weather)
-        pinot = ChaosPinot(
-            slot.config.service.pinot.controller_url, gate, self.uploads[slot.zone], operation
-        )
-        metrics = AgentMetrics(slot.zone)
-        deps = AgentDeps(
-            config=slot.config,
-            store=store,
-            clock=clock,
-            pinot=pinot,
-            dumper=None,
-            silences=open_silence_manager(""),
-            segment_backup=SegmentBackupLoop(
-                pinot,
-                slot.config.service.pinot,
-                metrics,
-                clock,
-                retry_min_seconds=0.5,
-                retry_max_seconds=4.0,
-            ),
-            database_backup=None,
-            metrics=metrics,
-        )
-        slot.gate, slot.pinot, slot.ending = gate, pinot, False
-        slot.agent = Agent(deps)
-        owned: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-        context = contextvars.copy_context()
-        context.run(OWNER.set, owned)
-        slot.task = asyncio.create_task(
-            slot.agent.run(), name=f"agent {gate.name}", context=context
-        )
-        slot.task.add_done_callback(_retrieve)
-        slot.owned = owned
+        clock = TrialClock(self.spec.speed, self._origin, self._wall_start)
+        pinot = launch(slot, self.store, self.weather, clock, self.uploads[slot.zone])
+        assert slot.task is not None
         self._incarnations.append((slot.task, pinot))
 
     async def _end(self, slot: Slot, *, kill: bool) -> None:
@@ -376,7 +292,7 @@ class Trial:
             self.anomalies.append(
                 f"agent {gate.name} did not stop within {STOP_WITHIN:.0f}s of its cancellation "
                 f"(SIGTERM); its tasks still running: "
-                + ", ".join(sorted(_waits_on(t) for t in stuck))
+                + ", ".join(sorted(waits_on(t) for t in stuck))
             )
             self.note(f"{gate.name} ignores its cancellation")
             for parked in stuck:  # every one at once, the innermost included: they end
@@ -403,7 +319,10 @@ class Trial:
         tasks = list(self._background)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, Exception):
+                self.anomalies.append(f"engine task {task.get_name()} failed: {result!r}")
 
     def _check_exits(self) -> None:
         for slot in self.slots:
@@ -557,10 +476,13 @@ class Trial:
             for slot in self.slots:
                 self._track(slot, now)
                 self._note_change(slot)
-            await self._sample_leaders(now)
-            if now >= next_primary:
-                await self._sample_primary(now)
-                next_primary = now + PRIMARY_EVERY
+            try:
+                await self._sample_leaders(now)
+                if now >= next_primary:
+                    await self._sample_primary(now)
+                    next_primary = now + PRIMARY_EVERY
+            except (DriverError, StateError, ValueError, KeyError) as exc:
+                self.note(f"sampling the bucket failed: {exc!r}")
 
     def _note_change(self, slot: Slot) -> None:
         agent = slot.agent
@@ -568,7 +490,7 @@ class Trial:
             return
         seen = (
             f"{agent.state.value}{' leader' if agent.keeper.is_leader else ''} "
-            f"epoch {agent.keeper.epoch} term {_term(agent)}"
+            f"epoch {agent.keeper.epoch} term {term_of(agent)}"
         )
         name = slot.gate.name if slot.gate else slot.name
         if self._seen.get(name) != seen:
@@ -612,7 +534,7 @@ class Trial:
         if len({s.zone for s in leading}) < 2:
             return
         samples = [
-            LeaderSample(now, s.zone, s.name, s.agent.keeper.epoch, _term(s.agent))
+            LeaderSample(now, s.zone, s.name, s.agent.keeper.epoch, term_of(s.agent))
             for s in leading
             if s.agent is not None
         ]
@@ -640,64 +562,3 @@ class Trial:
             return
         record = json.loads(data)
         self.history.primaries.append(PrimarySample(now, str(record["zone"]), int(record["term"])))
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """A killed agent's loops may fail on its dead store: that is the kill, not news."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _waits_on(task: asyncio.Task[Any]) -> str:
-    """Where a task is parked: its name and the line its coroutine waits at."""
-    frames = []
-    awaited: Any = task.get_coro()
-    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
-        frame = awaited.cr_frame
-        frames.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
-        awaited = getattr(awaited, "cr_await", None)
-    return f"{task.get_name()} at {' > '.join(frames[-3:]) or '?'}"
-
-
-OWNER: contextvars.ContextVar[weakref.WeakSet[asyncio.Task[Any]]] = contextvars.ContextVar(
-    "chaos_owner"
-)
-"""The tasks of one agent incarnation: every task created in its context joins the set (see
-:func:`owned_tasks`), so that one which ignores its cancellation can be found and ended."""
-
-
-@contextlib.contextmanager
-def owned_tasks() -> Iterator[None]:
-    """Install a task factory that files every new task under the :data:`OWNER` of the context
-    it is created in (the previous factory, if any, still makes the task)."""
-    loop = asyncio.get_running_loop()
-    previous = loop.get_task_factory()
-
-    def factory(
-        loop: asyncio.AbstractEventLoop,
-        coro: Coroutine[Any, Any, Any],
-        context: contextvars.Context | None = None,
-    ) -> asyncio.Future[Any]:
-        if previous is not None:
-            make = cast(Any, previous)
-            task: asyncio.Future[Any] = (
-                make(loop, coro) if context is None else make(loop, coro, context=context)
-            )
-        else:
-            task = asyncio.Task(coro, loop=loop, context=context)
-        owner = OWNER.get(None) if context is None else context.get(OWNER)
-        if owner is not None and isinstance(task, asyncio.Task):
-            owner.add(task)
-        return task
-
-    loop.set_task_factory(cast(Any, factory))  # 3.11 passes context= when it has one
-    try:
-        yield
-    finally:
-        loop.set_task_factory(previous)
-
-
-def _term(agent: Agent) -> int:
-    """The term the agent leads under (0 while agents know no terms)."""
-    session = agent.session
-    return int(getattr(session, "term", 0) or 0) if session is not None else 0

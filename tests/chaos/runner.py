@@ -28,8 +28,9 @@ from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, FileSettings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
 from az_agent.drivers.storage.prefixed import PrefixedObjectStore
+from tests.chaos.agents import owned_tasks
 from tests.chaos.checker import INVARIANTS, Violation
-from tests.chaos.engine import Trial, TrialResult, TrialSpec, owned_tasks
+from tests.chaos.engine import Trial, TrialResult, TrialSpec
 from tests.servers.base import StorageBackend
 
 DELETE_CONCURRENCY = 16
