@@ -5,6 +5,7 @@ writing nothing more."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -103,3 +104,33 @@ async def test_corrupt_log_at_start_up_ends_failed_with_the_reason(rig: Rig) -> 
         assert agent.session is None
         assert rig.task is not None
         assert not rig.task.done(), "the agent keeps running"
+
+
+class CrashesOnce(CommitOnCue):
+    """A segment backup whose first run crashes with a bug, not a dependency error."""
+
+    async def run(self, session: LeaderSession) -> None:
+        if self.runs == 0:
+            self.runs += 1
+            raise KeyError("a bug in the loop")
+        await super().run(session)
+
+
+async def test_a_crashed_backup_loop_is_restarted_and_counted(rig: Rig) -> None:
+    probe = CrashesOnce()
+
+    def backup(pinot: HttpPinotController, config: AgentConfig) -> CommitOnCue:
+        return probe
+
+    async with rig.running(segment_backup=backup) as agent:
+        await until(lambda: probe.runs == 2, "the restart", within=10)
+        await until(lambda: probe.session is not None, "the restarted loop in the session")
+        probe.cue.set()
+        deadline = time.monotonic() + 20
+        while (await log_entries(rig.store))[-1].payload.kind != "schema":
+            assert time.monotonic() < deadline, "the restarted loop never committed"
+            await asyncio.sleep(0.05)
+        metrics = agent.metrics_text()[0].decode()
+        assert 'az_agent_loop_restarts_total{loop="segment-backup"} 1.0' in metrics
+        assert agent.state is AgentState.ACTIVE
+        assert agent.failure is None
