@@ -34,6 +34,7 @@ from az_agent.agent.observability.logs import log_context
 from az_agent.agent.operations.context import AgentContext
 from az_agent.agent.operations.journal import Operation
 from az_agent.agent.operations.phases import fail, run_phases
+from az_agent.agent.operations.rehydration import rehydrate_segments
 from az_agent.agent.operations.requests import ActivateRequest
 from az_agent.agent.operations.silences import silence_alerts
 from az_agent.agent.operations.source_pause import NOT_ASKED, pause_source
@@ -46,7 +47,7 @@ from az_agent.agent.restore.postgres import (
     plan_restore,
     restore_databases,
 )
-from az_agent.agent.restore.rehydrate import RehydrationPlan, Rehydrator, plan_rehydration
+from az_agent.agent.restore.rehydrate import plan_rehydration
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.state import (
     Catalog,
@@ -362,46 +363,10 @@ class Activation:
         return f"created {len(created)} tables" if created else "every table already present"
 
     async def _rehydrate(self) -> str:
-        agent, op = self.agent, self.op
-        assert op is not None
+        assert self.op is not None
         catalog = await self._load_catalog()
         segments = catalog.segments(as_of=self.request.latest_time)
-        plan: RehydrationPlan = await plan_rehydration(agent.deps.pinot, segments)
-        already = len(segments) - plan.segments_total
-        op.progress.plan(plan.segments_total, plan.bytes_total)
-        metrics = agent.deps.metrics
-
-        def publish() -> None:
-            p = op.progress
-            metrics.set_rehydration(p.segments_done, p.segments_total, p.bytes_done, p.bytes_total)
-
-        publish()
-        await agent.journal.save(op)
-
-        started, moved = agent.deps.clock.monotonic(), 0
-
-        async def on_progress(segments_done: int, bytes_done: int) -> None:
-            nonlocal moved
-            moved += bytes_done
-            op.progress.advance(segments_done, bytes_done)
-            publish()
-            elapsed = agent.deps.clock.monotonic() - started
-            metrics.rehydration_rate.set(moved / elapsed if elapsed > 0 else 0.0)
-            await agent.journal.save_throttled(op)
-
-        rehydration = agent.deps.config.service.rehydration
-        rehydrator = Rehydrator(
-            agent.deps.pinot,
-            agent.deps.store,
-            concurrency=rehydration.concurrency,
-            batch_size=self.request.batch_size or rehydration.batch_size,
-            on_progress=on_progress,
-        )
-        try:
-            await rehydrator.run(plan)
-        finally:
-            metrics.rehydration_rate.set(0)  # nothing moves now: no throughput to show
-        return f"{plan.segments_total} segments moved, {already} already present"
+        return await rehydrate_segments(self.agent, self.op, segments, self.request.batch_size)
 
     async def _resume_consumption(self) -> str:
         catalog = await self._load_catalog()
