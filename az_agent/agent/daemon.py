@@ -321,6 +321,7 @@ class Agent:
     def _on_fenced(self, reason: str) -> None:
         log.error("%s: this agent stops writing and does not fight back", reason)
         self.fenced_by = reason
+        self.keeper.abdicate()  # /status and the metrics stop saying "leader" at once
         if self.state is not AgentState.FENCED:
             self.set_state(Request.FENCE)
 

@@ -207,6 +207,16 @@ class LeaseKeeper:
             finally:
                 self._publish()
 
+    def abdicate(self) -> None:
+        """Stop counting as leader at once, writing nothing.
+
+        For a holder that learned it was fenced (a newer term or epoch): it must not write, so
+        it cannot release; the record stays as it is and others judge its expiry as usual.
+        A later :meth:`tick` or :meth:`take_over` may lead again.
+        """
+        self._renewed_at = None
+        self._publish()
+
     async def release(self, state: LeaseState = LeaseState.RELEASED) -> bool:
         """Give the lease up (``released``, or ``paused`` for a handover), keeping the epoch.
 

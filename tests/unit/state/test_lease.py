@@ -66,6 +66,18 @@ def test_settings_defaults_and_validation() -> None:
             )
 
 
+async def test_abdicate_stops_leading_at_once_and_writes_nothing(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    a = keeper(store, timeline, "a")
+    assert await a.tick()
+    before = await store.head(lease_key(ZONE))
+    a.abdicate()
+    assert not a.is_leader
+    assert a.status().is_leader is False
+    assert (await store.head(lease_key(ZONE))).version == before.version
+
+
 async def test_acquire_absent_lease_with_epoch_one(store: FaultyStore, timeline: Timeline) -> None:
     a = keeper(store, timeline, "a")
     assert await a.tick()
