@@ -98,7 +98,7 @@ async def test_corrupt_log_at_start_up_ends_failed_with_the_reason(rig: Rig) -> 
         assert agent.failure is not None
         # The lease round reads the log's tail first: it meets the corrupt entry.
         assert agent.failure.startswith("lease: LogCorrupted: "), agent.failure
-        assert "00000000000000000002.json: not a valid log entry" in agent.failure
+        assert f"{newest.seq + 1:020d}.json: not a valid log entry" in agent.failure
         assert "\n" not in agent.failure, "one line in /status"
         assert agent.status()["failure"] == agent.failure
         assert agent.session is None
