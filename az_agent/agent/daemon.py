@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -40,16 +40,15 @@ from az_agent.agent.operations.states import (
     allowed_requests,
     transition,
 )
-from az_agent.agent.supervisor import Supervisor
+from az_agent.agent.recovery import starting_state
+from az_agent.agent.supervisor import Supervisor, to_the_end
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
-    FencePayload,
     LeaseKeeper,
     LeaseSettings,
     LeaseState,
     LogCorrupted,
     StateError,
-    last_entry,
     new_holder_id,
 )
 
@@ -157,45 +156,18 @@ class Agent:
 
     async def recover(self) -> None:
         """Decide the starting state from the bucket: the lease, the log, a running operation."""
-        observation = await self.keeper.observe()
-        record = observation.record
-        current = await self.journal.load_current()
-        if record is None:
-            role = self.deps.config.service.role
-            self.state = AgentState.ACTIVE if role == "active" else AgentState.STANDBY
-        elif record.state is LeaseState.PAUSED:
-            newest = await last_entry(self.deps.store, self.zone)
-            handed_over = newest is not None and isinstance(newest.payload, FencePayload)
-            self.state = AgentState.STANDBY if handed_over else AgentState.PAUSED
-        else:
-            self.state = AgentState.ACTIVE  # active or released: the election decides
-        if current is not None:
-            self.operation = current
-            if current.kind == "activate" and current.status == "running":
-                self.state = AgentState.ACTIVATING
-            elif current.kind == "pause":
-                paused = record is not None and record.state is LeaseState.PAUSED
-                await self._recover_pause(current, lease_paused=paused)
+        start = await starting_state(
+            self.keeper, self.journal, self.deps.store, self.deps.config.service.role
+        )
+        self.state, self.operation = start.state, start.operation
         self.deps.metrics.set_state(self.state)
         log.info(
             "zone %s starts %s (lease %s, holder id %s)",
             self.zone,
             self.state.value,
-            record.state.value if record else "absent",
+            start.lease,
             self.holder,
         )
-
-    async def _recover_pause(self, op: Operation, *, lease_paused: bool) -> None:
-        """Close a pause the last incarnation left running; start FAILED after an unfinished
-        pause that no ``/resume`` undid (see the module docstring)."""
-        if op.status == "running" and lease_paused:
-            await self.journal.finish(op)  # the lease release, its last phase, had landed
-        elif op.status == "running":
-            reason = "interrupted by an agent restart; POST /pause to retry, /resume to undo"
-            await self.journal.finish(op, f"{op.phase}: {reason}")
-        undone = "resumedAt" in op.result
-        if op.status == "failed" and not undone and self.state is AgentState.ACTIVE:
-            self.state = AgentState.FAILED
 
     async def run(self, *, on_ready: Callable[[], Awaitable[None]] | None = None) -> None:
         """Run until cancelled: lease loop, leader sessions, operations. Cleans up on exit."""
@@ -222,7 +194,7 @@ class Agent:
         finally:
             self._accepting = False
             self._op_runner = None
-            await _to_the_end(self._shutdown())
+            await to_the_end(self._shutdown())
 
     async def _recover(self) -> None:
         """:meth:`recover`, retried with backoff while the bucket cannot be read: the agent
@@ -443,18 +415,3 @@ class Agent:
         if op.status == "failed":
             raise OperationFailed(op.error or "operation failed", **body)
         return 200, body
-
-
-async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
-    """Await ``work`` to its end even if the caller is cancelled again meanwhile (an impatient
-    second SIGTERM while the lease is released on shutdown).
-
-    ``asyncio.shield`` alone keeps the inner task going but lets the caller move on, and the
-    caller would then close the store under it and exit before the release lands. The
-    cancellation that is being handled still propagates once ``work`` is done.
-    """
-    task = asyncio.ensure_future(work)
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    task.result()

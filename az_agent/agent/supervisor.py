@@ -14,8 +14,10 @@ loop ends. The process keeps serving either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.observability.metrics import AgentMetrics
@@ -85,3 +87,18 @@ def _fatal_cause(exc: Exception) -> LogCorrupted | None:
         matched, _ = exc.split(LogCorrupted)
         return None if matched is None else _fatal_cause(matched.exceptions[0])
     return exc if isinstance(exc, LogCorrupted) else None
+
+
+async def to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if the caller is cancelled again meanwhile (an impatient
+    second SIGTERM while the lease is released on shutdown).
+
+    ``asyncio.shield`` alone keeps the inner task going but lets the caller move on, and the
+    caller would then close the store under it and exit before the release lands. The
+    cancellation that is being handled still propagates once ``work`` is done.
+    """
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    task.result()
