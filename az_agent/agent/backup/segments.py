@@ -33,13 +33,12 @@ how backup is measured and shown in :mod:`~az_agent.agent.backup.segment_stats`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-from collections.abc import AsyncGenerator, Awaitable
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from az_agent.agent.backoff import backoff_delay
+from az_agent.agent.backup.bookkeeping import KIND, Bookkeeping
 from az_agent.agent.backup.deletions import DeletionWatch
 from az_agent.agent.backup.discovery import (
     Outcome,
@@ -53,25 +52,20 @@ from az_agent.agent.backup.segment_stats import (
     BackupStats,
     Key,
     completed_at_ms,
-    failure_reason,
     now_ms,
 )
 from az_agent.agent.backup.tables import save_table_documents
+from az_agent.agent.backup.transfer import transfer_segment
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import CorruptObject, DriverError, NotFound, Unavailable
 from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.config import PinotSettings
 from az_agent.drivers.pinot.models import TableRef
-from az_agent.drivers.pinot.tarstream import verified_segment_stream
-from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
-from az_agent.state import Clock, Fenced, NotLeader, SegmentPayload, StateError
-from az_agent.state.keys import segment_key
+from az_agent.state import Clock, Fenced, NotLeader, StateError
 
 log = logging.getLogger(__name__)
 
-KIND = "segments"
-"""The ``kind`` label of the backup metrics."""
 T = TypeVar("T")
 
 
@@ -97,7 +91,6 @@ class SegmentBackupLoop:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
-        self._retry = (retry_min_seconds, retry_max_seconds)
         self._config_interval = config_interval_seconds
         self._flush_attempts = max(1, flush_attempts)
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -112,6 +105,7 @@ class SegmentBackupLoop:
         self._configs_due = 0.0
         self.deletions = DeletionWatch()
         self.stats = BackupStats()
+        self._book = Bookkeeping(metrics, self.stats, clock, (retry_min_seconds, retry_max_seconds))
         metrics.recovery.track(KIND, self.recovery_point)
         metrics.segments_pending.set_function(lambda: len(self._pending))
 
@@ -233,7 +227,7 @@ class SegmentBackupLoop:
                 item = current  # refreshed meanwhile: the new version is the one to flush
                 continue
             if attempt + 1 < self._flush_attempts:
-                await self._clock.sleep(self._backoff(attempt + 1))
+                await self._clock.sleep(self._book.backoff(attempt + 1))
         raise item.error or Unavailable(f"{item.describe()} kept changing during the flush")
 
     # -- one segment ------------------------------------------------------------------------
@@ -258,118 +252,39 @@ class SegmentBackupLoop:
     async def _copy(self, session: LeaderSession, item: Pending) -> Outcome:
         started = self._clock.monotonic()
         try:
-            payload = await self._transfer(session, item)
+            payload = await transfer_segment(
+                session, self._pinot, self._slots, item, self._clock.now()
+            )
         except (Fenced, NotLeader):
             raise
         except (NotFound, CorruptObject) as exc:
             return await self._check_gone(item, exc)
         except (DriverError, StateError) as exc:
-            return self._failed(item, exc)
+            return self._book.failed(self._pending, item, exc)
         except Exception as exc:
             log.exception("backing up %s failed unexpectedly", item.describe())
-            return self._failed(item, exc)
-        self._succeeded(item, payload, self._clock.monotonic() - started)
+            return self._book.failed(self._pending, item, exc)
+        self._book.succeeded(self._pending, item, payload, self._clock.monotonic() - started)
         return Outcome.COMMITTED
-
-    async def _transfer(self, session: LeaderSession, item: Pending) -> SegmentPayload:
-        key = segment_key(session.zone, item.table.name_with_type, item.meta.name, item.crc)
-        info = await _adoptable(session.store, key)
-        if info is None:
-            async with self._slots:
-                info = await self._stream(session.store, item, key)
-        else:
-            log.info("adopting %s: already in the bucket at %s", item.describe(), key)
-        if info.sha256 is None:
-            raise CorruptObject(f"{key}: the store did not report the SHA-256 it recorded")
-        llc = item.meta.llc_name
-        payload = SegmentPayload(
-            table=item.table.name_with_type,
-            table_type=item.table.type.value,
-            segment=item.meta.name,
-            crc=item.crc,
-            size=info.size,
-            sha256=info.sha256,
-            key=key,
-            start_time_ms=item.meta.start_time_ms,
-            end_time_ms=item.meta.end_time_ms,
-            commit_time_ms=item.completed_ms,
-            backed_up_at=self._clock.now(),
-            partition=llc.partition if llc else None,
-            start_offset=item.meta.start_offset if llc else None,
-            end_offset=item.meta.end_offset if llc else None,
-        )
-        await session.commit(payload)
-        return payload
-
-    async def _stream(self, store: ObjectStore, item: Pending, key: str) -> ObjectInfo:
-        async with self._pinot.download_segment(item.table, item.meta.name) as download:
-            checked = cast(
-                AsyncGenerator[bytes, None],
-                verified_segment_stream(download, item.meta.crc, item.describe()),
-            )
-            async with contextlib.aclosing(checked) as stream:
-                return await store.put(key, stream)
 
     async def _check_gone(self, item: Pending, exc: DriverError) -> Outcome:
         """After a 404 or a CRC mismatch: vanished, refreshed meanwhile, or a plain failure."""
         try:
             current = await self._pinot.segment(item.table, item.meta.name)
         except NotFound:
-            self._vanished(item, f"deleted from Pinot before it was copied ({exc})")
+            self._book.vanished(
+                self._pending, item, f"deleted from Pinot before it was copied ({exc})"
+            )
             return Outcome.GONE
         except DriverError:
-            return self._failed(item, exc)
+            return self._book.failed(self._pending, item, exc)
         if current.crc == item.meta.crc:
-            return self._failed(item, exc)
+            return self._book.failed(self._pending, item, exc)
         log.info("%s was refreshed while being copied; now CRC %s", item.describe(), current.crc)
         forget(self._pending, item)
         if current.is_backup_ready:
             track(self._pending, item.table, current, self._clock)
         return Outcome.GONE
-
-    # -- bookkeeping --------------------------------------------------------------------------
-
-    def _backoff(self, attempts: int) -> float:
-        return backoff_delay(attempts, *self._retry)
-
-    def _failed(self, item: Pending, exc: BaseException) -> Outcome:
-        item.attempts += 1
-        item.error = exc
-        delay = self._backoff(item.attempts)
-        item.next_try = self._clock.monotonic() + delay
-        reason = failure_reason(exc)
-        self._metrics.backup_failures.labels(kind=KIND, reason=reason).inc()
-        self.stats.failed(item.key, reason, exc, self._clock.now())
-        log.warning(
-            "backing up %s failed (%s, attempt %d); retrying in %.1f s: %s",
-            item.describe(),
-            reason,
-            item.attempts,
-            delay,
-            exc,
-        )
-        return Outcome.FAILED
-
-    def _vanished(self, item: Pending, why: str) -> None:
-        forget(self._pending, item)
-        self._metrics.backup_failures.labels(kind=KIND, reason="vanished").inc()
-        self.stats.vanish(item.key, item.crc, why, self._clock.now())
-        log.warning("segment %s vanished, not backed up: %s", item.describe(), why)
-
-    def _succeeded(self, item: Pending, payload: SegmentPayload, seconds: float) -> None:
-        forget(self._pending, item)
-        lag = max(payload.backed_up_at.timestamp() - item.completed_ms / 1000, 0.0)
-        self._metrics.segments_backed_up.inc()
-        self._metrics.segment_bytes_backed_up.inc(payload.size)
-        self._metrics.segment_backup_lag.set(lag)
-        self.stats.backed_up(item.key, payload.crc, payload.size, lag, payload.backed_up_at)
-        log.info(
-            "backed up %s: %d bytes in %.2f s, %.2f s after it completed in Pinot",
-            item.describe(),
-            payload.size,
-            seconds,
-            lag,
-        )
 
     # -- discovery --------------------------------------------------------------------------
 
@@ -392,7 +307,9 @@ class SegmentBackupLoop:
         names = {t.name_with_type for t in tables}
         for key, item in list(self._pending.items()):
             if key[0] not in names and key not in self._claims:
-                self._vanished(item, "its table is no longer listed by the controller")
+                self._book.vanished(
+                    self._pending, item, "its table is no longer listed by the controller"
+                )
         await self._guarded(self.deletions.commit(session), "deleted segments", strict)
         self.stats.polled(sorted(names), self._clock.now())
         if looked:
@@ -431,7 +348,7 @@ class SegmentBackupLoop:
             self._pending, table, ready, session.catalog, self._claims, self._clock
         )
         for item in unlisted:
-            self._vanished(item, "no longer listed by the controller")
+            self._book.vanished(self._pending, item, "no longer listed by the controller")
         return True
 
     async def _save_configs(self, session: LeaderSession, table: TableRef) -> None:
@@ -480,15 +397,6 @@ def blind_after(poll_interval_seconds: float) -> float:
     """How old the last complete look at Pinot may be before the loop counts as blind: one poll
     interval plus a margin (one more interval, at least 10 s) for a slow poll."""
     return poll_interval_seconds + max(poll_interval_seconds, 10.0)
-
-
-async def _adoptable(store: ObjectStore, key: str) -> ObjectInfo | None:
-    """The object at ``key`` if a complete, checksummed copy is already there."""
-    try:
-        info = await store.head(key)
-    except NotFound:
-        return None
-    return info if info.sha256 is not None and info.size > 0 else None
 
 
 __all__ = ["KIND", "BackupStats", "Outcome", "SegmentBackupLoop", "blind_after", "completed_at_ms"]
