@@ -8,6 +8,8 @@ a losing upload must leave the object as it was, and no upload may be left open.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -105,3 +107,74 @@ async def test_multipart_create_only_onto_an_existing_key_is_refused(
     assert (await ours.get("taken"))[0] == b"original"
     assert (await ours.head("taken")).version == first.version
     assert await _open_uploads(seaweedfs, ours) == []
+
+
+class CutAfterHeaders:
+    """A TCP relay to the server that, once, forwards a PUT of ``key`` up to the end of its
+    headers and then drops both connections: the request body never arrives."""
+
+    def __init__(self, upstream: str, key: str) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.marker = f"PUT /{key}".encode()
+        self.cut = False
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, client: asyncio.StreamReader, to_client: asyncio.StreamWriter) -> None:
+        server, to_server = await asyncio.open_connection(*self.upstream)
+        try:
+            await asyncio.gather(
+                self._forward(client, to_server, cutting=True),
+                self._forward(server, to_client, cutting=False),
+            )
+        finally:
+            for writer in (to_server, to_client):
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+
+    async def _forward(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, cutting: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await source.read(1 << 16):
+                at = data.find(self.marker) if cutting and not self.cut else -1
+                if at >= 0 and (end := data.find(b"\r\n\r\n", at)) >= 0:
+                    self.cut = True
+                    sink.write(data[: end + 4])
+                    await sink.drain()
+                    raise ConnectionResetError("cut after the headers")
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+
+async def test_a_put_whose_body_never_arrives_leaves_nothing(
+    seaweedfs: SeaweedFSBackend,
+) -> None:
+    """SeaweedFS stores a PUT cut after its headers as an empty object with the headers'
+    metadata; the driver's Content-MD5 makes it refuse instead, so the retried create-only
+    put of a log entry lands whole rather than losing to garbage."""
+    settings, secrets = await seaweedfs.new_bucket()
+    key = f"{settings.s3.bucket}/az1/log/00000000000000000001.json"
+    relay = CutAfterHeaders(seaweedfs.endpoint, key)
+    store = await connect(seaweedfs.through(settings, await relay.start()), secrets)
+    try:
+        body = b'{"seq": 1, "kind": "fence"}' * 8
+        await store.put("az1/log/00000000000000000001.json", body, if_none_match=True)
+        assert relay.cut, "the relay cut the first attempt"
+        data, _ = await store.get("az1/log/00000000000000000001.json")
+        assert data == body
+    finally:
+        await store.close()
+        await relay.stop()
