@@ -146,9 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     level = getattr(args, "log_level", "INFO")
     if level.upper() not in LOG_LEVELS:
-        sys.stderr.write(
-            f"az-agent: --log-level {level!r} is not one of {', '.join(LOG_LEVELS)}\n"
-        )
+        choices = ", ".join(LOG_LEVELS)
+        sys.stderr.write(f"az-agent: --log-level {level!r} is not one of {choices}\n")
         return EXIT_CONFIG
     if args.command == "sandbox":
         return _sandbox(args)
