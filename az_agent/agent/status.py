@@ -27,6 +27,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
     deps = agent.deps
     lease = agent.keeper.status()
     database = deps.database_backup
+    backing_up = agent.session is not None
     now = deps.clock.now()
     return {
         "zone": agent.zone,
@@ -47,8 +48,9 @@ def build_status(agent: Agent) -> dict[str, Any]:
         "primary": _primary(agent),
         "fencedBy": agent.fenced_by,
         "rpoSeconds": {
-            "segments": round(deps.segment_backup.rpo_seconds(), 3),
-            "postgres": round(database.rpo_seconds(), 3) if database else None,
+            # As the metrics: only the zone that backs up has a recovery point (null otherwise).
+            "segments": round(deps.segment_backup.rpo_seconds(), 3) if backing_up else None,
+            "postgres": round(database.rpo_seconds(), 3) if database and backing_up else None,
         },
         "backups": {
             "segments": deps.segment_backup.status(),

@@ -173,3 +173,15 @@ async def test_a_repeated_pause_answers_200_with_the_state_and_changes_nothing(r
         assert again["operation"]["id"] == first["operation"]["id"], "no new operation"
         assert agent.state is AgentState.PAUSED
         assert [(i.key, i.version) async for i in rig.store.inner.list()] == before
+
+
+async def test_status_shows_a_recovery_point_only_while_backing_up(rig: Rig) -> None:
+    """/status says what the metrics say: a paused zone backs nothing up, so it has no RPO
+    (null), rather than a 0 that reads as "nothing to lose" or an age that keeps climbing."""
+    async with rig.running() as agent:
+        await until(lambda: leading(agent), "the agent to lead")
+        rpo = agent.status()["rpoSeconds"]
+        assert isinstance(rpo["segments"], float), rpo
+        status, _ = await agent.pause(PauseRequest())
+        assert status == 200
+        assert agent.status()["rpoSeconds"] == {"segments": None, "postgres": None}
