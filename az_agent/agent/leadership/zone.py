@@ -50,14 +50,6 @@ CHECKPOINT_EVERY_ENTRIES = 10_000
 CHECKPOINT_CHECK_SECONDS = 30.0
 
 
-class _SessionEnded(Exception):
-    """Raised inside a leader session's task group to stop its loops."""
-
-
-class _BackupsHalted(Exception):
-    """Raised inside a session's backup loops when a pause stops them before its handover."""
-
-
 @dataclass
 class LeadershipDeps:
     """What leading a zone needs from the agent's wiring."""
@@ -293,11 +285,14 @@ class ZoneLeadership:
             catalog.last_seq,
         )
         try:
+            # The body waits and ends the loops itself: no stop signal is raised through the
+            # group, so a cancellation of this task (shutdown) is never mistaken for one and
+            # swallowed (Python 3.11's TaskGroup would drop it; the chaos tier found agents
+            # that never stopped).
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._backups(session), name="backups")
-                group.create_task(self._watch_session(session), name="session-watch")
-        except* _SessionEnded:
-            pass
+                backups = group.create_task(self._backups(session), name="backups")
+                await self._watch_session(session)
+                backups.cancel()
         finally:
             self.session = None
             self._ended.set()
@@ -323,28 +318,32 @@ class ZoneLeadership:
         deps, supervisor = self.deps, self.deps.supervisor
         try:
             async with asyncio.TaskGroup() as loops:
-                supervisor.start(loops, "segment-backup", lambda: deps.segment_backup.run(session))
+                started = [
+                    supervisor.start(
+                        loops, "segment-backup", lambda: deps.segment_backup.run(session)
+                    ),
+                    supervisor.start(loops, "checkpoints", lambda: self._checkpoints(session)),
+                    supervisor.start(
+                        loops, "retention", lambda: _retention(deps.retention, session)
+                    ),
+                ]
                 database = deps.database_backup
                 if database is not None:
-                    supervisor.start(loops, "dump-schedule", lambda: database.run(session))
-                supervisor.start(loops, "checkpoints", lambda: self._checkpoints(session))
-                supervisor.start(loops, "retention", lambda: _retention(deps.retention, session))
-                loops.create_task(self._until_halted(), name="backups-halt")
-        except* _BackupsHalted:
+                    started.append(
+                        supervisor.start(loops, "dump-schedule", lambda: database.run(session))
+                    )
+                await self._halt.wait()
+                for task in started:
+                    task.cancel()
             log.info("zone %s: backup loops stopped before the handover", deps.zone)
         finally:
             self._halted.set()
-
-    async def _until_halted(self) -> None:
-        await self._halt.wait()
-        raise _BackupsHalted
 
     async def _watch_session(self, session: LeaderSession) -> None:
         period = min(1.0, self.deps.settings.retry_period_seconds)
         while self.keeper.is_leader and session.is_usable and not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), period)
-        raise _SessionEnded
 
     async def _checkpoints(self, session: LeaderSession) -> None:
         """Checkpoint the catalog every so many entries, so loading stays cheap."""
