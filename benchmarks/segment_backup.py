@@ -284,7 +284,8 @@ async def open_store(kind: str, workdir: Path) -> AsyncIterator[tuple[ObjectStor
             (workdir / "rclone.conf").write_text("")
             yield store, str(workdir / "rclone-copies")
         return
-    from tests.servers.moto import ACCESS_KEY, REGION, SECRET_KEY, MotoBackend
+    from tests.servers.moto import MotoBackend
+    from tests.servers.s3server import ACCESS_KEY, REGION, SECRET_KEY
 
     backend = MotoBackend()
     await asyncio.to_thread(backend.start)

@@ -30,8 +30,6 @@ directory removed on stop. Pitfalls met on 4.48:
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import os
 import shutil
 import socket
@@ -40,24 +38,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from pydantic import SecretStr
-
-from az_agent.drivers.storage.base import SHA256_METADATA_KEY
-from az_agent.drivers.storage.config import CloudStorageSettings, S3Settings, StorageSecrets
-from az_agent.drivers.storage.keys import join_key
-from tests.servers.base import StorageBackend
 from tests.servers.process import free_port, stop_process
+from tests.servers.s3server import S3ServerBackend, answers
 
 # Any key is accepted (no identities configured); the driver still signs with these.
-ACCESS_KEY = "testing"
-SECRET_KEY = "testing"
-REGION = "us-east-1"
 START_TIMEOUT = 30.0
 STOP_GRACE = 5.0
 """A SIGTERM normally stops it in ~1.3 s, but after heavy lock contention it sometimes hangs;
@@ -109,32 +96,25 @@ def _http_ports(count: int) -> list[int]:
     return ports
 
 
-def _answers(port: int) -> bool:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        connection.request("GET", "/")
-        return connection.getresponse().status < 500
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
 def _environment() -> dict[str, str]:
     """This process's environment without what would make ``weed mini`` create an identity
     or a bucket."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
 
 
-class SeaweedFSBackend(StorageBackend):
+class SeaweedFSBackend(S3ServerBackend):
     # The wire protocol, not the server: FlakyProxy answers with S3's throttling error by it.
     name = "s3"
+    client_options: ClassVar[dict[str, str]] = {
+        "request_checksum_calculation": "when_required",
+        "response_checksum_validation": "when_required",
+    }
 
     def __init__(self) -> None:
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
         self._ports: dict[str, int] = {}
-        self._session = AioSession()
+        super().__init__()
 
     def start(self) -> None:
         binary = weed_binary()
@@ -170,7 +150,7 @@ class SeaweedFSBackend(StorageBackend):
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and self._process.poll() is None:
-            if _answers(self._ports["s3"]):
+            if answers(self._ports["s3"]):
                 return True
             time.sleep(0.05)
         stop_process(self._process, grace=STOP_GRACE)
@@ -196,53 +176,3 @@ class SeaweedFSBackend(StorageBackend):
     def endpoint(self) -> str:
         assert self._process is not None, "backend not started"
         return f"http://127.0.0.1:{self._ports['s3']}"
-
-    @contextlib.asynccontextmanager
-    async def client(self) -> AsyncIterator[Any]:
-        """A raw aiobotocore client, to act behind the driver's back."""
-        config = AioConfig(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
-        async with self._session.create_client(
-            "s3",
-            region_name=REGION,
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            config=config,
-        ) as client:
-            yield client
-
-    async def new_bucket(self) -> tuple[CloudStorageSettings, StorageSecrets | None]:
-        name = f"az-{uuid.uuid4().hex[:20]}"
-        async with self.client() as client:
-            await client.create_bucket(Bucket=name)
-        settings = CloudStorageSettings(
-            type="s3",
-            use_secret=True,
-            s3=S3Settings(bucket=name, endpoint=self.endpoint, addressing_style="path"),
-        )
-        secrets = StorageSecrets(access_key=SecretStr(ACCESS_KEY), secret_key=SecretStr(SECRET_KEY))
-        return settings, secrets
-
-    def through(self, settings: CloudStorageSettings, endpoint: str) -> CloudStorageSettings:
-        s3 = settings.s3.model_copy(update={"endpoint": endpoint})
-        return settings.model_copy(update={"s3": s3})
-
-    async def corrupt(
-        self, settings: CloudStorageSettings, secrets: StorageSecrets | None, key: str
-    ) -> None:
-        full_key = join_key(settings.prefix, key)
-        bucket = settings.s3.bucket
-        async with self.client() as client:
-            reply = await client.get_object(Bucket=bucket, Key=full_key)
-            async with reply["Body"] as body:
-                data = bytearray(await body.read())
-            metadata: dict[str, str] = reply["Metadata"]
-            assert SHA256_METADATA_KEY in metadata, metadata
-            data[-1] ^= 0xFF
-            await client.put_object(
-                Bucket=bucket, Key=full_key, Body=bytes(data), Metadata=metadata
-            )
