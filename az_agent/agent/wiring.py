@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,6 +33,7 @@ from az_agent.agent.http.server import ApiRunner
 from az_agent.agent.observability.logs import bind_context
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
+from az_agent.agent.signals import stop_on_signals
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
 from az_agent.drivers.errors import Misconfigured, PermissionDenied, Unavailable
 from az_agent.drivers.kubernetes.client import KubernetesConnection
@@ -203,28 +203,11 @@ async def run_agent(config: AgentConfig) -> None:
     for it to the end in any case). SIGKILL remains the way to stop without it.
     """
     bind_context(zone=config.zone)  # the records of the start-up too (the holder comes later)
-    main = asyncio.current_task()
-    assert main is not None
-    loop = asyncio.get_running_loop()
-    stopping: list[signal.Signals] = []
-
-    def stop(sig: signal.Signals) -> None:
-        if stopping:
-            log.warning("%s again: already stopping, the lease is released first", sig.name)
-            return
-        stopping.append(sig)
-        main.cancel()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, sig)
-    try:
+    with stop_on_signals(again="already stopping, the lease is released first"):
         async with build_agent(config) as agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await serve(agent, config)
-        log.info("stopped cleanly")
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+    log.info("stopped cleanly")
 
 
 __all__ = ["ConfigError", "StartupRefused", "build_agent", "run_agent", "serve"]

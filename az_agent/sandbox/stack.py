@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import sys
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.signals import stop_on_signals
 from az_agent.agent.wiring import build_agent, serve
 from az_agent.emulators.pinot.seed import SeedTable
 from az_agent.emulators.pinot.server import PinotEmulator
@@ -36,7 +36,6 @@ from az_agent.sandbox.postgres import PASSWORD, PG_BIN, PostgresServer
 log = logging.getLogger(__name__)
 
 DATABASES = ["configdb", "orchestratordb"]
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SERVING = ("ACTIVE", "FAILED", "PAUSED", "ACTIVATING", "PAUSING")
 """States of a zone that holds (or last held) the data: the handshake starts from it."""
 DEMO_SQL = """
@@ -191,28 +190,12 @@ async def _seed_databases(server: PostgresServer) -> None:
 async def run_sandbox(options: SandboxOptions) -> None:
     """Run the stack until SIGTERM or SIGINT, then stop all of it. A second signal while
     stopping is logged and ignored: it never cuts the PostgreSQL servers' stop short."""
-    main = asyncio.current_task()
-    assert main is not None
-    loop = asyncio.get_running_loop()
-    stopping: list[signal.Signals] = []
-
-    def stop(sig: signal.Signals) -> None:
-        if stopping:
-            log.warning("%s again: already stopping", sig.name)
-            return
-        stopping.append(sig)
-        main.cancel()
-
-    for sig in SIGNALS:
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        await _run_stack(options)
-    except asyncio.CancelledError:
-        if not stopping:
-            raise
-    finally:
-        for sig in SIGNALS:
-            loop.remove_signal_handler(sig)
+    with stop_on_signals(again="already stopping") as stopping:
+        try:
+            await _run_stack(options)
+        except asyncio.CancelledError:
+            if not stopping:
+                raise
 
 
 async def _run_stack(options: SandboxOptions) -> None:
