@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,15 @@ class Held:
     async def call(self, method: str, path: str) -> tuple[int, dict[str, Any], dict[str, str]]:
         async with self.session.request(method, f"{self.url}{path}") as response:
             return response.status, await response.json(), dict(response.headers)
+
+    async def status_when(self, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first ``/status`` body for which ``condition`` holds (the last one after 10 s)."""
+        for _ in range(200):
+            _, body, _ = await self.call("GET", "/status")
+            if condition(body):
+                break
+            await asyncio.sleep(0.05)
+        return body
 
     async def own_zone_keys(self) -> list[str]:
         return [i.key async for i in self.store.inner.list(f"{ZONE}/")]
@@ -156,11 +165,7 @@ async def test_posts_wait_for_recovery_and_gets_say_so(held: Held) -> None:
     assert [i.key async for i in held.store.inner.list("primary/")] == []
 
     held.release.set()
-    for _ in range(200):
-        status, body, _ = await held.call("GET", "/status")
-        if body["state"] != "RECOVERING":
-            break
-        await asyncio.sleep(0.05)
+    body = await held.status_when(lambda b: b["state"] != "RECOVERING")
     assert body["state"] == "STANDBY"
     assert body["operation"] is None
 
@@ -173,11 +178,7 @@ async def test_posts_wait_for_recovery_and_gets_say_so(held: Held) -> None:
 async def test_recovery_is_retried_while_the_bucket_is_down(held: Held) -> None:
     held.store.down = True  # the read already waiting goes through, the next ones fail
     held.release.set()
-    for _ in range(200):
-        status, body, _ = await held.call("GET", "/status")
-        if body.get("recoveryError"):
-            break
-        await asyncio.sleep(0.05)
+    body = await held.status_when(lambda b: bool(b.get("recoveryError")))
     assert body["state"] == "RECOVERING"
     assert "Unavailable" in body["recoveryError"]
     status, body, _ = await held.call("GET", "/readyz")
@@ -188,11 +189,7 @@ async def test_recovery_is_retried_while_the_bucket_is_down(held: Held) -> None:
     assert "last attempt failed" in body["detail"]
 
     held.store.down = False
-    for _ in range(200):
-        status, body, _ = await held.call("GET", "/status")
-        if body["state"] != "RECOVERING":
-            break
-        await asyncio.sleep(0.05)
+    body = await held.status_when(lambda b: b["state"] != "RECOVERING")
     assert body["state"] == "STANDBY"
     status, body, _ = await held.call("POST", "/resume")
     assert (status, body["state"]) == (409, "STANDBY")  # answered by the state machine now

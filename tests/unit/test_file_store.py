@@ -57,7 +57,10 @@ async def test_a_put_cancelled_twice_still_closes_its_temporary_file(tmp_path: P
 
     put = asyncio.create_task(store.put("key", body()))
     await asyncio.wait_for(streaming.wait(), 5)
-    await asyncio.sleep(0.05)  # the first part is written; the put waits for the next one
+    for _ in range(500):  # the first part is being written; the put then waits for the next
+        if open_paths(".part"):
+            break
+        await asyncio.sleep(0.01)
     assert open_paths(".part"), "the temporary file is open while the put streams"
     with busy_threads(asyncio.get_running_loop()) as gate:
         put.cancel()
