@@ -145,12 +145,26 @@ class KubernetesSettings(SettingsModel):
 
 
 class AutomaticFailoverSettings(SettingsModel):
-    """The standby runs the handshake itself once the source zone's lease has expired."""
+    """The standby runs the handshake itself once the source zone is gone or sick.
+
+    Gone: its zone lease has not changed for its TTL plus ``graceSeconds``. Sick: its agent
+    has published ``unhealthy`` in ``<source>/health.json`` for ``unhealthySeconds``. Never
+    while the source is paused (a planned handshake), never while this zone is unhealthy,
+    never back to a zone this agent took over automatically, at most once per cooldown.
+    """
 
     enabled: bool = Field(default=False, description="Activate without an operator.")
     source_zone: str = Field(default="", description="The zone this standby takes over.")
     grace_seconds: float = Field(
-        default=60, ge=0, description="Wait this long beyond the lease TTL before acting."
+        default=30, ge=0, description="Wait this long beyond the lease TTL before acting."
+    )
+    unhealthy_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="Take over once the source has published itself unhealthy this long.",
+    )
+    cooldown_minutes: float = Field(
+        default=60, ge=0, description="At most one automatic activation per this many minutes."
     )
 
     @model_validator(mode="after")
@@ -158,6 +172,51 @@ class AutomaticFailoverSettings(SettingsModel):
         if self.enabled and not ZONE_PATTERN.match(self.source_zone):
             raise ValueError("sourceZone must name the zone to take over when enabled")
         return self
+
+
+class StandbySettings(SettingsModel):
+    """What a standby zone keeps ready (DESIGN.md, "Standby modes")."""
+
+    mode: Literal["cold", "warm"] = Field(
+        default="cold",
+        description="cold: nothing runs but the agent; warm: follow the primary's log "
+        "(tables, segments, shadow databases) so an activation moves only the delta.",
+    )
+    follow_interval_seconds: float = Field(
+        default=30, gt=0, description="Warm: how often the standby follows the primary's log."
+    )
+
+
+class WorkloadRef(SettingsModel):
+    """One workload a cold zone scales from zero on activation."""
+
+    kind: Literal["Deployment", "StatefulSet"]
+    name: str = Field(min_length=1)
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas on activation; None = those recorded when the zone was active.",
+    )
+
+
+class ColdStandbySettings(SettingsModel):
+    """The workloads a cold standby zone scales up from zero on activation."""
+
+    namespace: str = Field(default="", description="'' = the agent's own namespace.")
+    workloads: list[WorkloadRef] = Field(default_factory=list)
+    selector: str = Field(
+        default="", description="Or a label selector; replicas recorded in the bucket."
+    )
+    scale_down_on_pause: bool = Field(
+        default=False, description="Scale the workloads to zero after a pause."
+    )
+    ready_timeout_seconds: float = Field(
+        default=900, gt=0, description="How long an activation waits for them to be ready."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.workloads or self.selector)
 
 
 class RehydrationSettings(SettingsModel):
@@ -223,6 +282,8 @@ class ServiceConfig(SettingsModel):
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     automatic_failover: AutomaticFailoverSettings = Field(default_factory=AutomaticFailoverSettings)
+    standby: StandbySettings = Field(default_factory=StandbySettings)
+    cold_standby: ColdStandbySettings = Field(default_factory=ColdStandbySettings)
     rehydration: RehydrationSettings = Field(default_factory=RehydrationSettings)
     retention: BucketRetentionSettings = Field(default_factory=BucketRetentionSettings)
 

@@ -56,6 +56,12 @@ Commit log (``log.py``, entry models in ``entries.py``) -- ``<zone>/log/<seq:020
   ``SegmentsPurgedPayload`` (retention forgets deleted segments). Write the data object first,
   then append its entry.
 
+Zone health (``health.py``) -- ``<zone>/health.json``, published by the zone's leader::
+
+    board = HealthBoard(store, zone, clock=clock)
+    await board.publish({"pinot": HealthCheck(ok=True)}, holder) -> ZoneHealth  # sequence + 1
+    await board.read(other_zone) -> ZoneHealth | None   # .status healthy|unhealthy|unknown
+
 Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, ``sweep.py``)::
 
     catalog = await load_catalog(store, zone)     # newest valid checkpoint + later entries
@@ -131,6 +137,13 @@ from az_agent.state.errors import (
     SplitBrain,
     StateError,
 )
+from az_agent.state.health import (
+    HealthBoard,
+    HealthCheck,
+    HealthCorrupted,
+    HealthStatus,
+    ZoneHealth,
+)
 from az_agent.state.lease import LeaseKeeper, new_holder_id
 from az_agent.state.lease_record import (
     LeaseObservation,
@@ -164,6 +177,10 @@ __all__ = [
     "DumpRecord",
     "FencePayload",
     "Fenced",
+    "HealthBoard",
+    "HealthCheck",
+    "HealthCorrupted",
+    "HealthStatus",
     "LeaderElector",
     "LeaseCorrupted",
     "LeaseHeld",
@@ -195,6 +212,7 @@ __all__ = [
     "StateError",
     "SystemClock",
     "TableConfigPayload",
+    "ZoneHealth",
     "apply_committed",
     "find_tail",
     "highest_term",

@@ -97,3 +97,8 @@ def _document_key(zone: str, folder: str, name: str, digest: str) -> str:
     if len(digest) != 64 or not set(digest) <= set("0123456789abcdef"):
         raise ValueError(f"{digest!r} is not a lowercase hex SHA-256")
     return validate_key(join_key(check_zone(zone), "pinot", folder, name, f"{digest}.json"))
+
+
+def health_key(zone: str) -> str:
+    """The zone's published health, ``<zone>/health.json`` (written by its leader)."""
+    return join_key(check_zone(zone), "health.json")
