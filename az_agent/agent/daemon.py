@@ -20,12 +20,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.deps import AgentDeps
 from az_agent.agent.errors import AgentError, NotReady, OperationFailed, WrongState
-from az_agent.agent.leadership.automatic import watch_source
+from az_agent.agent.leadership.automatic import AutomaticFailover, AutomaticFailoverDeps
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.leadership.zone import LeadershipDeps, ZoneLeadership
 from az_agent.agent.observability.logs import bind_context, log_context
@@ -44,11 +45,13 @@ from az_agent.agent.recovery import starting_state
 from az_agent.agent.supervisor import Supervisor, to_the_end
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
+    HealthBoard,
     LeaseKeeper,
     LeaseSettings,
     LeaseState,
     LogCorrupted,
     StateError,
+    ZoneHealth,
     new_holder_id,
 )
 
@@ -101,6 +104,7 @@ class Agent:
         self.journal = OperationJournal(deps.store, self.zone, deps.clock)
         self.state = AgentState.STANDBY
         self.operation: Operation | None = None
+        deps.metrics.operation.track(self._running_operation)
         self.admission = asyncio.Lock()
         self.silence_retry = SilenceRetry()
         self.fenced_by: str | None = None
@@ -113,6 +117,9 @@ class Agent:
         """True from the end of recovery until shutdown; POSTs are refused (503) outside it, so
         no operation starts on a state that recovery would then overwrite, or without a task."""
         self._recovery_error: str | None = None
+        self.automatic: AutomaticFailover | None = None
+        """The automatic failover's decision loop, when enabled (its last decision in
+        ``/status``)."""
 
     @property
     def keeper(self) -> LeaseKeeper:
@@ -139,6 +146,13 @@ class Agent:
         self.deps.metrics.set_state(new)
         self.leadership.state_changed()
         return new
+
+    def _running_operation(self) -> tuple[str, float] | None:
+        """The running operation's kind and start, for the metrics; None when none runs."""
+        op = self.operation
+        if op is None or op.status != "running":
+            return None
+        return op.kind, op.started_at.timestamp()
 
     def _wants_leadership(self) -> bool:
         if self.failure is not None:
@@ -318,23 +332,53 @@ class Agent:
         self.set_state(Request.FENCE)
 
     async def _automatic_failover(self) -> None:
-        settings = self.deps.config.service.automatic_failover
-        await watch_source(
-            settings,
-            self.source_keeper(settings.source_zone),
-            self.deps.clock,
-            self.lease_settings.retry_period_seconds,
-            is_standby=lambda: self.state is AgentState.STANDBY,
-            activate=self._activate_automatically,
+        service = self.deps.config.service
+        settings = service.automatic_failover
+        self.automatic = AutomaticFailover(
+            AutomaticFailoverDeps(
+                zone=self.zone,
+                settings=settings,
+                keeper=self.source_keeper(settings.source_zone),
+                health=HealthBoard(self.deps.store, self.zone, clock=self.deps.clock),
+                clock=self.deps.clock,
+                metrics=self.deps.metrics,
+                period=self.lease_settings.retry_period_seconds,
+                cold=service.standby.mode == "cold" and service.cold_standby.enabled,
+                is_standby=lambda: self.state is AgentState.STANDBY,
+                primary=lambda: self.leadership.primary.record if self.leadership.primary else None,
+                own_health=self._own_health,
+                last_automatic=self._last_automatic_activation,
+                activate=self._activate_automatically,
+            )
         )
+        await self.automatic.run()
 
-    async def _activate_automatically(self, source: str) -> None:
+    def _own_health(self) -> ZoneHealth | None:
+        view = getattr(self, "health", None)
+        return getattr(view, "own", None)
+
+    async def _last_automatic_activation(self) -> datetime | None:
+        """When this zone last activated automatically, from its journal (survives restarts)."""
+        try:
+            op = await self.journal.load_current()
+        except (DriverError, StateError) as exc:
+            log.warning("automatic failover: cannot read the journal for the cooldown: %s", exc)
+            return None
+        if op is None or op.kind != "activate" or not op.request.get("automatic"):
+            return None
+        return op.started_at
+
+    async def _activate_automatically(self, source: str, reason: str, force: bool) -> bool:
         from az_agent.agent.operations.activate import start_activation
 
+        request = ActivateRequest(zone=source, force=force, automatic=reason)
         try:
-            await start_activation(self, ActivateRequest(zone=source))
+            with self._named():
+                await start_activation(self, request)
         except (AgentError, DriverError, StateError, IllegalTransition) as exc:
             log.error("automatic failover from zone %s could not start: %s", source, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------- read side
 

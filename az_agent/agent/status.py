@@ -47,6 +47,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
         },
         "primary": _primary(agent),
         "fencedBy": agent.fenced_by,
+        "automaticFailover": _automatic(agent),
         "rpoSeconds": {
             # As the metrics: only the zone that backs up has a recovery point (null otherwise).
             "segments": round(deps.segment_backup.rpo_seconds(), 3) if backing_up else None,
@@ -74,6 +75,20 @@ def _primary(agent: Agent) -> dict[str, Any] | None:
         "term": record.term if record else 0,
         "since": record.since.isoformat() if record else None,
         "isThisZone": record is not None and record.zone == agent.zone,
+        "previousZone": record.previous_zone if record else None,
+        "automatic": record.automatic if record else None,
+    }
+
+
+def _automatic(agent: Agent) -> dict[str, Any]:
+    """The automatic failover's settings and its last decision (one sentence)."""
+    settings = agent.deps.config.service.automatic_failover
+    watcher = agent.automatic
+    decision = watcher.last_decision if watcher else None
+    return {
+        "enabled": settings.enabled,
+        "sourceZone": settings.source_zone or None,
+        "lastDecision": decision.sentence if decision else None,
     }
 
 

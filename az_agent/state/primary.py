@@ -63,6 +63,11 @@ class PrimaryRecord(BaseModel):
     since: datetime
     operation_id: str | None = None
     nonce: str = Field(description="Fresh per write: S3 ETags repeat for identical bytes.")
+    previous_zone: str | None = None
+    """The zone the claim took the primary from (None when created by ``ensure``)."""
+    automatic: str | None = None
+    """Why an automatic failover claimed it (``lease-expired``, ``unhealthy``); None when an
+    operator did. A zone taken over automatically never takes it back automatically."""
 
     def encode(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
@@ -187,6 +192,7 @@ class PrimaryLock:
         zone: str,
         operation_id: str,
         expected: PrimaryObservation | None = None,
+        automatic: str | None = None,
     ) -> PrimaryRecord:
         """Make ``zone`` primary in place of ``source``: the commit point of an activation.
 
@@ -228,7 +234,9 @@ class PrimaryLock:
             raise PrimaryTaken(self._group, current.zone, current.term, current.operation_id)
         else:
             term = current.term + 1
-        record = self._new_record(zone, term, operation_id=operation_id)
+        record = self._new_record(zone, term, operation_id=operation_id).model_copy(
+            update={"previous_zone": source, "automatic": automatic}
+        )
         try:
             await self._store.put(
                 self._key,

@@ -123,11 +123,25 @@ STATUS: Schema = _obj(
                     "term": _INT,
                     "since": _nullable(_TIME),
                     "isThisZone": _BOOL,
+                    "previousZone": _nullable({**_STR, "description": "Whence it was claimed"}),
+                    "automatic": _nullable(
+                        {**_STR, "description": "Why an automatic failover claimed it"}
+                    ),
                 },
                 ["group", "zone", "term", "isThisZone"],
             )
         ),
         "fencedBy": _nullable(_STR),
+        "automaticFailover": _obj(
+            {
+                "enabled": _BOOL,
+                "sourceZone": _nullable(_STR),
+                "lastDecision": _nullable(
+                    {**_STR, "description": "What its last cycle saw and decided, one sentence"}
+                ),
+            },
+            ["enabled", "sourceZone", "lastDecision"],
+        ),
         "rpoSeconds": _obj(
             {"segments": _nullable(_NUM), "postgres": _nullable(_NUM)},
             description="Recovery point per data kind; null when not backing it up",

@@ -38,6 +38,8 @@ RecoverySource = Callable[[], float | None]
 """A data kind's recovery point in seconds, or None while this zone does not back it up."""
 DumpAgesSource = Callable[[], Mapping[str, float] | None]
 """Per database, the age of its newest good dump; None while this zone does not back up."""
+OperationSource = Callable[[], tuple[str, float] | None]
+"""The running operation's kind and start (Unix seconds); None while none runs."""
 
 
 class LastValue(Collector):
@@ -105,16 +107,44 @@ class RecoveryPoints(Collector):
         return [rpo, ages]
 
 
+class RunningOperation(Collector):
+    """``az_agent_operation_started_timestamp_seconds{kind}``: when the running operation
+    started (an activation resumed after a restart keeps its first start), absent while none
+    runs; ``time() - it`` is how long it has been running (the "activation stuck" alert)."""
+
+    NAME = "az_agent_operation_started_timestamp_seconds"
+    HELP = "Start of the running operation (pause, activate, resume), Unix seconds; absent if none."
+
+    def __init__(self) -> None:
+        self._source: OperationSource | None = None
+
+    def track(self, source: OperationSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP, labels=["kind"])]
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP, labels=["kind"])
+        running = self._source() if self._source is not None else None
+        if running is not None:
+            family.add_metric([running[0]], running[1])
+        return [family]
+
+
 class AgentMetrics:
     """Every metric the agent exports; loops and operations update these attributes."""
 
-    def __init__(self, zone: str) -> None:
+    def __init__(self, zone: str, group: str = "default") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.info = Gauge(
-            "az_agent_info", "Constant 1, labelled with the zone.", ["zone"], registry=reg
+            "az_agent_info",
+            "Constant 1, labelled with the zone and its failover group (the alerts join on it).",
+            ["zone", "group"],
+            registry=reg,
         )
-        self.info.labels(zone=zone).set(1)
+        self.info.labels(zone=zone, group=group).set(1)
         self.state = Gauge(
             "az_agent_state", "1 for the agent's current failover state.", ["state"], registry=reg
         )
@@ -205,6 +235,8 @@ class AgentMetrics:
             ["phase"],
             registry=reg,
         )
+        self.operation = RunningOperation()
+        reg.register(self.operation)
         self.rehydration_segments = Gauge(
             "az_agent_rehydration_segments",
             "Segments of the current activation.",
@@ -230,6 +262,12 @@ class AgentMetrics:
             "1 when the dependency answered its last probe (bucket, pinot, postgres, "
             "alertmanager, kubernetes), 0 when it did not.",
             ["dependency"],
+            registry=reg,
+        )
+        self.automatic_activations = Counter(
+            "az_agent_automatic_activations",
+            "Activations the automatic failover started, by reason (lease-expired, unhealthy).",
+            ["reason"],
             registry=reg,
         )
         self.loop_restarts = Counter(

@@ -110,6 +110,7 @@ class Activation:
             batch_size=saved.get("batchSize"),
             force=True,  # the source was fenced (or is being fenced) by this very operation
             namespace=None,
+            automatic=saved.get("automatic"),
         )
         log.info("resuming activation %s from zone %s after a restart", op.id, op.source_zone)
         return cls(agent, request, op)
@@ -301,7 +302,11 @@ class Activation:
         assert op is not None
         lock = self._primary_lock()
         record = await lock.claim(
-            source=self.request.zone, zone=agent.zone, operation_id=op.id, expected=self.primary
+            source=self.request.zone,
+            zone=agent.zone,
+            operation_id=op.id,
+            expected=self.primary,
+            automatic=self.request.automatic,
         )
         self.primary = None  # a retry reads the record afresh
         op.result["term"] = record.term

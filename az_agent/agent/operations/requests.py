@@ -26,6 +26,8 @@ class ActivateRequest:
     dry_run: bool = False
     namespace: str | None = None
     force_pause: bool = False
+    automatic: str | None = None
+    """Set by the automatic failover: why it activated (never from the HTTP API)."""
 
     @classmethod
     def from_query(
@@ -53,4 +55,5 @@ class ActivateRequest:
             "force": self.force,
             "dryRun": self.dry_run,
             "namespace": self.namespace,
+            "automatic": self.automatic,
         }

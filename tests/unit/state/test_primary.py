@@ -68,6 +68,8 @@ def test_record_is_camel_case_json_and_ignores_unknown_fields() -> None:
         "since": "2030-01-01T00:00:00Z",
         "operationId": "op-1",
         "nonce": "n1",
+        "previousZone": None,
+        "automatic": None,
     }
     newer = json.dumps({**stored, "addedLater": True}).encode()
     assert PrimaryRecord.decode(newer, "k") == record
@@ -202,6 +204,19 @@ async def test_claim_moves_the_primary_and_adds_one_to_the_term(
     back = await lock.claim(source="az2", zone="az1", operation_id="op-2")
     assert (back.zone, back.term, back.operation_id) == ("az1", 3, "op-2")
     assert back.nonce != taken.nonce
+
+
+async def test_claim_records_whence_and_why_an_automatic_failover_took_it(
+    lock: PrimaryLock,
+) -> None:
+    await lock.ensure("az1")
+    taken = await lock.claim(source="az1", zone="az2", operation_id="op-1", automatic="unhealthy")
+    stored = (await lock.read()).record
+    assert stored is not None
+    assert (stored.previous_zone, stored.automatic) == ("az1", "unhealthy")
+    back = await lock.claim(source="az2", zone="az1", operation_id="op-2")
+    assert (back.previous_zone, back.automatic) == ("az2", None)
+    assert taken.previous_zone == "az1"
 
 
 async def test_claim_resumed_with_the_same_operation_returns_the_record(
