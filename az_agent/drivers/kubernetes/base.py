@@ -40,7 +40,8 @@ class WorkloadScaler(AsyncResource):
     Errors are those of :mod:`az_agent.drivers.errors`: ``NotFound`` (no such workload),
     ``PermissionDenied`` (RBAC refused the verb), ``Misconfigured`` (credentials refused, invalid
     request, no usable cluster configuration), ``Unavailable`` (API server unreachable, timed out,
-    5xx or throttled; safe to retry: every call here is idempotent). Nothing is retried inside.
+    5xx or throttled; safe to retry: every call here is idempotent). Nothing is retried inside
+    but a 409 Conflict of :meth:`scale`, which a concurrent writer of the object causes.
     """
 
     @abc.abstractmethod

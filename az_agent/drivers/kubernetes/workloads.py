@@ -4,15 +4,26 @@ The ``scale`` subresource (``autoscaling/v1`` Scale) rather than a patch of the 
 needs only the ``deployments/scale`` / ``statefulsets/scale`` RBAC verbs, touches nothing but
 the replica count, and is what ``kubectl scale`` and autoscalers use. The patch is a JSON merge
 patch ``{"spec": {"replicas": N}}``, which means the same for every kind and server version.
+
+Why a patch and not a read-modify-replace of the Scale carrying its ``resourceVersion``: the
+count we set is absolute, never derived from the one read, so an optimistic-concurrency
+precondition would protect nothing and only add a round trip and conflicts to retry. Without a
+``resourceVersion`` the API server re-applies the patch to the newest object itself when a
+concurrent write (the controller's status update, an autoscaler) lands first. It gives up with
+409 Conflict after a few such rounds on a very busy object; :meth:`KubernetesWorkloads.scale`
+then sends the same patch again, at most :data:`CONFLICT_ATTEMPTS` times in all (idempotent:
+the same absolute count).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Self
 
 from kubernetes_asyncio.client import ApiClient, AppsV1Api
 
+from az_agent.drivers.errors import PreconditionFailed
 from az_agent.drivers.kubernetes.base import Workload, WorkloadKind, WorkloadScaler
 from az_agent.drivers.kubernetes.client import (
     DEFAULT_TIMEOUT,
@@ -25,6 +36,10 @@ log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
 DEFAULT_PAGE_SIZE = 500
+CONFLICT_ATTEMPTS = 5
+"""Patches sent in all when the API server answers 409 Conflict (see the module docstring)."""
+CONFLICT_DELAY = 0.05
+"""Seconds before the first resend, doubled for each next one."""
 
 # Method name suffixes of AppsV1Api per kind, e.g. ``read_namespaced_<suffix>_scale``.
 _SUFFIX = {WorkloadKind.DEPLOYMENT: "deployment", WorkloadKind.STATEFULSET: "stateful_set"}
@@ -61,14 +76,22 @@ class KubernetesWorkloads(WorkloadScaler):
         if replicas < 0:
             raise ValueError(f"replicas must be >= 0, got {replicas}")
         patch = self._method("patch", kind, "scale")
-        with translate_errors(f"scale {kind} {namespace}/{name} to {replicas}"):
-            await patch(
-                name,
-                namespace,
-                {"spec": {"replicas": replicas}},
-                _content_type=MERGE_PATCH,
-                _request_timeout=self._timeout,
-            )
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                with translate_errors(f"scale {kind} {namespace}/{name} to {replicas}"):
+                    await patch(
+                        name,
+                        namespace,
+                        {"spec": {"replicas": replicas}},
+                        _content_type=MERGE_PATCH,
+                        _request_timeout=self._timeout,
+                    )
+                break
+            except PreconditionFailed as exc:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise PreconditionFailed(f"{exc} ({attempt} attempts)") from exc
+                log.info("scale of %s %s/%s met a conflict, resending", kind, namespace, name)
+                await asyncio.sleep(CONFLICT_DELAY * 2 ** (attempt - 1))
         log.info("scaled %s %s/%s to %d replicas", kind, namespace, name, replicas)
 
     async def get_replicas(self, namespace: str, kind: WorkloadKind, name: str) -> int:

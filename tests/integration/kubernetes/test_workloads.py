@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from az_agent.drivers.errors import Misconfigured, NotFound, PermissionDenied, Unavailable
+from az_agent.drivers.errors import (
+    Misconfigured,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
 from az_agent.drivers.kubernetes.base import Workload, WorkloadKind
 from az_agent.drivers.kubernetes.client import KubernetesConnection, open_api_client
-from az_agent.drivers.kubernetes.workloads import KubernetesWorkloads
+from az_agent.drivers.kubernetes.workloads import CONFLICT_ATTEMPTS, KubernetesWorkloads
 from tests.integration.kubernetes.fake_apiserver import FakeApiServer
 
 NS = "kfuse"
@@ -171,6 +177,33 @@ async def test_server_errors_are_unavailable(
         await workloads.scale(NS, DEPLOYMENT, "ui", 2)
     await workloads.scale(NS, DEPLOYMENT, "ui", 2)
     assert await workloads.get_replicas(NS, DEPLOYMENT, "ui") == 2
+
+
+async def test_a_conflict_is_resent_until_the_patch_lands(
+    apiserver: FakeApiServer, workloads: KubernetesWorkloads
+) -> None:
+    apiserver.add_workload("StatefulSet", NS, "pinot-server", replicas=0)
+    for _ in range(CONFLICT_ATTEMPTS - 1):
+        apiserver.fail_next(409, "Conflict")
+    await workloads.scale(NS, STATEFULSET, "pinot-server", 3)
+    patches = [r for r in apiserver.requests if r.method == "PATCH"]
+    assert len(patches) == CONFLICT_ATTEMPTS
+    assert all(p.body == {"spec": {"replicas": 3}} for p in patches)
+    assert apiserver.objects[("statefulsets", NS, "pinot-server")]["spec"]["replicas"] == 3
+
+
+async def test_conflicts_beyond_the_bound_are_precondition_failed(
+    apiserver: FakeApiServer, workloads: KubernetesWorkloads
+) -> None:
+    apiserver.add_workload("StatefulSet", NS, "pinot-server", replicas=0)
+    for _ in range(CONFLICT_ATTEMPTS + 1):
+        apiserver.fail_next(409, "Conflict")
+    with pytest.raises(
+        PreconditionFailed, match=f"injected Conflict \\({CONFLICT_ATTEMPTS} attempts"
+    ):
+        await workloads.scale(NS, STATEFULSET, "pinot-server", 3)
+    assert len(apiserver.requests) == CONFLICT_ATTEMPTS
+    assert apiserver.objects[("statefulsets", NS, "pinot-server")]["spec"]["replicas"] == 0
 
 
 async def test_unreachable_api_server_is_unavailable() -> None:
