@@ -14,6 +14,7 @@ from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
 from tests.servers.base import StorageBackend
+from tests.servers.kubernetes import KubernetesApiServer
 from tests.servers.postgres import PostgresServer
 
 BACKENDS = {
@@ -111,6 +112,18 @@ async def pg_servers() -> AsyncIterator[tuple[PostgresServer, PostgresServer]]:
         yield servers
     finally:
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in servers))
+
+
+@pytest.fixture(scope="session")
+async def kube_apiserver() -> AsyncIterator[KubernetesApiServer]:
+    """A real Kubernetes API server for the session (see tests/servers/kubernetes.py); it fails,
+    never skips, when scripts/kube-build.sh has not built it."""
+    server = KubernetesApiServer()
+    await asyncio.to_thread(server.start)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture
