@@ -63,7 +63,71 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "pinot-emulator", help="run the Pinot controller emulator (see --help)", add_help=False
     )
+    _add_handshake_commands(commands)
     return parser
+
+
+def _add_handshake_commands(commands: Any) -> None:
+    """``pause``, ``activate``, ``status``, ``resume``: the handshake against a running agent."""
+    helps = {
+        "pause": "POST /pause to the agent at --url (the zone failed away from)",
+        "activate": "POST /activate to the agent at --url (the zone taking over)",
+        "status": "GET /status of the agent at --url",
+        "resume": "POST /resume to the agent at --url (lift silences, resume in place)",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--url", required=True, help="the agent, e.g. http://localhost:8081")
+        sub.add_argument(
+            "--token-file", help="file holding the API token (default: $AZ_AGENT_TOKEN, if set)"
+        )
+        sub.add_argument("--json", action="store_true", help="print the server's JSON body")
+    pause = commands.choices["pause"]
+    pause.add_argument("--force", action="store_true", help="do not wait for consuming segments")
+    pause.add_argument("--wait-seconds", type=int, help="server-side wait before answering 202")
+    activate = commands.choices["activate"]
+    activate.add_argument("--zone", required=True, help="the source zone")
+    activate.add_argument("--latest-time", help="restore as of (RFC 3339, Unix s or ms)")
+    activate.add_argument("--batch-size", type=int, help="segments per rehydration batch")
+    activate.add_argument("--force", action="store_true", help="even while the source lease lives")
+    activate.add_argument("--dry-run", action="store_true", help="only show the plan")
+    activate.add_argument("--namespace", help="pause the source through the Kubernetes API first")
+    activate.add_argument("--force-pause", action="store_true", help="with --namespace: force it")
+    activate.add_argument(
+        "--wait", action="store_true", help="follow /status with a progress bar until it ends"
+    )
+
+
+def _handshake(args: argparse.Namespace) -> int:
+    import os
+
+    from az_agent.agent.http.client import read_token
+    from az_agent.sandbox.handshake import HandshakeCall, run_handshake
+
+    try:
+        token = read_token(args.token_file, dict(os.environ))
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"az-agent: --token-file: {exc}\n")
+        return EXIT_CONFIG
+    if not args.url.startswith(("http://", "https://")):
+        sys.stderr.write(f"az-agent: --url {args.url!r} must start with http:// or https://\n")
+        return EXIT_CONFIG
+    call = HandshakeCall(args.command, args.url, token, json=args.json)
+    if args.command == "pause":
+        call.pause_force, call.pause_wait = args.force, args.wait_seconds
+    if args.command == "activate":
+        call.zone, call.wait = args.zone, args.wait
+        call.activate_options = {
+            "latestTime": args.latest_time,
+            "batchSize": args.batch_size,
+            "force": args.force,
+            "dryRun": args.dry_run,
+            "namespace": args.namespace,
+            "forcePause": args.force_pause,
+        }
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(run_handshake(call))
+    return EXIT_FAILED
 
 
 def effective_config_document(config: AgentConfig) -> dict[str, Any]:
@@ -151,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "sandbox":
         return _sandbox(args)
+    if args.command in ("pause", "activate", "status", "resume"):
+        return _handshake(args)
     try:
         config = load_config(args.config)
         if args.command == "config":
