@@ -6,8 +6,12 @@ from az_agent.drivers.pinot.config import PinotSettings
 from az_agent.drivers.pinot.errors import Conflict, RequestRejected
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.pinot.models import (
+    ClusterInstances,
     ConsumerInfo,
     ConsumingSegmentsInfo,
+    IngestionState,
+    IngestionStatus,
+    InstanceKind,
     PauseStatus,
     SegmentMetadata,
     SegmentStatus,
@@ -19,11 +23,15 @@ from az_agent.drivers.pinot.models import (
 )
 
 __all__ = [
+    "ClusterInstances",
     "Conflict",
     "ConsumeFrom",
     "ConsumerInfo",
     "ConsumingSegmentsInfo",
     "HttpPinotController",
+    "IngestionState",
+    "IngestionStatus",
+    "InstanceKind",
     "PauseStatus",
     "PinotController",
     "PinotCredentials",

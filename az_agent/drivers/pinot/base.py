@@ -21,7 +21,9 @@ from contextlib import AbstractAsyncContextManager
 from enum import StrEnum
 
 from az_agent.drivers.pinot.models import (
+    ClusterInstances,
     ConsumingSegmentsInfo,
+    IngestionStatus,
     JsonObject,
     PauseStatus,
     SegmentMetadata,
@@ -68,6 +70,17 @@ class PinotController(AsyncResource):
     @abc.abstractmethod
     async def health(self) -> None:
         """Return when the controller reports GOOD; ``Unavailable`` with its status otherwise."""
+
+    @abc.abstractmethod
+    async def instances(self) -> ClusterInstances:
+        """Every registered instance and which of them are live (two reads, not atomic: an
+        instance registered in between shows as registered and not live)."""
+
+    @abc.abstractmethod
+    async def ingestion_status(self, table: TableRef) -> IngestionStatus:
+        """The controller's verdict on ``table``'s ingestion (``/tables/{t}/status``); it asks
+        every server of the consuming segments. ``Unavailable`` for an OFFLINE table without a
+        ``SegmentGenerationAndPushTask`` or a missing table too: Pinot answers both with 500."""
 
     @abc.abstractmethod
     async def list_tables(self, table_type: TableType | None = None) -> list[TableRef]:

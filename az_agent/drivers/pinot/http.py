@@ -36,7 +36,9 @@ from az_agent.drivers.pinot.errors import (
     translate_transport_errors,
 )
 from az_agent.drivers.pinot.models import (
+    ClusterInstances,
     ConsumingSegmentsInfo,
+    IngestionStatus,
     JsonObject,
     PauseStatus,
     SegmentMetadata,
@@ -198,6 +200,17 @@ class HttpPinotController(PinotController):
 
     async def health(self) -> None:
         await self._call("GET", "/health")
+
+    async def instances(self) -> ClusterInstances:
+        registered, live = await asyncio.gather(
+            self._call("GET", "/instances"), self._call("GET", "/liveinstances")
+        )
+        return ClusterInstances(tuple(_names(registered)), frozenset(_names(live)))
+
+    async def ingestion_status(self, table: TableRef) -> IngestionStatus:
+        params = {"type": table.type.value.lower()}
+        body = await self._call("GET", _path("tables", table.raw, "status"), params=params)
+        return IngestionStatus.from_json(body)
 
     async def list_tables(self, table_type: TableType | None = None) -> list[TableRef]:
         types = [table_type] if table_type else list(TableType)
@@ -395,6 +408,13 @@ class HttpPinotController(PinotController):
             Watermark(int(w["partitionGroupId"]), int(w["sequenceNumber"]), int(w["offset"]))
             for w in body.get("watermarks", [])
         ]
+
+
+def _names(body: Any) -> list[str]:
+    """The ``instances`` list of an ``Instances`` answer."""
+    if not isinstance(body, dict) or not isinstance(body.get("instances"), list):
+        raise Unavailable(f"pinot: not an instance list: {str(body)[:200]!r}")
+    return [str(name) for name in body["instances"]]
 
 
 def error_for_ca(ca_file: str, exc: Exception) -> Misconfigured:

@@ -294,3 +294,64 @@ class UploadResult:
     table: TableRef
     segment: str
     message: str
+
+
+class InstanceKind(StrEnum):
+    """The role an instance name starts with (``CommonConstants.Helix.PREFIX_OF_*``)."""
+
+    CONTROLLER = "Controller"
+    BROKER = "Broker"
+    SERVER = "Server"
+    MINION = "Minion"
+
+    @classmethod
+    def of(cls, name: str) -> InstanceKind | None:
+        """``Broker_host_8099`` -> BROKER; None for a name with no known prefix."""
+        for kind in cls:
+            if name.startswith(f"{kind.value}_"):
+                return kind
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInstances:
+    """Who is registered (``GET /instances``) and who of them is live (``GET /liveinstances``,
+    Helix's ``LIVEINSTANCES``): a registered instance that is not live is down."""
+
+    registered: tuple[str, ...]
+    live: frozenset[str]
+
+    def of_kind(self, kind: InstanceKind) -> list[str]:
+        return sorted(n for n in self.registered if InstanceKind.of(n) is kind)
+
+    def live_of_kind(self, kind: InstanceKind) -> list[str]:
+        return [n for n in self.of_kind(kind) if n in self.live]
+
+    def down_of_kind(self, kind: InstanceKind) -> list[str]:
+        return [n for n in self.of_kind(kind) if n not in self.live]
+
+
+class IngestionState(StrEnum):
+    """``TableStatus.IngestionState``."""
+
+    HEALTHY = "HEALTHY"
+    UNHEALTHY = "UNHEALTHY"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestionStatus:
+    """``GET /tables/{t}/status?type=``'s ``ingestionStatus``: for a REALTIME table, HEALTHY
+    when every replica of every consuming segment answers and reports ``CONSUMING``."""
+
+    state: IngestionState
+    error: str
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> IngestionStatus:
+        status = body.get("ingestionStatus") or {}
+        try:
+            state = IngestionState(str(status.get("ingestionState", "UNKNOWN")))
+        except ValueError:
+            state = IngestionState.UNKNOWN  # a state added by a newer Pinot
+        return cls(state, str(status.get("errorMessage") or ""))

@@ -6,16 +6,20 @@ create, delete) and schemas (list, get, create, delete); segments (list, ZK meta
 one by one, CRC map, download, delete); uploads (``POST /v2/segments`` and ``/segments``,
 multipart SEGMENT mode with the new / refresh / same-CRC / ``allowRefresh`` / ``If-Match`` /
 ``REFRESH_ONLY`` rules); ideal state and external view; realtime pause, resume (with
-``consumeFrom``), pause status, consuming-segments info, consumer watermarks and force commit.
+``consumeFrom``), pause status, consuming-segments info, consumer watermarks and force commit;
+instances, live instances, one instance's config and table (ingestion) status, the API a zone
+health probe uses (``instance_routes.py`` says where each comes from in Pinot's source).
 Segment tarballs live on disk under ``<data>/deepstore`` with Pinot's v3 layout, a
 ``metadata.properties`` and a ``creation.meta`` carrying the true CRC; state survives restarts in
 ``<data>/state.json``. Emulator-only controls live under ``/_emulator/`` (see ``admin.py``).
 
 What it leaves out of Pinot:
 
-* no query engine, brokers or minions: nothing answers SQL, ``/query`` does not exist;
+* no query engine or minions: nothing answers SQL, ``/query`` does not exist; the one broker
+  (``Broker_127.0.0.1_8099``) exists only as an instance that is live or not;
 * no servers, Helix or ZooKeeper: one fake server instance holds every replica, the external
-  view equals the ideal state at once, replication only shows in ZK fields; no rebalance,
+  view equals the ideal state at once (a dead server does not leave it), replication only
+  shows in ZK fields; liveness changes only through ``/_emulator/instances``; no rebalance,
   reload, reset, tiers, retention manager, segment lineage or tasks;
 * no stream: "Kafka" is a per-topic offset counter; a consuming segment holds no rows, and
   consumption happens only when a segment commits (on the generator timer, on a pause's

@@ -1,4 +1,5 @@
-"""Emulator-only controls under ``/_emulator/``: commit now, generate, produce, faults, health.
+"""Emulator-only controls under ``/_emulator/``: commit now, generate, produce, faults, health,
+instance liveness, stalled consumers.
 
 Nothing here exists in Pinot; tests, benchmarks and the failover drill use it to make things
 happen on cue. Paths take a typed table name, or a raw one (REALTIME preferred).
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from az_agent.emulators.pinot.cluster import Cluster
 from az_agent.emulators.pinot.common import PinotHttpError, json_response
+from az_agent.emulators.pinot.helix import NOT_CONSUMING
 from az_agent.emulators.pinot.keys import CLUSTER
 from az_agent.emulators.pinot.state import GeneratorSpec, TableRecord
 
@@ -108,6 +110,34 @@ async def produce(request: web.Request) -> web.Response:
 async def set_health(request: web.Request) -> web.Response:
     request.app[CLUSTER].health = request.query.get("status", "GOOD").upper()
     return json_response({"status": request.app[CLUSTER].health})
+
+
+@routes.put("/_emulator/instances/{name}")
+async def set_instance(request: web.Request) -> web.Response:
+    """``live=false`` takes an instance out of ``/liveinstances`` (a dead broker or server; a
+    dead server answers no consuming-segment query and commits nothing); ``live=true`` back."""
+    helix = request.app[CLUSTER].helix
+    record = helix.instances.get(request.match_info["name"])
+    if record is None:
+        raise PinotHttpError(404, f"Instance {request.match_info['name']} not found")
+    record.live = request.query.get("live", "true").lower() == "true"
+    return json_response(record.info() | {"live": record.live})
+
+
+@routes.put("/_emulator/tables/{table}/consumer")
+async def set_consumer(request: web.Request) -> web.Response:
+    """``state=NOT_CONSUMING`` makes the table's consumers report a stalled stream (and commit
+    nothing); ``state=CONSUMING`` lifts it."""
+    cluster = request.app[CLUSTER]
+    table = cluster.realtime_table(request.match_info["table"])
+    state = request.query.get("state", "CONSUMING").upper()
+    if state not in ("CONSUMING", NOT_CONSUMING):
+        raise PinotHttpError(400, "state must be CONSUMING or NOT_CONSUMING")
+    if state == NOT_CONSUMING:
+        cluster.helix.stalled.add(table.name)
+    else:
+        cluster.helix.stalled.discard(table.name)
+    return json_response({"table": table.name, "consumerState": state})
 
 
 @routes.post("/_emulator/faults")

@@ -31,6 +31,7 @@ from az_agent.emulators.pinot.factory import (
     build_segment,
     metadata_properties,
 )
+from az_agent.emulators.pinot.helix import Helix
 from az_agent.emulators.pinot.state import (
     CONSUMING,
     OFFLINE,
@@ -85,6 +86,7 @@ class Cluster:
         self.lock = asyncio.Lock()
         self.url = ""
         self.health = "GOOD"
+        self.helix = Helix.default()
         self._committing: set[tuple[str, str]] = set()
         self._generators: dict[str, asyncio.Task[None]] = {}
 
@@ -181,6 +183,8 @@ class Cluster:
             record = table.segments.get(segment) if table else None
             if table is None or record is None or record.state != CONSUMING:
                 return False
+            if self.helix.consumer_state(table_name) != "CONSUMING":
+                return False  # a dead server or a stalled stream consumes nothing
             if key in self._committing:
                 return False
             self._committing.add(key)

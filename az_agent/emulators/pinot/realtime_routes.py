@@ -52,9 +52,14 @@ async def pause_status(request: web.Request) -> web.Response:
     )
 
 
-def _consuming_info(table: TableRecord, heads: list[int]) -> JsonObject:
+def _consuming_info(table: TableRecord, heads: list[int], state: str | None) -> JsonObject:
+    """Per consuming segment, the server's report; ``[]`` when the server does not answer
+    (``state`` None), as ``ConsumingSegmentInfoReader`` fills in segments nobody reported."""
     infos: JsonObject = {}
     for name in table.consuming():
+        if state is None:
+            infos[name] = []
+            continue
         zk = table.segments[name].zk
         partition = name.split("__")[1]
         start = int(zk.get("segment.realtime.startOffset", "0"))
@@ -63,7 +68,7 @@ def _consuming_info(table: TableRecord, heads: list[int]) -> JsonObject:
         infos[name] = [
             {
                 "serverName": SERVER,
-                "consumerState": "CONSUMING",
+                "consumerState": state,
                 "lastConsumedTimestamp": now_ms(),
                 "partitionToOffsetMap": {partition: current},
                 "partitionOffsetInfo": {
@@ -90,10 +95,11 @@ async def consuming_segments_info(request: web.Request) -> web.Response:
     table = cluster.state.tables.get(typed)
     if table is None:
         raise PinotHttpError(500, f"{prefix} Ideal state does not exist for table: {typed}")
+    state = cluster.helix.consumer_state(typed)
     return json_response(
         {
-            "_segmentToConsumingInfoMap": _consuming_info(table, cluster.topic_of(table)),
-            "serversFailingToRespond": 0,
+            "_segmentToConsumingInfoMap": _consuming_info(table, cluster.topic_of(table), state),
+            "serversFailingToRespond": 1 if state is None and table.segments else 0,
             "serversUnparsableRespond": 0,
         }
     )

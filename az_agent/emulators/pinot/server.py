@@ -19,7 +19,14 @@ from typing import Any, Self
 
 from aiohttp import web
 
-from az_agent.emulators.pinot import admin, realtime_routes, segment_routes, tables, upload
+from az_agent.emulators.pinot import (
+    admin,
+    instance_routes,
+    realtime_routes,
+    segment_routes,
+    tables,
+    upload,
+)
 from az_agent.emulators.pinot.cluster import Cluster, EmulatorOptions
 from az_agent.emulators.pinot.common import (
     PinotHttpError,
@@ -160,7 +167,7 @@ class PinotEmulator:
         app[CLUSTER] = cluster
         app[admin.FAULTS] = []
         # Order is precedence: literal sub-paths before /segments/{table}/{segment}.
-        for module in (admin, tables, realtime_routes, segment_routes, upload):
+        for module in (admin, instance_routes, tables, realtime_routes, segment_routes, upload):
             app.router.add_routes(module.routes)
         return app
 
@@ -174,6 +181,7 @@ class PinotEmulator:
         await site.start()
         port = self._runner.addresses[0][1]
         cluster.url = f"{'https' if self._ssl else 'http'}://{self._host}:{port}"
+        cluster.helix.add_controller(port)
         for seed in self._seeds:
             await seed_table(cluster, seed, self._generator)
         cluster.start_generators()
