@@ -96,7 +96,7 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
         credentials = await read_pinot_credentials(service.secrets_dir, service.pinot.auth_secret)
         pinot = HttpPinotController.from_settings(service.pinot, credentials)
         stack.push_async_callback(pinot.close)
-        metrics = AgentMetrics(config.zone)
+        metrics = AgentMetrics(config.zone, group=service.group)
         dumper = None
         database_backup = None
         if service.postgres.databases:

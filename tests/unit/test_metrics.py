@@ -71,3 +71,22 @@ def test_recovery_points_only_for_the_kinds_being_backed_up() -> None:
     points["segments"], points["postgres"], ages = None, None, None  # the zone stopped leading
     assert value(metrics, "az_agent_rpo_seconds", kind="segments") is None
     assert value(metrics, "az_agent_postgres_dump_age_seconds", database="configdb") is None
+
+
+def test_info_names_the_zone_and_its_failover_group() -> None:
+    metrics = AgentMetrics("az1", group="pair-a")
+    assert value(metrics, "az_agent_info", zone="az1", group="pair-a") == 1
+    assert value(AgentMetrics("az2"), "az_agent_info", zone="az2", group="default") == 1
+
+
+def test_operation_start_is_exported_only_while_one_runs() -> None:
+    metrics = AgentMetrics("az1")
+    name = "az_agent_operation_started_timestamp_seconds"
+    assert f"\n{name}" not in metrics.render().decode()  # nothing tracked yet
+    running: list[tuple[str, float] | None] = [None]
+    metrics.operation.track(lambda: running[0])
+    assert f"\n{name}" not in metrics.render().decode()
+    running[0] = ("activate", 1_700_000_000.0)
+    assert value(metrics, name, kind="activate") == 1_700_000_000.0
+    running[0] = None
+    assert value(metrics, name, kind="activate") is None
