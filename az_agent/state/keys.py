@@ -102,3 +102,9 @@ def _document_key(zone: str, folder: str, name: str, digest: str) -> str:
 def health_key(zone: str) -> str:
     """The zone's published health, ``<zone>/health.json`` (written by its leader)."""
     return join_key(check_zone(zone), "health.json")
+
+
+def workloads_key(zone: str) -> str:
+    """The replicas of a cold zone's workloads while it was last active,
+    ``<zone>/workloads.json`` (written by its leader, read when it scales up from zero)."""
+    return join_key(check_zone(zone), "workloads.json")
