@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
         "pinot-emulator", help="run the Pinot controller emulator (see --help)", add_help=False
     )
     _add_handshake_commands(commands)
+    drill = commands.add_parser(
+        "drill", help="rehearse planned and unplanned failovers on a local stack; RPO and RTO"
+    )
+    drill.add_argument("--segments", type=int, default=4, help="segments seeded (default 4)")
+    drill.add_argument("--segment-size-kb", type=int, default=64, help="segment size (64)")
+    drill.add_argument("--rows", type=int, default=200, help="rows per sample table (200)")
+    drill.add_argument("--no-postgres", action="store_true", help="leave PostgreSQL out")
+    drill.add_argument("--dir", help="keep the stack's data here (default: a temporary folder)")
+    drill.add_argument("--lease-ttl", type=int, default=4, help="agents' lease TTL, s (4)")
+    drill.add_argument("--json", action="store_true", help="print the report as one JSON document")
     return parser
 
 
@@ -201,6 +211,38 @@ def _sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _drill(args: argparse.Namespace) -> int:
+    """Exit 0 only when every phase ran and nothing was lost."""
+    import json
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from az_agent.sandbox.drill import DrillOptions, run_drill
+
+    if min(args.segments, args.segment_size_kb, args.rows, args.lease_ttl) < 1:
+        sys.stderr.write("az-agent: drill: sizes and --lease-ttl must be at least 1\n")
+        return EXIT_CONFIG
+    options = DrillOptions(
+        segments=args.segments,
+        segment_size_kb=args.segment_size_kb,
+        rows=args.rows,
+        postgres=not args.no_postgres,
+        directory=Path(args.dir) if args.dir else None,
+        lease_ttl_seconds=args.lease_ttl,
+    )
+    progress = Console(stderr=True, highlight=False, soft_wrap=True)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before the drill handles signals
+        report = asyncio.run(run_drill(options, progress))
+        if args.json:
+            sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+        else:
+            out = Console(highlight=False)
+            report.render(out if out.is_terminal else Console(highlight=False, width=120))
+        return EXIT_OK if report.passed else EXIT_FAILED
+    return EXIT_FAILED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["pinot-emulator"]:
@@ -217,6 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _sandbox(args)
     if args.command in ("pause", "activate", "status", "resume"):
         return _handshake(args)
+    if args.command == "drill":
+        return _drill(args)
     try:
         config = load_config(args.config)
         if args.command == "config":
