@@ -42,6 +42,7 @@ from az_agent.agent.operations.states import (
     transition,
 )
 from az_agent.agent.recovery import starting_state
+from az_agent.agent.standby.warm import WarmFollower
 from az_agent.agent.supervisor import Supervisor, to_the_end
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
@@ -117,6 +118,18 @@ class Agent:
         """True from the end of recovery until shutdown; POSTs are refused (503) outside it, so
         no operation starts on a state that recovery would then overwrite, or without a task."""
         self._recovery_error: str | None = None
+        self.follower: WarmFollower | None = None
+        """A warm standby's follow loop (``standby.mode: warm``); its lag is in ``/status``."""
+        if deps.config.service.standby.mode == "warm":
+            self.follower = WarmFollower(
+                deps,
+                zone=self.zone,
+                primary_zone=lambda: (
+                    self.leadership.primary.zone if self.leadership.primary else None
+                ),
+                is_standby=lambda: self.state is AgentState.STANDBY and self.failure is None,
+            )
+            deps.metrics.standby_lag.track(self.follower.lag)
         self.automatic: AutomaticFailover | None = None
         """The automatic failover's decision loop, when enabled (its last decision in
         ``/status``)."""
@@ -198,6 +211,8 @@ class Agent:
                 supervisor.start(group, "leadership", self.leadership.run)
                 supervisor.start(group, "heartbeat", self._heartbeat)
                 supervisor.start(group, "dependencies", lambda: watch_dependencies(self))
+                if self.follower is not None:
+                    supervisor.start(group, "warm-standby", self.follower.run)
                 if self.deps.config.service.automatic_failover.enabled:
                     supervisor.start(group, "automatic-failover", self._automatic_failover)
                 if self.state is AgentState.ACTIVATING and self.operation is not None:
@@ -260,6 +275,10 @@ class Agent:
 
         async def guarded() -> None:
             try:
+                if self.follower is not None:
+                    # No follow step may touch Pinot or the shadow databases once an operation
+                    # runs (the state has left STANDBY, so none starts again).
+                    await self.follower.stop()
                 await work
             except asyncio.CancelledError:
                 raise

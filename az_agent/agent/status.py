@@ -58,6 +58,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
             "postgres": database.status() if database else {"enabled": False},
         },
         "alerts": {"silencing": deps.silences.enabled},
+        "standby": _standby(agent),
         "dependencies": agent.dependencies,
         "failure": agent.failure,
         "operation": agent.operation.describe(now) if agent.operation else None,
@@ -90,6 +91,13 @@ def _automatic(agent: Agent) -> dict[str, Any]:
         "sourceZone": settings.source_zone or None,
         "lastDecision": decision.sentence if decision else None,
     }
+
+
+def _standby(agent: Agent) -> dict[str, Any]:
+    """The standby mode; a warm standby adds whom it follows and how far behind it is."""
+    if agent.follower is None:
+        return {"mode": agent.deps.config.service.standby.mode}
+    return agent.follower.describe(agent.deps.clock.now())
 
 
 def _round(value: float | None) -> float | None:

@@ -169,6 +169,19 @@ STATUS: Schema = _obj(
             ["segments", "postgres"],
         ),
         "alerts": _obj({"silencing": _BOOL}),
+        "standby": _obj(
+            {
+                "mode": {**_STR, "enum": ["cold", "warm"]},
+                "following": _nullable({**_STR, "description": "Warm: the primary zone followed"}),
+                "behindEntries": {**_INT, "description": "Primary log entries not applied yet"},
+                "behindSeconds": {**_NUM, "description": "Age of the oldest of them; 0 if none"},
+                "followedSeq": {**_INT, "description": "Applied through this primary entry"},
+                "lastStep": _nullable(_TIME),
+                "lastError": _nullable(_STR),
+            },
+            ["mode"],
+            description="Warm standby fields only in mode warm",
+        ),
         "dependencies": {
             "type": "object",
             "additionalProperties": _STR,

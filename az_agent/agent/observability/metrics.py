@@ -132,6 +132,37 @@ class RunningOperation(Collector):
         return [family]
 
 
+class StandbyLag(Collector):
+    """How far a warm standby is behind the primary's log (``standby/warm.py``): entries not
+    applied yet and the age of the oldest of them; absent unless this zone follows one."""
+
+    ENTRIES = "az_agent_standby_behind_entries"
+    SECONDS = "az_agent_standby_behind_seconds"
+    ENTRIES_HELP = "Warm standby: entries of the primary's log not applied here yet."
+    SECONDS_HELP = "Warm standby: how long the oldest entry not applied yet has waited; 0 if none."
+
+    def __init__(self) -> None:
+        self._source: Callable[[], tuple[float, float] | None] | None = None
+
+    def track(self, source: Callable[[], tuple[float, float] | None]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily(self.ENTRIES, self.ENTRIES_HELP),
+            GaugeMetricFamily(self.SECONDS, self.SECONDS_HELP),
+        ]
+
+    def collect(self) -> Iterable[Metric]:
+        lag = self._source() if self._source is not None else None
+        if lag is None:
+            return []
+        return [
+            GaugeMetricFamily(self.ENTRIES, self.ENTRIES_HELP, value=lag[0]),
+            GaugeMetricFamily(self.SECONDS, self.SECONDS_HELP, value=lag[1]),
+        ]
+
+
 class AgentMetrics:
     """Every metric the agent exports; loops and operations update these attributes."""
 
@@ -171,6 +202,8 @@ class AgentMetrics:
         )
         self.recovery = RecoveryPoints()
         reg.register(self.recovery)
+        self.standby_lag = StandbyLag()
+        reg.register(self.standby_lag)
         self.segments_backed_up = Counter(
             "az_agent_segments_backed_up",
             "Segments copied to the bucket and committed.",

@@ -91,10 +91,16 @@ async def restore_table_configs(
     as_of: datetime | None = None,
     *,
     flush_timeout_seconds: float = 120.0,
+    skip_empty_realtime: bool = False,
 ) -> list[TableRef]:
     """Create the schemas and tables of the backup (as of ``as_of``) that Pinot lacks and get
     every REALTIME table that will receive segments paused, flushed and free of segments the
-    restore did not bring (see the module docstring). The tables created by this call."""
+    restore did not bring (see the module docstring). The tables created by this call.
+
+    ``skip_empty_realtime`` (a warm standby following the primary) leaves out REALTIME tables
+    no segment is backed up for yet: created now they would consume, so they wait for a later
+    call that finds segments for them (or for the activation, which creates them consuming).
+    """
     existing = set(await pinot.list_tables())
     for name, record in sorted(catalog.schemas(as_of).items()):
         await _restore_schema(pinot, store, name, record)
@@ -103,11 +109,11 @@ async def restore_table_configs(
     created: list[TableRef] = []
     for name, record in sorted(catalog.table_configs(as_of).items()):
         table = _typed(name)
-        if (
-            table is None
-            or table in existing
-            or not await _create_table(pinot, store, record, table)
-        ):
+        if table is None or table in existing:
+            continue
+        if skip_empty_realtime and table.type is TableType.REALTIME and table not in receiving:
+            continue
+        if not await _create_table(pinot, store, record, table):
             continue
         created.append(table)
         if table.type is TableType.REALTIME and table in receiving:

@@ -1,0 +1,230 @@
+"""Warm standby end to end, in one process: zone az1 backs up its Pinot (an emulator) to a file
+bucket; zone az2 (``standby.mode: warm``) follows az1's log into its own emulator. Its Pinot gets
+the tables and segments (same CRCs) with consumption paused, its lag reaches 0, new and deleted
+segments follow, and an activation uploads only what arrived since the last follow step (every
+upload to az2's Pinot is counted) and resumes consumption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from az_agent.agent.backup.segments import SegmentBackupLoop
+from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.daemon import Agent, AgentDeps
+from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
+from az_agent.agent.operations.states import AgentState
+from az_agent.drivers.alerts import open_silence_manager
+from az_agent.drivers.pinot.base import UploadBody
+from az_agent.drivers.pinot.http import HttpPinotController
+from az_agent.drivers.pinot.models import TableRef, TableType, UploadResult
+from az_agent.drivers.storage.file import FileObjectStore
+from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
+from az_agent.state import Catalog, SystemClock, load_catalog
+from tests.integration.agent_operations.conftest import until
+from tests.integration.leftovers import settle
+
+TABLE = TableRef("events", TableType.REALTIME)
+LEASE = {"ttlSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
+
+
+class CountingPinot(HttpPinotController):
+    """az2's controller, counting every segment upload by name."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.uploads: Counter[str] = Counter()
+
+    async def upload_segment(
+        self,
+        table: TableRef,
+        body: UploadBody,
+        *,
+        segment_name: str,
+        allow_refresh: bool = True,
+        if_match_crc: int | None = None,
+    ) -> UploadResult:
+        result = await super().upload_segment(
+            table, body, segment_name=segment_name, allow_refresh=allow_refresh,
+            if_match_crc=if_match_crc,
+        )  # fmt: skip
+        self.uploads[segment_name] += 1
+        return result
+
+
+def config(root: Path, zone: str, pinot_url: str, **service: Any) -> AgentConfig:
+    raw = {
+        "global": {"cloudStorage": {"type": "file", "file": {"path": str(root)}}},
+        "az-service": {
+            "config": {
+                "zone": zone,
+                "lease": LEASE,
+                "pinot": {"controllerUrl": pinot_url, "pollIntervalSeconds": 0.2},
+                "postgres": {"databases": []},
+                **service,
+            }
+        },
+    }
+    return parse_config(raw, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running(
+    store: FileObjectStore, cfg: AgentConfig, pinot: HttpPinotController
+) -> AsyncIterator[Agent]:
+    clock, metrics = SystemClock(), AgentMetrics(cfg.zone)
+    before = set(asyncio.all_tasks())
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(pinot)
+        silences = open_silence_manager("", matchers=[], created_by="az-agent-test")
+        stack.push_async_callback(silences.close)
+        backup = SegmentBackupLoop(pinot, cfg.service.pinot, metrics, clock)
+        agent = Agent(AgentDeps(cfg, store, clock, pinot, None, silences, backup, None, metrics))
+        ready = asyncio.Event()
+
+        async def on_ready() -> None:
+            ready.set()
+
+        task = asyncio.create_task(agent.run(on_ready=on_ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            yield agent
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await settle(before)
+
+
+async def local_crcs(pinot: HttpPinotController) -> dict[str, str]:
+    return {s.name: str(s.crc) for s in await pinot.segments(TABLE)}
+
+
+def backed_up(catalog: Catalog) -> dict[str, str]:
+    return {r.name: r.crc for r in catalog.segments(table=TABLE.name_with_type)}
+
+
+@pytest.fixture
+async def zones(tmp_path: Path) -> AsyncIterator[tuple[PinotEmulator, PinotEmulator, Path]]:
+    options = EmulatorOptions(seed=11, segment_size=16 << 10)
+    seeds = [SeedTable(TABLE.raw, "REALTIME", 2)]
+    async with (
+        PinotEmulator(tmp_path / "pinot-az1", options=options, seed_tables=seeds) as one,
+        PinotEmulator(tmp_path / "pinot-az2", options=options) as two,
+    ):
+        yield one, two, tmp_path / "bucket"
+
+
+async def test_a_warm_standby_follows_and_its_activation_moves_only_the_delta(
+    zones: tuple[PinotEmulator, PinotEmulator, Path],
+) -> None:
+    one, two, root = zones
+    store = FileObjectStore(root)
+    await store.check()
+    counting = CountingPinot(two.url)
+    warm = {"role": "standby", "standby": {"mode": "warm", "followIntervalSeconds": 3600}}
+    async with (
+        HttpPinotController(one.url) as az1_pinot,
+        running(store, config(root, "az1", one.url, role="active"), az1_pinot) as az1,
+        running(store, config(root, "az2", two.url, **warm), counting) as az2,
+    ):
+        for _ in range(4):
+            await one.cluster.produce_segment(TABLE.name_with_type)
+
+        async def az1_backed_up(count: int) -> Catalog:
+            catalog = Catalog("az1")
+
+            async def enough() -> bool:
+                nonlocal catalog
+                catalog = await load_catalog(store, "az1")
+                return len(backed_up(catalog)) >= count
+
+            await until_async(enough, f"az1 to back up {count} segments")
+            return catalog
+
+        async def follow() -> dict[str, Any]:
+            """Wake az2's follower and wait for a step that ends caught up with az1's log."""
+            assert az2.follower is not None
+            tail = (await load_catalog(store, "az1")).last_seq
+            az2.follower.wake()
+            await until(
+                lambda: (
+                    az2.status()["standby"]["followedSeq"] >= tail
+                    and az2.status()["standby"]["lastError"] is None
+                ),
+                "az2 to follow az1's log",
+            )
+            standby: dict[str, Any] = az2.status()["standby"]
+            return standby
+
+        catalog = await az1_backed_up(4)
+        standby = await follow()
+        assert standby["mode"] == "warm", standby
+        assert standby["following"] == "az1", standby
+        assert (standby["behindEntries"], standby["behindSeconds"]) == (0, 0.0), standby
+        assert await local_crcs(counting) == backed_up(catalog)
+        status = await counting.pause_status(TABLE.name_with_type)
+        assert status.paused, "a followed REALTIME table must not consume on the standby"
+        metrics = az2.metrics_text()[0].decode()
+        assert "az_agent_standby_behind_entries 0.0" in metrics
+        assert "az_agent_standby_behind_seconds 0.0" in metrics
+
+        # New segments on az1 follow; a segment az1's Pinot deletes is deleted here too.
+        first = sorted(backed_up(catalog))[0]
+        await az1_pinot.delete_segment(TABLE, first)
+        for _ in range(3):
+            await one.cluster.produce_segment(TABLE.name_with_type)
+
+        async def deletion_logged() -> bool:
+            return (await load_catalog(store, "az1")).segment(TABLE.name_with_type, first) is None
+
+        await until_async(deletion_logged, "az1 to log the deletion")
+        catalog = await az1_backed_up(6)
+        await follow()
+        local = await local_crcs(counting)
+        assert first not in local
+        assert local == backed_up(catalog)
+        assert all(n == 1 for n in counting.uploads.values()), counting.uploads
+        followed = set(local)
+
+        # Segments committed after the last follow step (and those az1's pause flushes) are
+        # the delta the activation moves; nothing followed is uploaded again.
+        for _ in range(2):
+            await one.cluster.produce_segment(TABLE.name_with_type)
+        await az1_backed_up(8)
+        status_code, _ = await az1.pause(PauseRequest())
+        assert status_code == 200
+        final = backed_up(await load_catalog(store, "az1"))
+        delta = set(final) - followed
+        assert len(delta) >= 2
+        counting.uploads.clear()
+        await az2.activate(ActivateRequest(zone="az1"))
+        await until(lambda: az2.state is AgentState.ACTIVE, "az2's activation", within=60)
+        assert set(counting.uploads) == delta, (counting.uploads, delta)
+        assert all(n == 1 for n in counting.uploads.values()), counting.uploads
+        operation = az2.status()["operation"]
+        phases = {p["name"]: p for p in operation["phases"]}
+        detail = phases["rehydrate-segments"]["detail"]
+        assert detail == f"{len(delta)} segments moved, {len(followed)} already present", detail
+        local = await local_crcs(counting)
+        assert {n: c for n, c in local.items() if n in final} == final
+        status = await counting.pause_status(TABLE.name_with_type)
+        assert not status.paused, "the activation resumes the tables the follower paused"
+        assert az2.status()["standby"]["following"] is None
+    await store.close()
+
+
+async def until_async(predicate: Any, what: str, within: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
