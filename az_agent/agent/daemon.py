@@ -97,6 +97,7 @@ class Agent:
                 database_backup=deps.database_backup,
                 supervisor=self.supervisor,
                 retention=deps.retention,
+                cold_standby=deps.cold_standby,
             ),
             wants=self._wants_leadership,
             on_fenced=self._on_fenced,

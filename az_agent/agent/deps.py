@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from az_agent.agent.config import AgentConfig
-from az_agent.agent.leadership.loops import DatabaseBackup, Retention, SegmentBackup
+from az_agent.agent.leadership.loops import ColdStart, DatabaseBackup, Retention, SegmentBackup
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.alerts.base import SilenceManager
 from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
@@ -30,3 +30,7 @@ class AgentDeps:
     metrics: AgentMetrics
     service_proxy: KubernetesServiceProxy | None = None
     retention: Retention | None = None
+    cold_standby: ColdStart | None = None
+    """The zone's workloads scaled by activation and pause (``coldStandby``); None when not
+    configured. A protocol here because ``standby/`` and ``operations/`` may not import each
+    other: wiring builds it, operations and leadership use it."""

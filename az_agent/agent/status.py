@@ -135,8 +135,12 @@ async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
         checks.append(
             probe("alertmanager", lambda: silences.find(comment_contains=ALERTMANAGER_PROBE))
         )
-    if deps.service_proxy is not None:
-        checks.append(probe("kubernetes", deps.service_proxy.ping))
+    # One "kubernetes" answer for the service proxy and the cold standby's workloads alike.
+    kubernetes: list[Callable[[], Awaitable[None]]] = [
+        c.ping for c in (deps.service_proxy, deps.cold_standby) if c is not None
+    ]
+    if kubernetes:
+        checks.append(probe("kubernetes", lambda: _each(kubernetes)))
     results = dict(await asyncio.gather(*checks))
     for name, error in results.items():
         deps.metrics.dependency_up.labels(dependency=name).set(0 if error else 1)
@@ -144,6 +148,11 @@ async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
     agent.dependencies = answers
     down = sorted(name for name, error in results.items() if error is not None)
     return not down, {"ok": not down, "down": down, "dependencies": answers}
+
+
+async def _each(checks: list[Callable[[], Awaitable[None]]]) -> None:
+    for check in checks:
+        await check()
 
 
 async def watch_dependencies(agent: Agent, period: float = DEPENDENCY_CHECK_SECONDS) -> None:

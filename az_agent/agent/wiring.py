@@ -34,14 +34,17 @@ from az_agent.agent.observability.logs import bind_context
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.secrets import read_secret, read_storage_secrets
 from az_agent.agent.signals import stop_on_signals
+from az_agent.agent.standby.cold import ColdStandby, resolve_namespace
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
 from az_agent.drivers.errors import Misconfigured, PermissionDenied, Unavailable
 from az_agent.drivers.kubernetes.client import KubernetesConnection
 from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
+from az_agent.drivers.kubernetes.workloads import KubernetesWorkloads
 from az_agent.drivers.pinot.auth import read_pinot_credentials
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.postgres.config import resolve_password
 from az_agent.drivers.postgres.dumper import PgDumper
+from az_agent.drivers.storage.base import ObjectStore
 from az_agent.drivers.storage.factory import open_object_store
 from az_agent.state import Clock, SystemClock
 
@@ -128,6 +131,7 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
             except Misconfigured as exc:  # no kubeconfig, no in-cluster account: no retry helps
                 raise StartupRefused(f"kubernetes: {exc}") from exc
             stack.push_async_callback(proxy.close)
+        cold = await _cold_standby(config, store, clock, stack)
         deps = AgentDeps(
             config=config,
             store=store,
@@ -140,8 +144,37 @@ async def build_agent(config: AgentConfig, clock: Clock | None = None) -> AsyncI
             metrics=metrics,
             service_proxy=proxy,
             retention=RetentionLoop(service.retention, clock),
+            cold_standby=cold,
         )
         yield Agent(deps)
+
+
+async def _cold_standby(
+    config: AgentConfig, store: ObjectStore, clock: Clock, stack: AsyncExitStack
+) -> ColdStandby | None:
+    """The zone's cold-standby workloads (``coldStandby``), reached as ``kubernetes`` says; the
+    start is refused when no namespace or no cluster configuration can be found."""
+    service = config.service
+    if not service.cold_standby.enabled:
+        return None
+    try:
+        namespace = await asyncio.to_thread(
+            resolve_namespace, service.cold_standby, fallback=config.global_.namespace
+        )
+    except ConfigError as exc:
+        raise StartupRefused(str(exc)) from None
+    kube = service.kubernetes
+    connection = KubernetesConnection(
+        host=kube.host, kubeconfig=kube.kubeconfig or None, context=kube.context or None
+    )
+    try:
+        scaler = await KubernetesWorkloads.connect(connection)
+    except Misconfigured as exc:  # no kubeconfig, no in-cluster account: no retry helps
+        raise StartupRefused(f"kubernetes (coldStandby): {exc}") from exc
+    stack.push_async_callback(scaler.close)
+    return ColdStandby(
+        scaler, service.cold_standby, namespace, store=store, zone=config.zone, clock=clock
+    )
 
 
 def _silences(config: AgentConfig) -> SilenceManager:

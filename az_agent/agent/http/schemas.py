@@ -235,6 +235,33 @@ DRY_RUN: Schema = _obj(
     {
         "dryRun": {**_BOOL, "enum": [True]},
         "request": {"type": "object"},
+        "workloads": _nullable(
+            _obj(
+                {
+                    "namespace": _STR,
+                    "workloads": _nullable(
+                        {
+                            "type": "array",
+                            "items": _obj(
+                                {
+                                    "kind": _STR,
+                                    "name": _STR,
+                                    "replicas": _INT,
+                                    "readyReplicas": _INT,
+                                    "target": _INT,
+                                    "from": {**_STR, "enum": ["configured", "recorded", "default"]},
+                                    "scale": _BOOL,
+                                },
+                                ["kind", "name", "replicas", "target", "from", "scale"],
+                            ),
+                        }
+                    ),
+                    "error": {**_STR, "description": "Why the workloads could not be read"},
+                },
+                ["namespace", "workloads"],
+                description="A cold standby's workloads the activation scales up (coldStandby)",
+            )
+        ),
         "postgres": _nullable(
             _obj({"zone": _STR, "latestTime": _nullable(_TIME), "dumps": {"type": "object"}})
         ),

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from az_agent.agent.leadership.loops import DatabaseBackup, Retention, SegmentBackup
+from az_agent.agent.leadership.loops import ColdStart, DatabaseBackup, Retention, SegmentBackup
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.supervisor import Supervisor
@@ -66,6 +66,8 @@ class LeadershipDeps:
     supervisor: Supervisor
     """Runs every loop below (lease, watch, sessions, backups): a crash restarts only it."""
     retention: Retention | None = None
+    cold_standby: ColdStart | None = None
+    """Records the sizes of the zone's workloads while it leads (``coldStandby``)."""
 
 
 class ZoneLeadership:
@@ -331,6 +333,11 @@ class ZoneLeadership:
                 if database is not None:
                     started.append(
                         supervisor.start(loops, "dump-schedule", lambda: database.run(session))
+                    )
+                cold = deps.cold_standby
+                if cold is not None:
+                    started.append(
+                        supervisor.start(loops, "workload-sizes", lambda: cold.run(session))
                     )
                 await self._halt.wait()
                 for task in started:

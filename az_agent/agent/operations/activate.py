@@ -14,11 +14,16 @@ where it stopped (done phases are skipped; rehydration re-plans against what Pin
 4. ``fence-source`` - take the source's lease with a higher epoch, write a fence entry carrying
    the new term in its log (any writer still there is refused from then on), leave its lease
    ``paused`` so its agent does not take it back;
-5. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
-6. ``restore-pinot-config`` - missing schemas and table configs;
-7. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
-8. ``resume-consumption`` - each partition continues from its newest restored segment's end;
-9. ``take-over-zone`` - this zone's lease with the next epoch; the agent becomes ``ACTIVE``.
+5. ``scale-up`` - a cold standby (``coldStandby``) scales its Deployments and StatefulSets up
+   from zero and waits until they report ready, before anything is restored into them; the
+   phase's detail shows the waiting (``2/3 workloads ready: pinot-server 1/3``);
+6. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
+7. ``restore-pinot-config`` - missing schemas and table configs;
+8. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
+9. ``resume-consumption`` - each partition continues from its newest restored segment's end;
+10. ``take-over-zone`` - this zone's lease with the next epoch; the agent becomes ``ACTIVE``.
+
+An operation journaled by an agent that knew fewer phases runs the phases it lists.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ PHASES = (
     "claim-primary",
     "silence-alerts",
     "fence-source",
+    "scale-up",
     "restore-postgres",
     "restore-pinot-config",
     "rehydrate-segments",
@@ -209,18 +215,27 @@ class Activation:
         call would get (the HTTP layer renders its status and reason), or None."""
         assert self.catalog is not None
         segments = self.catalog.segments(as_of=self.request.latest_time)
-        plan = await plan_rehydration(self.agent.deps.pinot, segments)
+        cold = self.agent.deps.cold_standby
+        try:
+            plan = await plan_rehydration(self.agent.deps.pinot, segments)
+            to_move, size = plan.segments_total, plan.bytes_total
+            existing = {t.name_with_type for t in await self.agent.deps.pinot.list_tables()}
+        except DriverError:
+            if cold is None:
+                raise
+            # A cold zone's Pinot runs once the activation scaled it up: everything moves.
+            to_move, size, existing = len(segments), sum(r.size for r in segments), set()
         restore = self._plan_databases()
         configs = self.catalog.table_configs(as_of=self.request.latest_time)
-        existing = {t.name_with_type for t in await self.agent.deps.pinot.list_tables()}
-        estimate = plan.bytes_total / ESTIMATED_BYTES_PER_SECOND
+        estimate = size / ESTIMATED_BYTES_PER_SECOND
         return {
             "dryRun": True,
             "request": self.request.describe(),
+            "workloads": await cold.plan() if cold is not None else None,
             "postgres": restore.describe() if restore else None,
             "tablesToCreate": sorted(name for name in configs if name not in existing),
-            "segments": {"toMove": plan.segments_total, "bytesToMove": plan.bytes_total},
-            "segmentsAlreadyPresent": len(segments) - plan.segments_total,
+            "segments": {"toMove": to_move, "bytesToMove": size},
+            "segmentsAlreadyPresent": len(segments) - to_move,
             "estimatedSeconds": round(estimate, 1),
             "wouldBeRefused": self.refusal,
         }
@@ -279,17 +294,21 @@ class Activation:
             log.info("activation from zone %s done in %.1fs", self.request.zone, total)
 
     def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
-        return [
+        steps = [
             ("pause-source", self._pause_source),
             ("claim-primary", self._claim_primary),
             ("silence-alerts", self._silence),
             ("fence-source", self._fence_source),
+            ("scale-up", self._scale_up),
             ("restore-postgres", self._restore_postgres),
             ("restore-pinot-config", self._restore_configs),
             ("rehydrate-segments", self._rehydrate),
             ("resume-consumption", self._resume_consumption),
             ("take-over-zone", self._take_over_zone),
         ]
+        # An operation journaled before a phase existed (an upgrade mid-activation) lacks it.
+        listed = {phase.name for phase in self.op.phases} if self.op else set(PHASES)
+        return [(name, step) for name, step in steps if name in listed]
 
     async def _pause_source(self) -> str:
         """Done before the operation began (:func:`start_activation`): record how it went."""
@@ -333,6 +352,19 @@ class Activation:
         assert self.op is not None
         self.op.epoch = epoch
         return f"zone {source} fenced at entry {fence.seq} with epoch {epoch}"
+
+    async def _scale_up(self) -> str:
+        """A cold zone's workloads, up from zero and ready before anything is restored."""
+        cold, op = self.agent.deps.cold_standby, self.op
+        if cold is None:
+            return "no workloads configured"
+        assert op is not None
+
+        async def progress(line: str) -> None:
+            op.get_phase("scale-up").detail = line
+            await self.agent.journal.save(op)
+
+        return await cold.scale_up(progress)
 
     async def _load_catalog(self) -> Catalog:
         if self.catalog is None or not self.op or self.op.is_done("fence-source"):

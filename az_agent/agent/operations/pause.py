@@ -6,6 +6,12 @@ backup loops (the session and its writer stay), write the ``paused`` handover en
 thus the term's last entry, then end the session and release the lease as ``paused`` so the
 other zone can activate at once. With ``force`` (Pinot or Kafka unreachable), steps that need
 Pinot are attempted and their failures recorded instead of failing the pause.
+
+With ``coldStandby.scaleDownOnPause`` a last phase, ``scale-down``, records the sizes of the
+zone's workloads and scales them to zero. It comes after the lease release, when the handover
+is complete and nothing of this zone needs them any more, and it is best effort: the pause has
+succeeded by then, so a failure is a warning on the operation (scale down by hand), never a
+``FAILED`` agent that would lead and back up again.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ PHASES = (
     "write-handover",
     "release-lease",
 )
+SCALE_DOWN = "scale-down"
+"""The last phase, only with ``coldStandby.scaleDownOnPause``."""
 COMMIT_WAIT_SECONDS = 300.0
 
 
@@ -71,7 +79,7 @@ class Pause:
         agent.set_state(Request.PAUSE)  # IllegalTransition (409) unless ACTIVE or FAILED
         self.op = Operation.start(
             "pause",
-            PHASES,
+            PHASES + ((SCALE_DOWN,) if self._scales_down() else ()),
             agent.deps.clock.now(),
             request={"force": self.request.force},
             epoch=agent.keeper.epoch,
@@ -107,7 +115,14 @@ class Pause:
             ("stop-backups", self._stop_backups),
             ("write-handover", self._write_handover),
             ("release-lease", self._release_lease),
+            *([(SCALE_DOWN, self._scale_down)] if self._scales_down() else []),
         ]
+
+    def _scales_down(self) -> bool:
+        deps = self.agent.deps
+        return (
+            deps.cold_standby is not None and deps.config.service.cold_standby.scale_down_on_pause
+        )
 
     async def _tolerant(self, what: str, error: Exception) -> str:
         """With ``force``, a Pinot failure is recorded and the pause goes on."""
@@ -197,6 +212,18 @@ class Pause:
         await self.agent.stop_session()
         released = await self.agent.keeper.release(LeaseState.PAUSED)
         return "lease paused" if released else "lease was no longer ours"
+
+    async def _scale_down(self) -> str:
+        cold, op = self.agent.deps.cold_standby, self.op
+        assert cold is not None
+        assert op is not None
+        try:
+            return await cold.scale_down(op.epoch or 0)
+        except (DriverError, StateError) as exc:
+            warning = f"workloads not scaled down (scale them to 0 by hand): {exc}"
+            log.warning("%s", warning)
+            op.warnings.append(warning)
+            return f"failed: {exc}"
 
     def _session(self) -> LeaderSession:
         session = self.agent.session
