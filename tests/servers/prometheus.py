@@ -1,8 +1,9 @@
 """A real Prometheus (the Debian ``prometheus`` package) on 127.0.0.1, scraping given targets.
 
-Every second, so a test sees a change within a couple of seconds; storage lives in a temporary
-directory removed on stop. ``start`` returns once ``/-/ready`` answers; :meth:`wait_scraped`
-waits for every target's first scrape (which can take a few seconds after ready).
+Every second (scrapes, and the evaluation of ``rule_files`` when given), so a test sees a change
+within a couple of seconds; storage lives in a temporary directory removed on stop. ``start``
+returns once ``/-/ready`` answers; :meth:`wait_scraped` waits for every target's first scrape
+(which can take a few seconds after ready).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def _binary() -> str:
 class PrometheusServer:
     """One Prometheus process; ``targets`` maps a value of the ``az`` label to host:port."""
 
-    def __init__(self, targets: dict[str, str]) -> None:
+    def __init__(self, targets: dict[str, str], rule_files: list[Path] | None = None) -> None:
         self._targets = targets
+        self._rule_files = rule_files or []
         self._process: asyncio.subprocess.Process | None = None
         self._dir: Path | None = None
         self.port = 0
@@ -56,7 +58,12 @@ class PrometheusServer:
     async def start(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="az-prometheus-"))
         config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(path) for path in self._rule_files],
             "scrape_configs": [
                 {
                     "job_name": "az-agent",
@@ -115,6 +122,16 @@ class PrometheusServer:
         """An instant query: each series' labels, and its value under ``"value"``."""
         data = await self.api("query", query=expr)
         return [{**s["metric"], "value": s["value"][1]} for s in data["result"]]
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        """The alerts of the loaded rules, pending or firing: labels, ``state`` and value."""
+        data = await self.api("alerts")
+        return list(data["alerts"])
+
+    async def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule with its ``health`` (``ok``, ``err`` with ``lastError``)."""
+        data = await self.api("rules")
+        return [rule for group in data["groups"] for rule in group["rules"]]
 
     async def scrapes(self) -> dict[str, str]:
         """Per target (its ``az`` label), the time of its last scrape while it is up."""
