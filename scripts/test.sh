@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian: PostgreSQL 15 (server and client tools), Alertmanager and Prometheus (with promtool),
-# started by the tests.
+# started by the tests; docker-compose, which checks docker-compose.yml (no engine needed).
 apt_packages=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || apt_packages+=(postgresql-15 postgresql-client-15)
 command -v prometheus-alertmanager >/dev/null || apt_packages+=(prometheus-alertmanager)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_packages+=(prometheus)
+command -v docker-compose >/dev/null || apt_packages+=(docker-compose)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "installing Debian packages: ${apt_packages[*]}"
   as_root apt-get update -qq
