@@ -35,4 +35,6 @@ fi
 echo "== ruff";          .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy --strict"; .venv/bin/mypy
 echo "== import layers"; .venv/bin/lint-imports
+echo "== promtool";      promtool check rules deploy/prometheus/rules.yml \
+  && promtool test rules deploy/prometheus/rules.test.yml
 echo "== pytest";        .venv/bin/python -m pytest "$@"
