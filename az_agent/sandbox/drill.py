@@ -138,7 +138,7 @@ class Drill:
             ),
         ]
         if servers[0] is not None:
-            await _create_databases(servers[0], self.options.rows)
+            await create_sample_databases(servers[0], self.options.rows)
         for name, role, pinot, server in zip(
             ("az1", "az2"), ("active", "standby"), pinots, servers, strict=True
         ):
@@ -199,7 +199,7 @@ class Drill:
         server = self.zones[zone].postgres
         if server is not None and rows:
             for db in DATABASES:
-                await _insert_rows(server, db, rows, zone)
+                await insert_sample_rows(server, db, rows, zone)
         what = f"{segments} segments of {self.options.segment_size_kb} KiB"
         if server is not None and rows:
             what += f", {rows} rows per sample table"
@@ -302,7 +302,7 @@ class Drill:
         report.segments = check
         if source.postgres is not None and target.postgres is not None:
             report.databases = [
-                await _compare_database(source.postgres, target.postgres, db) for db in DATABASES
+                await compare_database(source.postgres, target.postgres, db) for db in DATABASES
             ]
             report.dump_age_seconds = await self._dump_age(report.source, failed_at)
         report.ok = True
@@ -394,7 +394,7 @@ async def _connect(server: PostgresServer, database: str) -> asyncpg.Connection:
     )
 
 
-async def _create_databases(server: PostgresServer, rows: int) -> None:
+async def create_sample_databases(server: PostgresServer, rows: int) -> None:
     admin = await _connect(server, "postgres")
     try:
         for db in DATABASES:
@@ -411,10 +411,10 @@ async def _create_databases(server: PostgresServer, rows: int) -> None:
                 )
         finally:
             await conn.close()
-        await _insert_rows(server, db, rows, "az1")
+        await insert_sample_rows(server, db, rows, "az1")
 
 
-async def _insert_rows(server: PostgresServer, database: str, rows: int, zone: str) -> None:
+async def insert_sample_rows(server: PostgresServer, database: str, rows: int, zone: str) -> None:
     conn = await _connect(server, database)
     try:
         for table in SAMPLE_TABLES:
@@ -450,7 +450,7 @@ async def _table_digests(server: PostgresServer, database: str) -> dict[str, tup
         await conn.close()
 
 
-async def _compare_database(
+async def compare_database(
     source: PostgresServer, target: PostgresServer, database: str
 ) -> DatabaseCheck:
     try:

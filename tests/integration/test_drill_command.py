@@ -1,0 +1,186 @@
+"""``az-agent drill`` as a user (and CI) runs it: a real process on small data, its JSON report,
+and nothing left behind afterwards: no agent or PostgreSQL process, no port, no folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from az_agent.sandbox.stack import postgres_available
+from tests.integration.test_sandbox_command import _alive_after, _port_is_free
+
+SMALL = ["--segments", "2", "--segment-size-kb", "16", "--rows", "20"]
+PG_FOLDERS = "az-drill-az*"
+
+
+def _processes_mentioning(text: str) -> set[int]:
+    """Live processes whose command line contains ``text`` (zombies excluded)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if text in command and state != "Z" and int(entry.name) != os.getpid():
+            found.add(int(entry.name))
+    return found
+
+
+def _pg_folders() -> set[Path]:
+    return set(Path("/tmp").glob(PG_FOLDERS))
+
+
+class DrillProcess:
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.directory = directory
+        self.args = ["drill", "--json", "--dir", str(directory), *SMALL, *extra]
+        if postgres_available() is not None:
+            self.args.append("--no-postgres")
+        self.process: asyncio.subprocess.Process | None = None
+        self.stderr: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("AZ_AGENT")}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "az_agent.cli",
+            *self.args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        async for raw in self.process.stderr:
+            self.stderr.append(raw.decode(errors="replace").rstrip())
+
+    async def finish(self, within: float) -> tuple[int, dict[str, Any]]:
+        """The exit code and the JSON report."""
+        assert self.process is not None
+        assert self.process.stdout is not None
+        out = await asyncio.wait_for(self.process.stdout.read(), within)
+        code = await asyncio.wait_for(self.process.wait(), 30)
+        assert self._reader is not None
+        await self._reader
+        assert out, f"no report; stderr:\n{self.text()}"
+        report: dict[str, Any] = json.loads(out)
+        return code, report
+
+    async def wait_for_line(self, text: str, within: float) -> None:
+        deadline = time.monotonic() + within
+        while not any(text in line for line in self.stderr):
+            assert self.process is not None
+            assert self.process.returncode is None, self.text()
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.text()}"
+            await asyncio.sleep(0.05)
+
+    def text(self) -> str:
+        return "\n".join(self.stderr)
+
+    async def stop(self) -> None:
+        """After a failed test: SIGTERM (the drill cleans up), SIGKILL if it hangs."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 60)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+    def agent_ports(self) -> list[int]:
+        ports = []
+        for zone in ("az1", "az2"):
+            document = yaml.safe_load((self.directory / f"agent-{zone}.yaml").read_text())
+            ports.append(int(document["az-service"]["config"]["http"]["port"]))
+        return ports
+
+
+async def _nothing_left(drill: DrillProcess, pg_before: set[Path]) -> None:
+    assert await _alive_after(sorted(_processes_mentioning(str(drill.directory)))) == [], (
+        "agent processes left running"
+    )
+    servers = {
+        pid
+        for pid in _processes_mentioning("/tmp/az-drill-az")
+        if not any(pid in _processes_mentioning(str(folder)) for folder in pg_before)
+    }
+    assert await _alive_after(sorted(servers)) == [], "PostgreSQL servers left running"
+    assert _pg_folders() - pg_before == set(), "PostgreSQL folders left behind"
+    for port in drill.agent_ports():
+        assert await _port_is_free(port), f"port {port} still taken"
+
+
+async def test_the_drill_passes_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    pg_before = _pg_folders()
+    drill = DrillProcess(tmp_path / "drill")
+    try:
+        await drill.start()
+        code, report = await drill.finish(within=240)
+    finally:
+        await drill.stop()
+    assert code == 0, drill.text()
+    assert report["verdict"] == "PASS", report
+    assert report["nothingLost"] is True
+    assert [p["name"] for p in report["phases"]] == [
+        "planned switchover",
+        "planned switch back",
+        "unplanned failover",
+    ]
+    for phase in report["phases"]:
+        assert phase["ok"], phase
+        assert phase["nothingLost"], phase
+        segments = phase["segments"]
+        assert segments["committed"] >= 4, segments
+        assert segments["present"] == segments["committed"], segments
+        assert 0 < phase["rtoSeconds"] < 120, phase
+        steps = [step["name"] for step in phase["steps"]]
+        assert "rehydrate-segments" in steps, steps
+        if postgres_available() is None:
+            assert [db["identical"] for db in phase["databases"]] == [True, True], phase
+            assert phase["dumpAgeSeconds"] is not None
+        else:
+            assert phase["databases"] is None
+    assert report["phases"][0]["steps"][0]["name"] == "/pause of the old zone"
+    assert report["phases"][2]["steps"][0]["name"] == "wait for its lease to expire"
+    # Each phase moved fresh data: the committed segments grow from phase to phase.
+    counts = [p["segments"]["committed"] for p in report["phases"]]
+    assert counts == sorted(counts), counts
+    assert counts[0] < counts[2], counts
+    assert "phase 3/3: unplanned failover" in drill.text(), "progress is shown"
+    await _nothing_left(drill, pg_before)
+
+
+async def test_sigterm_mid_drill_stops_everything_it_started(tmp_path: Path) -> None:
+    pg_before = _pg_folders()
+    drill = DrillProcess(tmp_path / "drill")
+    try:
+        await drill.start()
+        await drill.wait_for_line("phase 1/3", within=120)
+        assert drill.process is not None
+        agents = _processes_mentioning(str(drill.directory)) - {drill.process.pid}
+        assert len(agents) == 2, agents
+        drill.process.send_signal(signal.SIGTERM)
+        code, report = await drill.finish(within=60)
+    finally:
+        await drill.stop()
+    assert code == 1, drill.text()
+    assert report["verdict"] == "FAIL"
+    assert report["interrupted"].startswith("SIGTERM"), report
+    assert await _alive_after(sorted(agents)) == []
+    await _nothing_left(drill, pg_before)
