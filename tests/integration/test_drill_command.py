@@ -4,6 +4,7 @@ and nothing left behind afterwards: no agent or PostgreSQL process, no port, no 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -12,13 +13,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
+from rich.console import Console
 
+from az_agent.drivers.pinot.http import HttpPinotController
+from az_agent.drivers.pinot.models import TableRef, TableType
+from az_agent.sandbox.drill import TABLE, Drill, DrillOptions, run_drill
 from az_agent.sandbox.stack import postgres_available
 from tests.integration.test_sandbox_command import _alive_after, _port_is_free
 
 SMALL = ["--segments", "2", "--segment-size-kb", "16", "--rows", "20"]
 PG_FOLDERS = "az-drill-az*"
+REALTIME = TableRef(TABLE, TableType.REALTIME)
 
 
 def _processes_mentioning(text: str) -> set[int]:
@@ -184,3 +191,36 @@ async def test_sigterm_mid_drill_stops_everything_it_started(tmp_path: Path) -> 
     assert report["interrupted"].startswith("SIGTERM"), report
     assert await _alive_after(sorted(agents)) == []
     await _nothing_left(drill, pg_before)
+
+
+async def test_a_lost_segment_fails_the_drill(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verification is real: a segment removed from the new zone's Pinot right after the
+    first activation is reported missing, and the verdict is FAIL."""
+    removed: list[str] = []
+    activation = Drill._activation
+
+    async def lose_one(self: Drill, client: Any, accepted: Any, at: Any, phase: Any) -> None:
+        await activation(self, client, accepted, at, phase)
+        if removed:
+            return
+        controller = HttpPinotController(self.zones[phase.target].pinot.url)
+        try:
+            [segment, *_] = await controller.backup_ready_segments(REALTIME)
+            await controller.delete_segment(REALTIME, segment.name)
+        finally:
+            await controller.close()
+        removed.append(f"{REALTIME}/{segment.name}")
+
+    monkeypatch.setattr(Drill, "_activation", lose_one)
+    options = DrillOptions(segments=2, segment_size_kb=16, rows=20, postgres=False)
+    report = await run_drill(options, Console(file=io.StringIO()))
+    assert removed
+    assert not report.passed
+    first = report.phases[0]
+    assert first.segments is not None
+    assert first.segments.missing == removed, first
+    assert first.segments.bytes_missing > 0
+    document = report.to_json()
+    assert (document["verdict"], document["phases"][0]["nothingLost"]) == ("FAIL", False)
