@@ -17,7 +17,8 @@ where it stopped (done phases are skipped; rehydration re-plans against what Pin
 5. ``scale-up`` - a cold standby (``coldStandby``) scales its Deployments and StatefulSets up
    from zero and waits until they report ready, before anything is restored into them; the
    phase's detail shows the waiting (``2/3 workloads ready: pinot-server 1/3``);
-6. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``;
+6. ``restore-postgres`` - the newest dump of each database at or before ``latestTime``; where a
+   warm standby's shadow database already holds that dump, the shadow is swapped in instead;
 7. ``restore-pinot-config`` - missing schemas and table configs;
 8. ``rehydrate-segments`` - every committed segment the local Pinot lacks, bounded workers;
 9. ``resume-consumption`` - each partition continues from its newest restored segment's end;
@@ -49,6 +50,7 @@ from az_agent.agent.restore.postgres import (
     NoBackup,
     RestoreError,
     RestoreProgress,
+    find_shadows,
     plan_restore,
     restore_databases,
 )
@@ -226,6 +228,8 @@ class Activation:
             # A cold zone's Pinot runs once the activation scaled it up: everything moves.
             to_move, size, existing = len(segments), sum(r.size for r in segments), set()
         restore = self._plan_databases()
+        if restore and self.agent.deps.dumper is not None:
+            restore = await find_shadows(restore, self.agent.deps.dumper)  # swapped, not restored
         configs = self.catalog.table_configs(as_of=self.request.latest_time)
         estimate = size / ESTIMATED_BYTES_PER_SECOND
         return {
@@ -378,7 +382,9 @@ class Activation:
         if dumper is None or not databases:
             return "no databases configured"
         catalog = await self._load_catalog()
-        plan = plan_restore(catalog, databases, self.request.latest_time)
+        plan = await find_shadows(
+            plan_restore(catalog, databases, self.request.latest_time), dumper
+        )
         assert self.op is not None
         self.op.result["postgres"] = plan.describe()
 
@@ -388,9 +394,18 @@ class Activation:
             await self.agent.journal.save(self.op)
 
         results = await restore_databases(
-            plan, dumper, self.agent.deps.store, progress, metrics=self.agent.deps.metrics
+            plan,
+            dumper,
+            self.agent.deps.store,
+            progress,
+            metrics=self.agent.deps.metrics,
+            swap_tag=self.op.id,  # a warm standby's shadows; the tag makes a resumed swap a no-op
         )
-        return ", ".join(f"{r.database}: {r.tables} tables, {r.rows} rows" for r in results)
+        return ", ".join(
+            f"{r.database}: {'swapped in shadow' if r.shadow else 'restored'}, "
+            f"{r.tables} tables, {r.rows} rows"
+            for r in results
+        )
 
     async def _restore_configs(self) -> str:
         catalog = await self._load_catalog()

@@ -1,5 +1,9 @@
 """Which dump of each database an activation restores, and the restores themselves.
 
+A warm standby keeps each database's newest dump restored in a shadow database
+(:mod:`az_agent.agent.standby.shadow`); a database whose shadow holds the planned dump is
+swapped in by renaming instead of restored.
+
 The choice is made from a catalog alone (the log is the only truth about what is backed up),
 and the catalog may be another zone's: the agent activating zone B restores from zone A's
 ``load_catalog(store, "A")``. "At or before ``latest_time``" compares with the time each dump's
@@ -14,7 +18,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -22,6 +26,7 @@ from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.observability.reports import KIND, describe_dump, failure_reason
 from az_agent.drivers.errors import (
     CorruptObject,
+    DriverError,
 )
 from az_agent.drivers.postgres.base import PostgresDumper, RestoreResult
 from az_agent.drivers.storage.base import ObjectStore
@@ -71,17 +76,25 @@ class RestorePlan:
     zone: str
     latest_time: datetime | None
     dumps: tuple[DumpRecord, ...]
+    shadows: frozenset[str] = frozenset()
+    """Databases whose shadow held the planned dump when :func:`find_shadows` looked: they
+    would be swapped in (:func:`restore_databases` checks again when it gets there)."""
 
     @property
     def databases(self) -> list[str]:
         return [record.database for record in self.dumps]
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready, for the operation's status."""
+        """JSON-ready, for the operation's status and dryRun; ``via`` says per database
+        whether its shadow is swapped in or its dump restored."""
         return {
             "zone": self.zone,
             "latestTime": None if self.latest_time is None else self.latest_time.isoformat(),
             "dumps": {record.database: describe_dump(record) for record in self.dumps},
+            "via": {
+                record.database: "shadow" if record.database in self.shadows else "restore"
+                for record in self.dumps
+            },
         }
 
 
@@ -92,7 +105,7 @@ class RestoreProgress:
     database: str
     index: int
     total: int
-    phase: Literal["restoring", "restored"]
+    phase: Literal["restoring", "restored", "swapped"]
     record: DumpRecord
     result: RestoreResult | None = None
 
@@ -127,6 +140,22 @@ def plan_restore(
     return plan
 
 
+async def find_shadows(plan: RestorePlan, dumper: PostgresDumper) -> RestorePlan:
+    """``plan`` with :attr:`RestorePlan.shadows`: the databases whose shadow holds the planned
+    dump. Informative only (for dryRun and the operation's status); a server that cannot be
+    asked counts as no shadows."""
+    shadows: set[str] = set()
+    for record in plan.dumps:
+        try:
+            label = await dumper.shadow(record.database)
+        except DriverError as exc:
+            log.warning("cannot tell whether %s has a shadow: %s", record.database, exc)
+            continue
+        if label is not None and label.holds(record.key, record.sha256):
+            shadows.add(record.database)
+    return replace(plan, shadows=frozenset(shadows))
+
+
 async def restore_databases(
     plan: RestorePlan,
     dumper: PostgresDumper,
@@ -134,12 +163,24 @@ async def restore_databases(
     progress_callback: ProgressCallback | None = None,
     *,
     metrics: AgentMetrics | None = None,
+    swap_tag: str | None = None,
 ) -> list[RestoreResult]:
     """Restore each planned database in turn, checking bytes against the log's record.
 
-    Stops at the first failure with ``RestoreFailed`` naming the database: that one is
-    unchanged (the driver restores into a scratch database and swaps), those before it are
-    restored, those after it untouched. Restoring the same plan again is safe.
+    With ``swap_tag`` (the operation's id), a database whose shadow holds the planned dump is
+    swapped in instead (``RestoreResult.shadow``), else restored. Stops at the first failure
+    with ``RestoreFailed`` naming the database: that one is unchanged (the driver restores into
+    a scratch database, or swaps the shadow, by renames in one transaction), those before it
+    are done, those after it untouched. Running the same plan again is safe, also after a
+    restart in the middle of a swap:
+
+    - before the renames commit: the live database is intact (perhaps closed to new
+      connections) and the shadow still holds the dump, so the swap is simply done again;
+    - after they commit: the live database is the former shadow carrying ``swap_tag`` and the
+      dump's label, which the driver recognises as done (it only drops the old copy it had
+      set aside, if still there); no other operation's tag is trusted, so a database changed
+      since an earlier activation is always replaced;
+    - a shadow that no longer holds the planned dump (or none): the dump is restored.
     """
     results: list[RestoreResult] = []
     total = len(plan.dumps)
@@ -147,16 +188,19 @@ async def restore_databases(
         db = record.database
         await _report(progress_callback, RestoreProgress(db, index, total, "restoring", record))
         try:
-            result = await dumper.restore(db, store, record.key, record.sha256, record.size)
+            result = None
+            if swap_tag is not None:
+                result = await dumper.swap_in_shadow(db, record.key, record.sha256, swap_tag)
+            if result is None:
+                result = await dumper.restore(db, store, record.key, record.sha256, record.size)
         except Exception as exc:
             if metrics is not None:
                 metrics.restore_failures.labels(kind=KIND, reason=failure_reason(exc)).inc()
             log.error("restore of %s from %s failed: %s", db, record.key, exc)
             raise RestoreFailed(db, record, exc) from exc
         results.append(result)
-        await _report(
-            progress_callback, RestoreProgress(db, index, total, "restored", record, result)
-        )
+        done: Literal["restored", "swapped"] = "swapped" if result.shadow else "restored"
+        await _report(progress_callback, RestoreProgress(db, index, total, done, record, result))
     return results
 
 

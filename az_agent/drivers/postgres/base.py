@@ -136,6 +136,33 @@ class RestoreResult:
     rows: int
     rows_exact: bool
     objects: Mapping[str, int] = field(default_factory=dict)
+    shadow: bool = False
+    """The warm standby's shadow database was swapped in: no ``pg_restore`` ran, ``rows`` and
+    ``tables`` are those counted when the shadow was restored."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowLabel:
+    """Which dump a shadow database holds, recorded in the database itself (its comment), so a
+    restarted agent knows without restoring again. Only a complete restore is labelled.
+
+    ``swapped_in_by`` names the operation that swapped the shadow in: a resumed activation
+    finding its own tag on the live database knows the swap already happened.
+    """
+
+    key: str
+    sha256: str
+    size: int
+    restored_at: datetime
+    pg_restore_version: PgVersion
+    tables: int
+    rows: int
+    rows_exact: bool
+    objects: Mapping[str, int] = field(default_factory=dict)
+    swapped_in_by: str | None = None
+
+    def holds(self, key: str, sha256: str) -> bool:
+        return self.key == key and self.sha256 == sha256
 
 
 class PostgresDumper(AsyncResource):
@@ -184,6 +211,41 @@ class PostgresDumper(AsyncResource):
         the scratch database swapped in by renaming. A mismatch raises ``CorruptObject`` and a
         failed tool ``ToolFailed``, in both cases with ``database`` untouched and no scratch
         database left behind.
+        """
+
+    @abc.abstractmethod
+    async def shadow(self, database: str) -> ShadowLabel | None:
+        """What the warm-standby shadow of ``database`` holds, or None (no shadow, or one
+        without a valid label: never trust it)."""
+
+    @abc.abstractmethod
+    async def restore_shadow(
+        self,
+        database: str,
+        store: ObjectStore,
+        key: str,
+        expected_sha256: str,
+        expected_size: int,
+    ) -> RestoreResult:
+        """Like :meth:`restore`, into the shadow of ``database`` instead of ``database``.
+
+        The scratch database is labelled (and closed to connections, so nothing writes to the
+        copy) before it is renamed to the shadow's name: a failed or interrupted restore leaves
+        the previous shadow, with its own label, or none. New shadows take the owner and locale
+        of ``database`` when it exists, as a restore of it would.
+        """
+
+    @abc.abstractmethod
+    async def swap_in_shadow(
+        self, database: str, key: str, expected_sha256: str, tag: str
+    ) -> RestoreResult | None:
+        """Replace ``database`` with its shadow if the shadow holds that dump; None otherwise
+        (nothing changed: restore instead).
+
+        Sessions on ``database`` are ended and the renames (live aside, shadow to live) plus the
+        label ``swapped_in_by=tag`` commit in one transaction. Called again with the same
+        ``tag`` after that commit (a restarted operation), it finds the tag on ``database`` and
+        returns the same kind of result without changing anything but leftovers.
         """
 
     @abc.abstractmethod

@@ -10,6 +10,10 @@ Restore: the object is streamed into ``pg_restore`` restoring a scratch database
 match the log's record is the target swapped out (new sessions refused, old ones ended, two
 renames in one transaction, the old database dropped). Leftovers of a crashed restore are
 dropped by the next one.
+
+Shadows (warm standby): the same restore into ``<db>__az_shadow``, whose scratch database is
+labelled with the dump (``COMMENT ON DATABASE``, JSON) and closed to connections before it takes
+the shadow's name; an activation later swaps the shadow in by renaming instead of restoring.
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from pydantic import SecretStr
@@ -37,6 +43,7 @@ from az_agent.drivers.postgres.base import (
     PostgresDumper,
     PostgresVersions,
     RestoreResult,
+    ShadowLabel,
     ToolFailed,
 )
 from az_agent.drivers.postgres.config import MAX_NAME_BYTES, PostgresSettings
@@ -58,6 +65,8 @@ CHUNK_SIZE = 1 << 20
 DEFAULT_EXACT_COUNT_MAX_BYTES = 256 << 20
 _SESSION_END_TIMEOUT = 30.0
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHADOW_SUFFIX = "__az_shadow"
+_LABEL_PREFIX = "az-agent shadow "
 
 
 def _utcnow() -> datetime:
@@ -77,6 +86,63 @@ def aux_name(database: str, tag: str) -> str:
         short = database.encode()[: room - 9].decode(errors="ignore")
         head = f"{short}_{hashlib.sha256(database.encode()).hexdigest()[:8]}"
     return head + suffix
+
+
+def shadow_name(database: str) -> str:
+    """``<db>__az_shadow``, the warm standby's copy of ``database``; a long name is cut and
+    given a hash of the full one, so that the result stays within 63 bytes and unique."""
+    name = database + _SHADOW_SUFFIX
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    room = MAX_NAME_BYTES - len(_SHADOW_SUFFIX) - 9
+    short = database.encode()[:room].decode(errors="ignore")
+    return f"{short}_{hashlib.sha256(database.encode()).hexdigest()[:8]}{_SHADOW_SUFFIX}"
+
+
+def encode_label(label: ShadowLabel) -> str:
+    """The comment that marks a database as holding a dump (prefixed, so that no comment an
+    operator wrote is ever mistaken for one)."""
+    body: dict[str, Any] = {
+        "key": label.key,
+        "sha256": label.sha256,
+        "size": label.size,
+        "restoredAt": label.restored_at.isoformat(),
+        "pgRestoreVersion": label.pg_restore_version.text,
+        "pgRestoreVersionNum": label.pg_restore_version.num,
+        "tables": label.tables,
+        "rows": label.rows,
+        "rowsExact": label.rows_exact,
+        "objects": dict(label.objects),
+    }
+    if label.swapped_in_by is not None:
+        body["swappedInBy"] = label.swapped_in_by
+    return _LABEL_PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def decode_label(text: str | None) -> ShadowLabel | None:
+    """The label in a database comment, or None for anything else (never guess)."""
+    if text is None or not text.startswith(_LABEL_PREFIX):
+        return None
+    try:
+        body = json.loads(text[len(_LABEL_PREFIX) :])
+        swapped = body.get("swappedInBy")
+        return ShadowLabel(
+            key=str(body["key"]),
+            sha256=str(body["sha256"]),
+            size=int(body["size"]),
+            restored_at=datetime.fromisoformat(body["restoredAt"]),
+            pg_restore_version=PgVersion(
+                int(body["pgRestoreVersionNum"]), str(body["pgRestoreVersion"])
+            ),
+            tables=int(body["tables"]),
+            rows=int(body["rows"]),
+            rows_exact=bool(body["rowsExact"]),
+            objects={str(k): int(v) for k, v in dict(body["objects"]).items()},
+            swapped_in_by=None if swapped is None else str(swapped),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("ignoring a malformed shadow label: %s", exc)
+        return None
 
 
 @dataclass
@@ -237,24 +303,77 @@ class PgDumper(PostgresDumper):
         expected_sha256: str,
         expected_size: int,
     ) -> RestoreResult:
-        if not _SHA256_HEX.match(expected_sha256):
-            raise ValueError(f"expected_sha256 must be 64 lowercase hex digits: {expected_sha256}")
+        return await self._restore(
+            database, store, key, expected_sha256, expected_size, shadow=False
+        )
+
+    async def restore_shadow(
+        self,
+        database: str,
+        store: ObjectStore,
+        key: str,
+        expected_sha256: str,
+        expected_size: int,
+    ) -> RestoreResult:
+        return await self._restore(
+            database, store, key, expected_sha256, expected_size, shadow=True
+        )
+
+    def _lock(self, database: str) -> asyncio.Lock:
+        """One lock per database for its restores, its shadow's and the swap: they rename the
+        same names, so they never interleave within this process."""
         if database == self._settings.maintenance_database:
             raise Misconfigured(f"cannot restore over the maintenance database {database!r}")
-        lock = self._restore_locks.setdefault(database, asyncio.Lock())
-        async with lock:
+        return self._restore_locks.setdefault(database, asyncio.Lock())
+
+    async def _restore(
+        self,
+        database: str,
+        store: ObjectStore,
+        key: str,
+        expected_sha256: str,
+        expected_size: int,
+        *,
+        shadow: bool,
+    ) -> RestoreResult:
+        if not _SHA256_HEX.match(expected_sha256):
+            raise ValueError(f"expected_sha256 must be 64 lowercase hex digits: {expected_sha256}")
+        target = shadow_name(database) if shadow else database
+        async with self._lock(database):
             _, pg_restore = await self._ensure_tools()
             started = self._clock()
             async with store.open(key, chunk_size=CHUNK_SIZE) as reader:
                 _check_recorded(reader.info, expected_sha256, expected_size)
                 async with self._admin() as admin:
                     server = await sql.server_version(admin)
+                    template: sql.DatabaseProps | None = None
+                    seal: _Seal | None = None
+                    if shadow:
+                        template = await sql.database_props(admin, database)
+                        dumped = ShadowLabel(
+                            key=key,
+                            sha256=expected_sha256,
+                            size=expected_size,
+                            restored_at=started,
+                            pg_restore_version=pg_restore.version,
+                            tables=0,
+                            rows=0,
+                            rows_exact=False,
+                        )
+                        seal = _labeller(admin, dumped)
                     outcome = await self._restore_swap(
-                        admin, server, pg_restore, database, reader, expected_sha256
+                        admin,
+                        server,
+                        pg_restore,
+                        target,
+                        reader,
+                        expected_sha256,
+                        template=template,
+                        seal=seal,
                     )
         replaced, counted = outcome
         result = RestoreResult(
-            database=database,
+            database=target,
             key=key,
             size=expected_size,
             sha256=expected_sha256,
@@ -269,7 +388,7 @@ class PgDumper(PostgresDumper):
             objects=counted.objects,
         )
         log.info(
-            "restored %s from %s: %d tables, %d rows", database, key, counted.tables, counted.rows
+            "restored %s from %s: %d tables, %d rows", target, key, counted.tables, counted.rows
         )
         return result
 
@@ -281,15 +400,22 @@ class PgDumper(PostgresDumper):
         database: str,
         reader: ObjectReader,
         expected_sha256: str,
+        *,
+        template: sql.DatabaseProps | None = None,
+        seal: _Seal | None = None,
     ) -> tuple[bool, sql.Census]:
+        """Restore into a scratch database (owner and locale of ``template``, else of
+        ``database``), pass it to ``seal`` once complete, then rename it to ``database``."""
         like = await sql.database_props(admin, database)
         await self._sweep(admin, server, database, target_exists=like is not None)
         scratch = aux_name(database, "restore") + secrets.token_hex(4)
-        await sql.create_database(admin, scratch, like)
+        await sql.create_database(admin, scratch, template or like)
         try:
             await self._pg_restore(pg_restore, database, scratch, reader, expected_sha256)
             async with self._connect(scratch) as conn:
                 counted = await sql.census(conn, self._exact_count_max_bytes)
+            if seal is not None:
+                await seal(scratch, counted)
             replaced = await self._swap_in(admin, server, database, scratch, like)
         except BaseException:
             await _quietly(sql.drop_database(admin, scratch, server), f"drop {scratch}")
@@ -345,6 +471,121 @@ class PgDumper(PostgresDumper):
         log.info("swapped restored %s in (%d session(s) ended)", database, ended)
         await _quietly(sql.drop_database(admin, aside, server), f"drop {aside}")
         return True
+
+    # -- shadows ----------------------------------------------------------------------------
+
+    async def shadow(self, database: str) -> ShadowLabel | None:
+        async with self._admin() as admin:
+            return decode_label(await sql.database_comment(admin, shadow_name(database)))
+
+    async def swap_in_shadow(
+        self, database: str, key: str, expected_sha256: str, tag: str
+    ) -> RestoreResult | None:
+        shadow = shadow_name(database)
+        cleanup = f"drop the database the swap of {database} set aside"
+        async with self._lock(database):
+            started = self._clock()
+            async with self._admin() as admin:
+                server = await sql.server_version(admin)
+                live = await sql.database_props(admin, database)
+                held = decode_label(await sql.database_comment(admin, database))
+                if (
+                    live is not None
+                    and held is not None
+                    and held.swapped_in_by == tag
+                    and held.holds(key, expected_sha256)
+                ):
+                    log.info("%s was swapped in by %s already", database, tag)
+                    await _quietly(self._sweep(admin, server, database, True), cleanup)
+                    return self._swapped(database, held, server, started, replaced=True)
+                label = decode_label(await sql.database_comment(admin, shadow))
+                if label is None or not label.holds(key, expected_sha256):
+                    return None
+                marked = replace(label, swapped_in_by=tag)
+                ended = await self._swap_shadow(admin, database, shadow, live, marked)
+                log.info("swapped the shadow of %s in (%d session(s) ended)", database, ended)
+                await _quietly(self._sweep(admin, server, database, True), cleanup)
+        return self._swapped(database, marked, server, started, replaced=live is not None)
+
+    async def _swap_shadow(
+        self,
+        admin: asyncpg.Connection,
+        database: str,
+        shadow: str,
+        live: sql.DatabaseProps | None,
+        marked: ShadowLabel,
+    ) -> int:
+        """End the sessions on ``database`` (refusing new ones), then in one transaction: the
+        live database aside, the shadow to its name, open to connections, tagged ``marked``."""
+        ended = 0
+        if live is not None:
+            await sql.set_allow_connections(admin, database, False)
+        try:
+            if live is not None:
+                ended = await sql.terminate_sessions(admin, database, _SESSION_END_TIMEOUT)
+            await sql.terminate_sessions(admin, shadow, _SESSION_END_TIMEOUT)
+            async with admin.transaction():
+                if live is not None:
+                    aside = aux_name(database, "old") + secrets.token_hex(4)
+                    await sql.rename_database(admin, database, aside)
+                await sql.rename_database(admin, shadow, database)
+                await sql.set_allow_connections(admin, database, True)
+                await sql.comment_on_database(admin, database, encode_label(marked))
+        except BaseException:
+            if live is not None:
+                reopen = sql.set_allow_connections(admin, database, live.allow_connections)
+                await _quietly(reopen, f"re-allow connections to {database}")
+            raise
+        return ended
+
+    def _swapped(
+        self,
+        database: str,
+        label: ShadowLabel,
+        server: PgVersion,
+        started: datetime,
+        *,
+        replaced: bool,
+    ) -> RestoreResult:
+        return RestoreResult(
+            database=database,
+            key=label.key,
+            size=label.size,
+            sha256=label.sha256,
+            server_version=server,
+            pg_restore_version=label.pg_restore_version,
+            started_at=started,
+            finished_at=self._clock(),
+            replaced_existing=replaced,
+            tables=label.tables,
+            rows=label.rows,
+            rows_exact=label.rows_exact,
+            objects=label.objects,
+            shadow=True,
+        )
+
+
+_Seal = Callable[[str, sql.Census], Awaitable[None]]
+"""Called with a restored scratch database and its census, before it takes the target's name."""
+
+
+def _labeller(admin: asyncpg.Connection, dumped: ShadowLabel) -> _Seal:
+    """The seal of a shadow: label the scratch with its dump (``dumped``) and census, close it
+    to connections (nothing may write to the copy an activation will swap in). It runs only
+    after the bytes matched the log's checksum and pg_restore succeeded."""
+
+    async def seal(scratch: str, counted: sql.Census) -> None:
+        label = replace(
+            dumped,
+            tables=counted.tables,
+            rows=counted.rows,
+            rows_exact=counted.rows_exact,
+            objects=counted.objects,
+        )
+        await sql.comment_on_database(admin, scratch, encode_label(label))
+        await sql.set_allow_connections(admin, scratch, False)
+
+    return seal
 
 
 def _check_recorded(info: ObjectInfo, expected_sha256: str, expected_size: int) -> None:

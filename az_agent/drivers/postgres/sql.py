@@ -1,5 +1,5 @@
 """What the agent asks the server through ``asyncpg``: versions, health, database life cycle
-(create, rename, drop, end sessions) and the census of a restored database.
+(create, rename, drop, end sessions, comments) and the census of a restored database.
 
 asyncpg's exceptions are translated here, in :func:`pg_errors`, and nowhere else.
 """
@@ -215,6 +215,19 @@ async def swap_databases(conn: asyncpg.Connection, target: str, scratch: str, as
     async with conn.transaction():
         await rename_database(conn, target, aside)
         await rename_database(conn, scratch, target)
+
+
+async def database_comment(conn: asyncpg.Connection, name: str) -> str | None:
+    """The comment on database ``name`` (None: no comment, or no such database)."""
+    text = await conn.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    return None if text is None else str(text)
+
+
+async def comment_on_database(conn: asyncpg.Connection, name: str, text: str) -> None:
+    """Set the comment of ``name`` (transactional, so it can commit with renames)."""
+    await conn.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(text)}")
 
 
 async def databases_with_prefix(conn: asyncpg.Connection, prefix: str) -> list[str]:
