@@ -38,7 +38,7 @@ EXPECTED_ALERTS = {
 MUTATIONS = {
     "segments threshold": ('kind="segments"} > 900', 'kind="segments"} > 1200'),
     "postgres threshold": ('kind="postgres"} > 7200', 'kind="postgres"} > 6000'),
-    "backup failures for": ("for: 15m", "for: 5m"),
+    "backup failures for": ("for: 25m", "for: 15m"),
     "fenced value": ("az_agent_fenced == 1", "az_agent_fenced == 0"),
     "failed state": ('az_agent_state{state="FAILED"}', 'az_agent_state{state="PAUSED"}'),
     "activation bound": ('kind="activate"} > 3600', 'kind="activate"} > 7200'),
