@@ -223,6 +223,9 @@ def _drill(args: argparse.Namespace) -> int:
     if min(args.segments, args.segment_size_kb, args.rows, args.lease_ttl) < 1:
         sys.stderr.write("az-agent: drill: sizes and --lease-ttl must be at least 1\n")
         return EXIT_CONFIG
+    if args.dir and Path(args.dir).exists() and any(Path(args.dir).iterdir()):
+        sys.stderr.write(f"az-agent: drill: --dir {args.dir} is not empty: a drill starts afresh\n")
+        return EXIT_CONFIG
     options = DrillOptions(
         segments=args.segments,
         segment_size_kb=args.segment_size_kb,

@@ -224,3 +224,14 @@ async def test_a_lost_segment_fails_the_drill(
     assert first.segments.bytes_missing > 0
     document = report.to_json()
     assert (document["verdict"], document["phases"][0]["nothingLost"]) == ("FAIL", False)
+
+
+async def test_bad_usage_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    (tmp_path / "left-over").write_text("a previous drill's data")
+    for args in (["--dir", str(tmp_path)], ["--segments", "0"]):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "az_agent.cli", "drill", *args, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 2, err
+        assert err.decode().startswith("az-agent: drill: "), err
