@@ -6,13 +6,15 @@ the agent's own scale driver on the service account's token."""
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
+import helm_python as helm
 import yaml
 
 from az_agent.drivers.kubernetes.base import WorkloadKind
 from az_agent.drivers.kubernetes.workloads import KubernetesWorkloads
-from tests.deploy.chart import Rendered, deep_merge, render
+from tests.deploy.chart import CHART, RELEASE, Rendered, deep_merge, render
 from tests.deploy.test_chart import CASES, CRDS
 from tests.servers.kubernetes import KubernetesApiServer
 
@@ -132,3 +134,54 @@ async def test_without_source_namespaces_the_proxy_is_granted_cluster_wide(
         "proxy to another port": False,
         "get services": False,
     }
+
+
+def _helm(kube: KubernetesApiServer, namespace: str) -> helm.Config:
+    return helm.Config(kubeconfig_path=kube.kubeconfig, namespace=namespace)
+
+
+async def _token(kube: KubernetesApiServer, namespace: str) -> str:
+    result = await kube.kubectl(
+        "get", "secret", "az-service-api-token", "-n", namespace, "-o", "jsonpath={.data.token}"
+    )
+    return base64.b64decode(result.stdout).decode()
+
+
+async def test_helm_install_and_upgrade_keep_the_generated_token(
+    kube_apiserver: KubernetesApiServer,
+) -> None:
+    """A real ``helm install`` / ``upgrade`` / ``uninstall`` (the Helm v4 engine against the API
+    server): the token generated at install survives an upgrade (``lookup``) and a reinstall
+    (the Secret is kept), so the other zone's copy of it stays valid."""
+    ns = await kube_apiserver.create_namespace()
+    values = CASES["s3-secret"]
+
+    def install() -> dict[str, Any]:
+        with _helm(kube_apiserver, ns) as config:
+            release: dict[str, Any] = config.install(str(CHART), RELEASE, values, namespace=ns)
+            return release
+
+    def upgrade(changed: dict[str, Any]) -> None:
+        with _helm(kube_apiserver, ns) as config:
+            config.upgrade(str(CHART), RELEASE, changed, namespace=ns)
+
+    def uninstall() -> None:
+        with _helm(kube_apiserver, ns) as config:
+            config.uninstall(RELEASE)
+
+    release = await asyncio.to_thread(install)
+    assert release["status"] == "deployed"
+    assert "port-forward svc/az-service 8081:8080" in release["notes"]
+    token = await _token(kube_apiserver, ns)
+    assert len(token) == 48
+    changed = deep_merge(values, {"az-service": {"config": {"backupIntervalMinutes": 15}}})
+    await asyncio.to_thread(upgrade, changed)
+    assert await _token(kube_apiserver, ns) == token
+    config_map = await kube_apiserver.kubectl(
+        "get", "configmap", "az-service-config", "-n", ns, "-o", "jsonpath={.data.config\\.yaml}"
+    )
+    assert yaml.safe_load(config_map.stdout)["az-service"]["config"]["backupIntervalMinutes"] == 15
+    await asyncio.to_thread(uninstall)
+    assert await _token(kube_apiserver, ns) == token  # helm.sh/resource-policy: keep
+    await asyncio.to_thread(install)
+    assert await _token(kube_apiserver, ns) == token
