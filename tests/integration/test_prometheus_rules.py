@@ -45,6 +45,10 @@ MUTATIONS = {
     "pause bound": ('kind="pause"} > 1800', 'kind="pause"} > 3600'),
     "no primary while activating": ("unless on (group)", "and on (group)"),
     "replicas counted once": ("max by (group, zone) (", "max by (group, instance) ("),
+    "no primary needs both zones seen": (
+        "(max_over_time(az_agent_info[6h]))) > 1",
+        "(max_over_time(az_agent_info[6h]))) > 0",
+    ),
     "primary needs the lease": (
         "count by (group) (\n            max by (group, zone) (\n"
         "              (az_agent_primary * az_agent_leader)",
