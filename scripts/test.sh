@@ -21,6 +21,13 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
     "${apt_packages[@]}" >/dev/null
 fi
 
+# Kubernetes 1.20 for tests/integration/kubernetes: kube-apiserver and kube-controller-manager
+# built from Debian's source package (~8 min the first time, cached outside the repository),
+# kubectl and etcd; built in the background while the rest installs and lints.
+kube_log=$(mktemp)
+scripts/kube-build.sh >"$kube_log" 2>&1 &
+kube_build=$!
+
 # npm: Azurite, the Azure Blob emulator (3.35.0: later releases need node >= 21).
 if [ ! -x .emu/node_modules/.bin/azurite-blob ]; then
   echo "installing azurite@3.35.0 into .emu/"
@@ -37,4 +44,5 @@ echo "== mypy --strict"; .venv/bin/mypy
 echo "== import layers"; .venv/bin/lint-imports
 echo "== promtool";      promtool check rules deploy/prometheus/rules.yml \
   && promtool test rules deploy/prometheus/rules.test.yml
+echo "== kubernetes";    wait "$kube_build" || { cat "$kube_log"; exit 1; }; tail -n 1 "$kube_log"
 echo "== pytest";        .venv/bin/python -m pytest "$@"

@@ -67,7 +67,7 @@ BUILD_SCRIPT = "scripts/kube-build.sh"
 START_TIMEOUT = 90.0
 BINARIES = ("kube-apiserver", "kube-controller-manager", "kubectl")
 # The controllers the tests rely on; the rest (nodes, endpoints, quotas, ...) only cost CPU.
-CONTROLLERS = "deployment,replicaset,statefulset,garbagecollector,namespace,serviceaccount"
+CONTROLLERS = "deployment,replicaset,statefulset,endpoint,garbagecollector,namespace,serviceaccount"
 # The label every pod template of create_deployment / create_statefulset selects on.
 WORKLOAD_LABEL = "az-agent.test/workload"
 _PLURAL = {WorkloadKind.DEPLOYMENT: "deployments", WorkloadKind.STATEFULSET: "statefulsets"}
@@ -149,12 +149,28 @@ def _rsa_key_pair(directory: Path) -> tuple[Path, Path]:
     return private, public
 
 
-def _ready_conditions() -> list[dict[str, str]]:
+def _running_and_ready(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The status patch a kubelet would send once every container started and passed its
+    readiness probe."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    return [
+    conditions = [
         {"type": kind, "status": "True", "lastTransitionTime": now}
         for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
     ]
+    containers = [
+        {
+            "name": c["name"],
+            "image": c["image"],
+            "imageID": "",
+            "ready": True,
+            "started": True,
+            "restartCount": 0,
+            "state": {"running": {"startedAt": now}},
+        }
+        for c in pod["spec"]["containers"]
+    ]
+    status = {"phase": "Running", "startTime": now, "conditions": conditions}
+    return {"status": {**status, "containerStatuses": containers}}
 
 
 def _is_ready(pod: Mapping[str, Any]) -> bool:
@@ -176,6 +192,8 @@ class KubernetesApiServer:
         self._binaries: dict[str, str] = {}
         self.port = 0
         self.admin_token = ""
+        # kubectl is a 50 MB Go program: a few at a time, on a machine with two cores.
+        self._kubectl_slots = asyncio.Semaphore(4)
 
     @property
     def url(self) -> str:
@@ -495,7 +513,7 @@ class KubernetesApiServer:
                     await self.request(
                         "PATCH",
                         f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status",
-                        {"status": {"phase": "Running", "conditions": _ready_conditions()}},
+                        _running_and_ready(pod),
                         content_type="application/merge-patch+json",
                     )
                 except KubeApiError as exc:
@@ -515,15 +533,16 @@ class KubernetesApiServer:
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> KubectlResult:
         """``kubectl --kubeconfig=<admin> <args>``; ``check`` raises on a non-zero exit."""
-        process = await asyncio.create_subprocess_exec(
-            self._binaries["kubectl"],
-            f"--kubeconfig={self.kubeconfig}",
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await process.communicate(None if stdin is None else stdin.encode())
+        async with self._kubectl_slots:
+            process = await asyncio.create_subprocess_exec(
+                self._binaries["kubectl"],
+                f"--kubeconfig={self.kubeconfig}",
+                *args,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await process.communicate(None if stdin is None else stdin.encode())
         result = KubectlResult(process.returncode or 0, out.decode(), err.decode())
         if check and result.returncode != 0:
             raise AssertionError(
