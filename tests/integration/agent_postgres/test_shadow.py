@@ -91,6 +91,17 @@ async def zone1_backups(
         yield dump
 
 
+@pytest.fixture(autouse=True)
+async def drop_shadows(zone2: PostgresServer, dbname: str) -> AsyncIterator[None]:
+    """Shadows outlive a test by design; the driver tests of this session count every
+    ``__az_`` database of the server as a leftover, so drop this test's."""
+    yield
+    async with connect(zone2) as admin:
+        for name in await scratch_databases(zone2):
+            if name.startswith(dbname):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 async def set_marker(server: PostgresServer, database: str, value: int) -> None:
     async with connect(server, database) as conn:
         await conn.execute("CREATE TABLE IF NOT EXISTS public.marker (v int)")
