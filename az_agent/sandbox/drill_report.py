@@ -127,7 +127,6 @@ class DrillReport:
         for phase in self.phases:
             if phase.error:
                 console.print(f"{phase.name}: {phase.error}", highlight=False)
-                console.print(f"  error: {phase.error}", highlight=False)
             for db in phase.databases or []:
                 for difference in db.differences:
                     console.print(f"{phase.name}: {db.database}: {difference}", highlight=False)

@@ -31,6 +31,7 @@ from az_agent.agent.http.client import AgentClient, AgentRefused, AgentUnreachab
 
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL_SECONDS = 0.5
+TRANSIENT = ("ACTIVATING", "PAUSING")
 UNREACHABLE_GRACE_SECONDS = 60.0
 """How long ``--wait`` keeps polling an agent that stopped answering (a restarted agent resumes
 its activation from the bucket)."""
@@ -235,7 +236,8 @@ async def follow_operation(
     *,
     poll_seconds: float = POLL_SECONDS,
 ) -> Body:
-    """Poll ``/status`` until operation ``operation_id`` has ended; the last ``/status``.
+    """Poll ``/status`` until operation ``operation_id`` has ended and the agent's state has
+    settled (no longer ACTIVATING or PAUSING); the last ``/status``.
 
     An agent that stops answering is polled on for :data:`UNREACHABLE_GRACE_SECONDS` (it
     resumes the operation after a restart); a newer operation replacing ours ends the wait."""
@@ -254,7 +256,8 @@ async def follow_operation(
         operation = status.get("operation") or {}
         if operation.get("id") == operation_id:
             on_update(operation)
-            if operation.get("status") != "running":
+            # The state follows the operation's end a moment later: wait for it to settle.
+            if operation.get("status") != "running" and status.get("state") not in TRANSIENT:
                 return status
         elif operation:
             return status  # replaced: the caller sees another id and says so
