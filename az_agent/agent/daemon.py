@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
@@ -42,11 +42,19 @@ from az_agent.agent.operations.states import (
     transition,
 )
 from az_agent.agent.recovery import starting_state
+from az_agent.agent.standby.health import (
+    HealthWatchDeps,
+    ZoneHealthView,
+    ZoneHealthWatch,
+    peer_zone_of,
+    probe_zone,
+)
 from az_agent.agent.standby.warm import WarmFollower
 from az_agent.agent.supervisor import Supervisor, to_the_end
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
     HealthBoard,
+    HealthCheck,
     LeaseKeeper,
     LeaseSettings,
     LeaseState,
@@ -104,6 +112,9 @@ class Agent:
             on_taken_over=self._on_taken_over,
         )
         self.journal = OperationJournal(deps.store, self.zone, deps.clock)
+        self.health_watch = self._health_watch()
+        self.health: ZoneHealthView = self.health_watch.view
+        """This zone as this agent measured it, and the peer zone's published health."""
         self.state = AgentState.STANDBY
         self.operation: Operation | None = None
         deps.metrics.operation.track(self._running_operation)
@@ -212,6 +223,7 @@ class Agent:
                 supervisor.start(group, "leadership", self.leadership.run)
                 supervisor.start(group, "heartbeat", self._heartbeat)
                 supervisor.start(group, "dependencies", lambda: watch_dependencies(self))
+                supervisor.start(group, "zone-health", self.health_watch.run)
                 if self.follower is not None:
                     supervisor.start(group, "warm-standby", self.follower.run)
                 if self.deps.config.service.automatic_failover.enabled:
@@ -374,8 +386,39 @@ class Agent:
         await self.automatic.run()
 
     def _own_health(self) -> ZoneHealth | None:
-        view = getattr(self, "health", None)
-        return getattr(view, "own", None)
+        return self.health.own
+
+    def _health_watch(self) -> ZoneHealthWatch:
+        deps = self.deps
+        dumper = deps.dumper
+
+        def peer_zone() -> str | None:
+            primary = self.leadership.primary
+            source = deps.config.service.automatic_failover.source_zone
+            return peer_zone_of(self.zone, primary.record if primary else None, source)
+
+        def on_probed(checks: Mapping[str, HealthCheck]) -> None:
+            from az_agent.agent.status import note_zone_probe
+
+            note_zone_probe(self, checks)
+
+        return ZoneHealthWatch(
+            HealthWatchDeps(
+                probe=lambda: probe_zone(
+                    deps.pinot,
+                    dumper.ping if dumper is not None else None,
+                    tables=deps.config.service.pinot.tables,
+                ),
+                board=HealthBoard(deps.store, self.zone, clock=deps.clock),
+                holder=self.holder,
+                is_leader=lambda: self.keeper.is_leader,
+                peer_zone=peer_zone,
+                clock=deps.clock,
+                metrics=deps.metrics,
+                period=self.lease_settings.retry_period_seconds,
+                on_probed=on_probed,
+            )
+        )
 
     async def _last_automatic_activation(self) -> datetime | None:
         """When this zone last activated automatically, from its journal (survives restarts)."""

@@ -4,7 +4,9 @@ Scripts depend on these names: ``zone``, ``state``, ``leader``, ``leading``, ``e
 ``rpoSeconds`` (``segments``, ``postgres``) and ``operation`` (``id``, ``kind``, ``phase``,
 ``status``, ``progress``, ``error``; null when none has run), ``dependencies`` (each one's
 last probe: ``"ok"`` or its error) and ``failure`` (why the agent is ``FAILED`` outside any
-operation: a split brain or a corrupt log; null otherwise).
+operation: a split brain or a corrupt log; null otherwise), ``health`` (``zone``: this zone
+as this agent last measured it, ``peer``: the peer zone's published ``health.json``; see
+``standby/health.py``).
 
 ``leader`` says the zone's lease is held; ``leading`` that its leader session runs (the fence
 entry written and the catalog loaded; the backup loops run under it), which comes a moment later:
@@ -14,10 +16,11 @@ only then is anything being backed up.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from az_agent.drivers.errors import DriverError
+from az_agent.state import HealthCheck
 
 if TYPE_CHECKING:
     from az_agent.agent.daemon import Agent
@@ -59,6 +62,7 @@ def build_status(agent: Agent) -> dict[str, Any]:
         },
         "alerts": {"silencing": deps.silences.enabled},
         "standby": _standby(agent),
+        "health": agent.health.describe(),
         "dependencies": agent.dependencies,
         "failure": agent.failure,
         "operation": agent.operation.describe(now) if agent.operation else None,
@@ -111,8 +115,11 @@ without anyone calling ``/readyz``."""
 ALERTMANAGER_PROBE = "az-agent readiness probe"
 
 
-async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
+async def check_dependencies(agent: Agent, *, zone: bool = True) -> tuple[bool, dict[str, Any]]:
     """Probe every configured dependency concurrently; ready when all answer.
+
+    ``zone=False`` leaves out Pinot and PostgreSQL, which the zone health watch probes every
+    lease round already (:func:`note_zone_probe`), and updates only the others' answers.
 
     The body names each dependency that is down in ``down`` and gives every one's one-line
     answer in ``dependencies`` (``"ok"`` or the error). The result is also kept on the agent
@@ -127,8 +134,10 @@ async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
             return name, f"{type(exc).__name__}: {exc}"
         return name, None
 
-    checks = [probe("bucket", deps.store.check), probe("pinot", deps.pinot.health)]
-    if deps.dumper is not None:
+    checks = [probe("bucket", deps.store.check)]
+    if zone:
+        checks.append(probe("pinot", deps.pinot.health))
+    if zone and deps.dumper is not None:
         checks.append(probe("postgres", deps.dumper.ping))
     if deps.silences.enabled:
         silences = deps.silences
@@ -145,7 +154,7 @@ async def check_dependencies(agent: Agent) -> tuple[bool, dict[str, Any]]:
     for name, error in results.items():
         deps.metrics.dependency_up.labels(dependency=name).set(0 if error else 1)
     answers = {name: error or "ok" for name, error in results.items()}
-    agent.dependencies = answers
+    agent.dependencies = answers if zone else {**agent.dependencies, **answers}
     down = sorted(name for name, error in results.items() if error is not None)
     return not down, {"ok": not down, "down": down, "dependencies": answers}
 
@@ -158,5 +167,21 @@ async def _each(checks: list[Callable[[], Awaitable[None]]]) -> None:
 async def watch_dependencies(agent: Agent, period: float = DEPENDENCY_CHECK_SECONDS) -> None:
     """Probe the dependencies every ``period`` seconds, until cancelled."""
     while True:
-        await check_dependencies(agent)
+        await check_dependencies(agent, zone=False)
         await agent.deps.clock.sleep(period)
+
+
+ZONE_DEPENDENCIES = {"pinot": "pinot-controller", "postgres": "postgres"}
+"""Dependency names and the zone health checks that probe the same thing."""
+
+
+def note_zone_probe(agent: Agent, checks: Mapping[str, HealthCheck]) -> None:
+    """Take the zone health watch's probes of Pinot and PostgreSQL as dependency answers."""
+    answers = dict(agent.dependencies)
+    for dependency, name in ZONE_DEPENDENCIES.items():
+        check = checks.get(name)
+        if check is not None:
+            answers[dependency] = "ok" if check.ok else check.detail
+            up = agent.deps.metrics.dependency_up.labels(dependency=dependency)
+            up.set(1 if check.ok else 0)
+    agent.dependencies = answers

@@ -92,6 +92,32 @@ OPERATION: Schema = _obj(
     ["id", "kind", "phase", "status", "progress", "error", "startedAt", "phases"],
 )
 
+_CHECK: Schema = _obj({"ok": _BOOL, "detail": _STR}, ["ok"])
+ZONE_HEALTH: Schema = _obj(
+    {
+        "zone": _STR,
+        "status": {**_STR, "enum": ["healthy", "unhealthy", "unknown"]},
+        "sequence": {**_INT, "description": "Grows with every publication (or this agent's round)"},
+        "measuredAt": _TIME,
+        "holder": {**_STR, "description": "The agent that measured it"},
+        "checks": {
+            "type": "object",
+            "additionalProperties": _CHECK,
+            "description": "pinot-controller, pinot-brokers, pinot-servers, postgres, ingestion",
+        },
+    },
+    ["zone", "status", "sequence", "measuredAt", "holder", "checks"],
+)
+HEALTH_VIEW: Schema = _obj(
+    {
+        "zone": _nullable({**ZONE_HEALTH, "description": "This zone as this agent measured it"}),
+        "published": {**_BOOL, "description": "zone is what this agent published as leader"},
+        "peerZone": _nullable(_STR),
+        "peer": _nullable({**ZONE_HEALTH, "description": "The peer's last health.json"}),
+    },
+    ["zone", "published", "peerZone", "peer"],
+)
+
 STATUS: Schema = _obj(
     {
         "zone": _STR,
@@ -182,6 +208,7 @@ STATUS: Schema = _obj(
             ["mode"],
             description="Warm standby fields only in mode warm",
         ),
+        "health": HEALTH_VIEW,
         "dependencies": {
             "type": "object",
             "additionalProperties": _STR,
@@ -205,6 +232,7 @@ STATUS: Schema = _obj(
         "rpoSeconds",
         "backups",
         "operation",
+        "health",
         "time",
     ],
 )

@@ -297,6 +297,13 @@ class AgentMetrics:
             ["dependency"],
             registry=reg,
         )
+        self.zone_health = Gauge(
+            "az_agent_zone_health",
+            "1 when the zone's health check passed, 0 when it failed: this zone as this agent "
+            "measured it, the peer zone as it published itself (standby/health.py).",
+            ["zone", "check"],
+            registry=reg,
+        )
         self.automatic_activations = Counter(
             "az_agent_automatic_activations",
             "Activations the automatic failover started, by reason (lease-expired, unhealthy).",
