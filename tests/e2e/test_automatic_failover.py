@@ -30,7 +30,7 @@ from tests.e2e.conftest import (
     wait_for,
 )
 from tests.e2e.test_unplanned import COMMITS, assert_restored, backed_up_catalog, zone_one_dies
-from tests.servers.flaky_proxy import FlakyProxy
+from tests.servers.flaky_proxy import Brownout
 
 
 def automatic(config: AgentConfig, source: str, grace: float, **settings: float) -> AgentConfig:
@@ -204,16 +204,6 @@ async def test_at_most_one_automatic_activation_per_cooldown(
     )
     assert "min left" in body["automaticFailover"]["lastDecision"]
     assert body["state"] == "STANDBY", body
-
-
-class Brownout(FlakyProxy):
-    """Forwards to S3, and answers everything with 503 SlowDown while ``dark`` is set."""
-
-    def __init__(self, upstream: str) -> None:
-        super().__init__(upstream, "s3", failure_rate=0.0)
-
-    def dark(self, on: bool) -> None:
-        self.failure_rate = 1.0 if on else 0.0
 
 
 async def test_brownouts_shorter_than_the_renew_deadline_never_cause_a_takeover(

@@ -109,3 +109,14 @@ class FlakyProxy:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+
+class Brownout(FlakyProxy):
+    """Forwards everything, but answers every request with the backend's 503 while dark: a
+    bucket brownout the tests switch on and off."""
+
+    def __init__(self, upstream: str, kind: str = "s3") -> None:
+        super().__init__(upstream, kind, failure_rate=0.0)
+
+    def dark(self, on: bool) -> None:
+        self.failure_rate = 1.0 if on else 0.0

@@ -69,6 +69,7 @@ def sight(**changes: object) -> Sight:
         lease_error=None,
         source_health=health(HealthStatus.HEALTHY),
         unhealthy_for=None,
+        health_stale=False,
         own_health=health(HealthStatus.HEALTHY),
         cold=False,
         primary=primary(),

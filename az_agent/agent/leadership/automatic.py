@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.config import AutomaticFailoverSettings
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import DriverError
@@ -52,6 +53,9 @@ UNHEALTHY = "unhealthy"
 WORKLOAD_CHECKS = frozenset({"pinot-controller", "pinot-brokers", "pinot-servers", "postgres"})
 """Checks of workloads a cold standby keeps scaled to zero: not held against its own zone."""
 INGESTION_CHECK = "ingestion"
+REFUSED_RETRY_MAX_SECONDS = 60.0
+"""A refused automatic activation (nothing backed up, a storage error) is retried with backoff
+up to this, not every cycle."""
 
 
 def source_is_gone(observation: LeaseObservation, grace_seconds: float) -> bool:
@@ -87,9 +91,13 @@ class UnhealthyStreak:
                 self._since = now if self._since is None else self._since
             else:
                 self._since = None
-        if self._since is None or now - self._changed_at > self._stale_after:
+        if self._since is None or self.is_stale(now):
             return None
         return now - self._since
+
+    def is_stale(self, now: float) -> bool:
+        """The last record seen has not changed for longer than ``stale_after``."""
+        return self._sequence is not None and now - self._changed_at > self._stale_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,8 @@ class Sight:
     lease_error: str | None
     source_health: ZoneHealth | None
     unhealthy_for: float | None
+    health_stale: bool
+    """The source's health record has stopped changing (its agent is stuck or gone)."""
     own_health: ZoneHealth | None
     cold: bool
     """This zone is a cold standby: its workloads' checks do not count against it."""
@@ -184,7 +194,8 @@ def _seen(sight: Sight) -> str:
             f"unhealthy for {sight.unhealthy_for:.0f}s ({', '.join(health.failing) or '?'})"
         )
     else:
-        parts.append(f"health {health.status.value} (sequence {health.sequence})")
+        stale = ", stale" if sight.health_stale else ""
+        parts.append(f"health {health.status.value} (sequence {health.sequence}{stale})")
     return ", ".join(parts)
 
 
@@ -219,6 +230,9 @@ class AutomaticFailover:
         self.streak = UnhealthyStreak(stale_after=ttl + deps.settings.grace_seconds)
         self.last_decision: Decision | None = None
         self._last_activation: datetime | None = None
+        self._refusals = 0
+        self._retry_at = 0.0
+        """After a refused activation, the next attempt waits (monotonic) until then."""
 
     async def run(self) -> None:
         deps = self.deps
@@ -232,11 +246,24 @@ class AutomaticFailover:
             if decision.reason is None:
                 log.info("automatic failover: %s", decision.sentence)
                 continue
+            reason, wait = decision.reason, self._retry_at - deps.clock.monotonic()
+            if wait > 0:
+                decision = self.last_decision = Decision(
+                    None,
+                    f"{decision.sentence}; its last attempt was refused, the next in {wait:.0f}s",
+                )
+                log.info("automatic failover: %s", decision.sentence)
+                continue
             log.warning("automatic failover: %s", decision.sentence)
-            force = decision.reason == UNHEALTHY  # the sick zone's agent still holds its lease
-            if await deps.activate(deps.settings.source_zone, decision.reason, force):
+            force = reason == UNHEALTHY  # the sick zone's agent still holds its lease
+            if await deps.activate(deps.settings.source_zone, reason, force):
                 self._last_activation = deps.clock.now()
-                deps.metrics.automatic_activations.labels(reason=decision.reason).inc()
+                self._refusals = 0
+                deps.metrics.automatic_activations.labels(reason=reason).inc()
+            else:
+                self._refusals += 1
+                delay = backoff_delay(self._refusals, deps.period, REFUSED_RETRY_MAX_SECONDS)
+                self._retry_at = deps.clock.monotonic() + delay
 
     async def look(self) -> Sight:
         deps, source = self.deps, self.deps.settings.source_zone
@@ -251,7 +278,8 @@ class AutomaticFailover:
         except (DriverError, StateError) as exc:
             log.debug("cannot read zone %s's health: %s", source, exc)
             source_health = None
-        unhealthy_for = self.streak.observe(source_health, deps.clock.monotonic())
+        now = deps.clock.monotonic()
+        unhealthy_for = self.streak.observe(source_health, now)
         return Sight(
             zone=deps.zone,
             source=source,
@@ -259,6 +287,7 @@ class AutomaticFailover:
             lease_error=lease_error,
             source_health=source_health,
             unhealthy_for=unhealthy_for,
+            health_stale=self.streak.is_stale(now),
             own_health=deps.own_health(),
             cold=deps.cold,
             primary=deps.primary(),
