@@ -106,6 +106,10 @@ def chart_schema() -> Schema:
                 {"enabled": {"type": "boolean"}, "existingSecret": string},
                 "The bearer token for POSTs, mounted as http.tokenFile.",
             ),
+            "tls": _strict(
+                {"secretName": string},
+                "A kubernetes.io/tls Secret mounted as http.tlsCertFile and tlsKeyFile.",
+            ),
             "serviceAccount": _strict(
                 {"create": {"type": "boolean"}, "name": string, "annotations": string_map}
             ),
@@ -128,6 +132,8 @@ def chart_schema() -> Schema:
             "tolerations": {"type": "array", "items": {"type": "object"}},
             "affinity": _free_object("Pod affinity (Kubernetes Affinity)."),
             "extraEnv": {"type": "array", "items": {"type": "object"}},
+            "extraVolumes": {"type": "array", "items": {"type": "object"}},
+            "extraVolumeMounts": {"type": "array", "items": {"type": "object"}},
             "metrics": _strict(
                 {
                     "serviceMonitor": _enabled_with_labels(

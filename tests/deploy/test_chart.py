@@ -519,3 +519,33 @@ def test_grafana_dashboard_config_map_for_the_sidecar(rendered: dict[str, Render
     assert (
         render(deep_merge(CASES["s3-secret"], off)).find("ConfigMap", "az-service-dashboard") == []
     )
+
+
+def test_tls_secret_serves_https(tmp_path: Path) -> None:
+    values = deep_merge(
+        CASES["everything"],
+        {
+            "az-service": {
+                "tls": {"secretName": "az-service-tls"},
+                "extraVolumes": [{"name": "ca", "configMap": {"name": "pinot-ca"}}],
+                "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/pinot-ca"}],
+                "config": {"pinot": {"caFile": "/etc/pinot-ca/ca.crt"}},
+            }
+        },
+    )
+    case = render(values)
+    for obj in case.objects:
+        if obj["kind"] not in CRDS:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+    http = _agent_config(case, tmp_path)["az-service"]["config"]["http"]
+    mounts = case.mounts()
+    tls_dir = str(Path(http["tlsCertFile"]).parent)
+    assert Path(http["tlsKeyFile"]).parent == Path(tls_dir)
+    assert mounts[tls_dir]["secret"]["secretName"] == "az-service-tls"
+    items = {i["path"] for i in mounts[tls_dir]["secret"]["items"]}
+    assert items == {Path(http["tlsCertFile"]).name, Path(http["tlsKeyFile"]).name}
+    assert mounts["/etc/pinot-ca"] == {"name": "ca", "configMap": {"name": "pinot-ca"}}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert case.container[probe]["httpGet"]["scheme"] == "HTTPS"
+    assert case.one("ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "https"
+    assert "curl -k https://localhost:8082/status" in case.notes

@@ -28,6 +28,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 
 {{- define "az-agent.tokenDir" -}}/var/run/az-agent/api-token{{- end }}
 
+{{- define "az-agent.tlsDir" -}}/var/run/az-agent/tls{{- end }}
+
 {{/* The storage the agent uses: az-service.config.cloudStorage over global.cloudStorage. Only
      the keys the templates need; explicit so that a false or "" override wins too. */}}
 {{- define "az-agent.storage" -}}
@@ -61,7 +63,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
 {{- define "az-agent.scheme" -}}
-{{- if (index .Values "az-service").config.http.tlsCertFile }}HTTPS{{ else }}HTTP{{ end -}}
+{{- $svc := index .Values "az-service" -}}
+{{- if or $svc.config.http.tlsCertFile $svc.tls.secretName }}HTTPS{{ else }}HTTP{{ end -}}
 {{- end }}
 
 {{/* The agent's configuration file, from the values. */}}
@@ -70,6 +73,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- $config := deepCopy $svc.config -}}
 {{- if $svc.apiToken.enabled }}
 {{- $_ := set $config.http "tokenFile" (printf "%s/token" (include "az-agent.tokenDir" .)) -}}
+{{- end }}
+{{- if $svc.tls.secretName }}
+{{- $_ := set $config.http "tlsCertFile" (printf "%s/tls.crt" (include "az-agent.tlsDir" .)) -}}
+{{- $_ := set $config.http "tlsKeyFile" (printf "%s/tls.key" (include "az-agent.tlsDir" .)) -}}
 {{- end }}
 {{- if and (not $config.zone) (not .Values.global.orgId) }}
 {{- fail "az-service.config.zone is required (or set global.orgId to derive <orgId>-<release>-<namespace>)" }}
