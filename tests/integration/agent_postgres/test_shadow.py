@@ -180,6 +180,14 @@ async def test_follow_restores_the_newest_dump_into_a_labelled_shadow_once(
         assert shadow["rows"]["marker"] == [(2,)]
     assert {n for n in await scratch_databases(zone2) if dbname in n} == {shadow_name(dbname)}
 
+    # No live database yet: the shadow simply takes its name.
+    plan = plan_restore(await catalog_of(store), [dbname], None)
+    [result] = await restore_databases(plan, restarted, store, swap_tag="op-1")
+    assert (result.shadow, result.replaced_existing, restarted.restores) == (True, False, 1)
+    async with connect(zone1, dbname) as source, connect(zone2, dbname) as live:
+        assert await snapshot(live) == await snapshot(source)
+    assert {n for n in await scratch_databases(zone2) if dbname in n} == set()
+
 
 async def test_a_failed_restore_never_labels_a_shadow_with_its_dump(
     zone1: PostgresServer, zone2: PostgresServer, tmp_path: Path, dbname: str
