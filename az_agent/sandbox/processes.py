@@ -2,13 +2,16 @@
 
 The drill SIGKILLs the primary's agent to rehearse an unplanned failover, which an agent run
 inside the drill's own process could not survive. Each agent starts in a session of its own,
-so a Ctrl-C in the terminal reaches only the drill, which then stops the agents in order.
+so a Ctrl-C in the terminal reaches only the drill, which then stops the agents in order; on
+Linux each also gets SIGTERM when the drill itself dies without cleaning up (SIGKILL), so no
+agent outlives it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -20,6 +23,14 @@ import aiohttp
 import yaml
 
 from az_agent.agent.config import ENV_PREFIX
+
+PR_SET_PDEATHSIG = 1
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``prctl``)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class AgentProcessError(Exception):
@@ -65,6 +76,7 @@ class AgentProcess:
                 stderr=log,
                 env={**environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,
+                preexec_fn=_terminate_with_parent,
             )
         deadline = time.monotonic() + within
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as client:

@@ -235,3 +235,20 @@ async def test_bad_usage_exits_2_before_starting_anything(tmp_path: Path) -> Non
         _, err = await asyncio.wait_for(process.communicate(), 60)
         assert process.returncode == 2, err
         assert err.decode().startswith("az-agent: drill: "), err
+
+
+async def test_agents_do_not_outlive_a_sigkilled_drill(tmp_path: Path) -> None:
+    """SIGKILL leaves the drill no chance to clean up: its agents get SIGTERM from the kernel
+    (the parent-death signal) and stop by themselves."""
+    drill = DrillProcess(tmp_path / "drill", "--no-postgres")
+    try:
+        await drill.start()
+        await drill.wait_for_line("phase 1/3", within=120)
+        assert drill.process is not None
+        agents = _processes_mentioning(str(drill.directory)) - {drill.process.pid}
+        assert len(agents) == 2, agents
+        drill.process.kill()
+        await drill.process.wait()
+        assert await _alive_after(sorted(agents), within=30) == [], "agents outlived the drill"
+    finally:
+        await drill.stop()
