@@ -21,6 +21,9 @@ Checks (each bounded by ``limit_seconds``, none ever raises; a failure is ``ok: 
 
 The probes of ``pinot-controller`` and ``postgres`` are also the agent's dependency probes
 (``/status`` ``dependencies``, ``az_agent_dependency_up``): one loop probes them, not two.
+A round costs the controller four requests plus two per REALTIME table (at most four tables
+at a time); ``/tables/{t}/status`` asks the table's servers in turn, as ``consumingSegmentsInfo``
+does.
 
 Which zone is the peer (:func:`peer_zone_of`): the group's primary zone when it is not this
 one; else ``automaticFailover.sourceZone``; else the zone the primary record says it was taken
@@ -233,6 +236,7 @@ class ZoneHealthWatch:
         self.view = ZoneHealthView()
         self._rounds = 0
         self._exported: dict[str, set[str]] = {}
+        self._peer_unreadable = False
 
     async def run(self) -> None:
         """One round per ``period`` until cancelled."""
@@ -282,7 +286,11 @@ class ZoneHealthWatch:
         try:
             self.view.peer = await self.deps.board.read(zone)
         except (DriverError, StateError) as exc:
-            log.warning("cannot read zone %s's health (keeping the last one): %s", zone, exc)
+            if not self._peer_unreadable:  # once per outage, not every round
+                log.warning("cannot read zone %s's health (keeping the last one): %s", zone, exc)
+            self._peer_unreadable = True
+        else:
+            self._peer_unreadable = False
         self._export(zone, self.view.peer)
 
     def _export(self, zone: str, health: ZoneHealth | None) -> None:
