@@ -1,7 +1,14 @@
 """A small in-process Kubernetes API server: exactly the endpoints the drivers use.
 
-No real kube-apiserver can run here (see ``shared/reference/test-backends.md`` §7), so this
-aiohttp app serves, with the real paths and JSON shapes:
+The scale paths also run against a real kube-apiserver 1.20 (``test_real_apiserver.py``,
+``test_agent_rbac.py``); this fake stays for the exact requests the drivers send, injected
+faults, and above all the service-proxy paths of ``/activate?namespace=``, which the real server
+cannot exercise (it refuses to proxy to loopback endpoints). Its answers are the real server's,
+checked against it: status, reason and message of 401, 403 (the object named
+``<service>:<port>`` for the proxy), 404 (``deployments/scale.apps`` on a read of a Deployment's
+scale, ``<plural>.apps`` otherwise; ``services "<name>"``), 503 (``no endpoints available for
+service "<name>"``, ``no service port <port> found for service "<name>"``) and the 400 of a bad
+selector. It serves, with the real paths and JSON shapes:
 
 * ``GET /apis/apps/v1/namespaces/{ns}/{deployments|statefulsets}`` (``labelSelector``, ``limit``,
   ``continue``): ``DeploymentList`` / ``StatefulSetList``, items without kind/apiVersion.
@@ -246,8 +253,10 @@ class FakeApiServer:
         if denied := self._forbidden(verb, f"{resource}/scale", ns, name):
             return denied
         if (resource, ns, name) not in self.objects:
-            details = {"name": name, "group": "apps", "kind": resource}
-            return status_response(404, "NotFound", f'{resource}.apps "{name}" not found', details)
+            # 1.20 names the subresource only when reading a Deployment's scale.
+            kind = f"{resource}/scale" if (verb, resource) == ("get", "deployments") else resource
+            details = {"name": name, "group": "apps", "kind": kind}
+            return status_response(404, "NotFound", f'{kind}.apps "{name}" not found', details)
         return resource, ns, name
 
     def _scale(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -347,12 +356,16 @@ class FakeApiServer:
         verb = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch"}.get(
             request.method, "delete"
         )
-        if denied := self._forbidden(verb, "services/proxy", ns, name):
+        if denied := self._forbidden(verb, "services/proxy", ns, svc):
             return denied
         ports = {p: up for (n, s, p), up in self.services.items() if (n, s) == (ns, name)}
         if not ports:
             return status_response(
                 404, "NotFound", f'services "{name}" not found', {"name": name, "kind": "services"}
+            )
+        if port and port not in ports:
+            return status_response(
+                503, "ServiceUnavailable", f'no service port {port} found for service "{name}"'
             )
         upstream = ports.get(port) if port else next(iter(ports.values()))
         if upstream is None:

@@ -18,8 +18,9 @@ import pytest
 from az_agent.drivers.errors import Misconfigured, NotFound, PermissionDenied, Unavailable
 from az_agent.drivers.kubernetes.base import Workload, WorkloadKind
 from az_agent.drivers.kubernetes.client import KubernetesConnection, open_api_client
+from az_agent.drivers.kubernetes.service_proxy import KubernetesServiceProxy
 from az_agent.drivers.kubernetes.workloads import KubernetesWorkloads
-from tests.servers.kubernetes import KubernetesApiServer
+from tests.servers.kubernetes import KubeApiError, KubernetesApiServer
 from tests.servers.tls import self_signed
 
 DEPLOYMENT = WorkloadKind.DEPLOYMENT
@@ -169,6 +170,48 @@ async def test_errors_of_the_real_server(kube_apiserver: KubernetesApiServer, ns
     async with await _scaler(wrong) as scaler:
         with pytest.raises(Misconfigured, match="answered 401: Unauthorized"):
             await scaler.get_replicas(ns, DEPLOYMENT, "ui")
+
+
+async def test_service_proxy_refusals_of_the_real_server(
+    kube_apiserver: KubernetesApiServer, ns: str
+) -> None:
+    """What the fake API server answers on the proxy paths, as the real one does (it cannot
+    proxy to a loopback endpoint, so a reply from the target is the fake's job)."""
+    await kube_apiserver.request(
+        "POST",
+        f"/api/v1/namespaces/{ns}/services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "az-service"},
+            "spec": {"ports": [{"port": 8080}], "selector": {"app": "none"}},
+        },
+    )
+    connection = kube_apiserver.admin_connection()
+    async with await KubernetesServiceProxy.connect(connection) as proxy:
+        with pytest.raises(NotFound, match=re.escape('answered 404: services "nope" not found')):
+            await proxy.pause_agent(ns, service="nope")
+        no_port = 'answered 503: no service port 9999 found for service "az-service"'
+        with pytest.raises(Unavailable, match=re.escape(no_port)):
+            await proxy.pause_agent(ns, port=9999)
+        # Until the endpoints controller has made the (empty) Endpoints object, the real server
+        # answers 404 for the service; then 503.
+        await _wait_for_endpoints(kube_apiserver, ns, "az-service")
+        no_endpoints = 'answered 503: no endpoints available for service "az-service"'
+        with pytest.raises(Unavailable, match=re.escape(no_endpoints)):
+            await proxy.pause_agent(ns)
+
+
+async def _wait_for_endpoints(kube_apiserver: KubernetesApiServer, ns: str, name: str) -> None:
+    for _ in range(100):
+        try:
+            await kube_apiserver.request("GET", f"/api/v1/namespaces/{ns}/endpoints/{name}")
+            return
+        except KubeApiError as exc:
+            if exc.status != 404:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"no Endpoints object for {ns}/{name} after 10 s")
 
 
 async def test_service_account_without_rbac_is_permission_denied(

@@ -73,7 +73,7 @@ async def test_negative_replicas_are_refused_before_sending(
 
 
 async def test_missing_workload_is_not_found(workloads: KubernetesWorkloads) -> None:
-    with pytest.raises(NotFound, match=re.escape('deployments.apps "nope" not found')):
+    with pytest.raises(NotFound, match=re.escape('deployments/scale.apps "nope" not found')):
         await workloads.get_replicas(NS, DEPLOYMENT, "nope")
     with pytest.raises(NotFound, match=re.escape('statefulsets.apps "nope" not found')):
         await workloads.scale(NS, STATEFULSET, "nope", 1)
