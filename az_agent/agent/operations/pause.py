@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from az_agent.agent.errors import WrongState
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.logs import log_context
 from az_agent.agent.operations.context import AgentContext
@@ -28,7 +29,7 @@ from az_agent.agent.operations.journal import Operation
 from az_agent.agent.operations.phases import fail, run_phases
 from az_agent.agent.operations.requests import PauseRequest
 from az_agent.agent.operations.silences import silence_alerts
-from az_agent.agent.operations.states import Request, holds
+from az_agent.agent.operations.states import Request, holds, transition
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.models import TableRef, TableType
 from az_agent.state import LeaseState, PausedPayload, StateError
@@ -76,7 +77,18 @@ class Pause:
 
     async def begin(self) -> Operation:
         agent = self.agent
-        agent.set_state(Request.PAUSE)  # IllegalTransition (409) unless ACTIVE or FAILED
+        transition(agent.state, Request.PAUSE)  # IllegalTransition (409) unless ACTIVE or FAILED
+        if not agent.keeper.is_leader:
+            # Another replica of this zone leads (or none yet): pausing Pinot from here would
+            # stop ingestion while the leader goes on, and the handover could not be written.
+            lease = agent.keeper.status()
+            raise WrongState(
+                f"this agent does not lead zone {agent.zone} (its lease is held by "
+                f"{lease.record_holder or 'nobody'}): send /pause to the leading replica",
+                state=agent.state.value,
+                leader=lease.record_holder,
+            )
+        agent.set_state(Request.PAUSE)
         self.op = Operation.start(
             "pause",
             PHASES + ((SCALE_DOWN,) if self._scales_down() else ()),

@@ -10,7 +10,7 @@ import pytest
 from az_agent.agent.backup.segments import SegmentBackupLoop
 from az_agent.agent.config import AgentConfig
 from az_agent.agent.daemon import Agent
-from az_agent.agent.errors import OperationFailed
+from az_agent.agent.errors import OperationFailed, WrongState
 from az_agent.agent.leadership.loops import SegmentBackup
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.observability.metrics import AgentMetrics
@@ -185,3 +185,24 @@ async def test_status_shows_a_recovery_point_only_while_backing_up(rig: Rig) -> 
         status, _ = await agent.pause(PauseRequest())
         assert status == 200
         assert agent.status()["rpoSeconds"] == {"segments": None, "postgres": None}
+
+
+async def test_a_replica_that_does_not_lead_refuses_the_pause_before_touching_pinot(
+    rig: Rig,
+) -> None:
+    """Two replicas of a zone (the chart runs 2): ``/pause`` reaching the one that does not hold
+    the lease is refused (409 naming the leader) before anything runs; ingestion goes on."""
+    async with rig.running() as leader:
+        await until(lambda: leading(leader), "the first replica to lead")
+        async with rig.running() as replica:
+            assert replica.state is AgentState.ACTIVE
+            assert not replica.keeper.is_leader
+            with pytest.raises(WrongState) as refused:
+                await replica.pause(PauseRequest())
+            assert f"held by {leader.holder}" in refused.value.detail
+            assert replica.state is AgentState.ACTIVE
+            assert replica.operation is None
+            async with HttpPinotController(rig.pinot.url) as pinot:
+                assert not (await pinot.pause_status(REALTIME_TABLE)).paused
+        assert leader.state is AgentState.ACTIVE
+        assert leading(leader)
