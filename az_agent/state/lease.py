@@ -45,6 +45,8 @@ from az_agent.state.log import last_entry
 log = logging.getLogger(__name__)
 
 _MAX_PENDING = 16
+FORCED_TAKE_OVER_ATTEMPTS = 5
+"""A forced take-over re-reads and swaps again when the live holder's renewal won in between."""
 
 
 def new_holder_id(name: str) -> str:
@@ -180,30 +182,38 @@ class LeaseKeeper:
             try:
                 if self._holds() and await self._renew():
                     return self._held_epoch()
-                observation = await self._observe()
-                if self._holds():
-                    return self._held_epoch()
-                record = observation.record
-                if record is not None and observation.is_live:
-                    if not force:
-                        raise LeaseHeld(
-                            self._zone, record.holder, record.epoch, observation.seconds_unchanged
+                for attempt in range(1, FORCED_TAKE_OVER_ATTEMPTS + 1):
+                    observation = await self._observe()
+                    if self._holds():
+                        return self._held_epoch()
+                    record = observation.record
+                    if record is not None and observation.is_live:
+                        if not force:
+                            raise LeaseHeld(
+                                self._zone,
+                                record.holder,
+                                record.epoch,
+                                observation.seconds_unchanged,
+                            )
+                        log.warning(
+                            "zone %s: forcing take-over of a live lease held by %s (epoch %d)",
+                            self._zone,
+                            record.holder,
+                            record.epoch,
                         )
-                    log.warning(
-                        "zone %s: forcing take-over of a live lease held by %s (epoch %d)",
-                        self._zone,
-                        record.holder,
-                        record.epoch,
-                    )
-                if not await self._acquire(observation):
-                    raced = self._record
-                    raise LeaseHeld(
-                        self._zone,
-                        raced.holder if raced else "<nobody>",
-                        raced.epoch if raced else 0,
-                        0.0,
-                    )
-                return self._held_epoch()
+                    if await self._acquire(observation):
+                        return self._held_epoch()
+                    # Lost the swap. Unforced, to whoever won; forced, most likely to the live
+                    # holder's own renewal in between: read again and swap against that.
+                    if not force or attempt == FORCED_TAKE_OVER_ATTEMPTS:
+                        raced = self._record
+                        raise LeaseHeld(
+                            self._zone,
+                            raced.holder if raced else "<nobody>",
+                            raced.epoch if raced else 0,
+                            0.0,
+                        )
+                raise AssertionError("unreachable")  # pragma: no cover
             finally:
                 self._publish()
 

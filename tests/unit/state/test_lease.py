@@ -253,6 +253,35 @@ async def test_take_over_refused_while_live_unless_forced(
     assert (await stored(store)).holder == "b"
 
 
+async def test_forced_take_over_wins_against_a_renewal_in_between(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    """The live holder renews between the forced take-over's read and its swap: the swap
+    loses, so it reads again and swaps against the renewal (the holder is then fenced)."""
+    a, b = keeper(store, timeline, "a"), keeper(store, timeline, "b")
+    await a.tick()
+    renewals = 0
+
+    async def renew_first(op: str, key: str) -> None:
+        nonlocal renewals
+        if op == "put" and key.endswith("lease.json") and renewals < 2:
+            renewals += 1
+            store.before = _nothing_hook
+            assert await a.tick()  # a's renewal lands before b's swap
+            store.before = renew_first
+
+    store.before = renew_first
+    assert await b.take_over(force=True) == 2
+    store.before = _nothing_hook
+    assert renewals == 2
+    assert (await stored(store)).holder == "b"
+    assert not await a.tick()
+
+
+async def _nothing_hook(op: str, key: str) -> None:
+    del op, key
+
+
 async def test_take_over_after_expiry_needs_no_force(
     store: FaultyStore, timeline: Timeline
 ) -> None:
