@@ -39,24 +39,30 @@ fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/az-agent-kube-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-chmod 755 "$work"  # apt-get download/source fetch as the _apt user when they can
 cd "$work"
 
 if [ ! -x "$cache/kubectl" ]; then
   echo "unpacking kubectl from Debian's kubernetes-client" >&2
-  apt-get download -qq kubernetes-client >&2
+  apt-get -o APT::Sandbox::User=root download -qq kubernetes-client >&2
   dpkg-deb -x kubernetes-client_*.deb client
-  install -m 0755 client/usr/bin/kubectl "$cache/kubectl.tmp" && mv "$cache/kubectl.tmp" "$cache/kubectl"
+  install -m 0755 client/usr/bin/kubectl "$cache/kubectl.tmp"
+  mv "$cache/kubectl.tmp" "$cache/kubectl"
 fi
 
 if [ ! -x "$cache/kube-apiserver" ] || [ ! -x "$cache/kube-controller-manager" ]; then
   # Source packages through a private sources list (the machine's Debian sources as deb-src), so
   # the system's apt configuration stays untouched.
   echo "fetching Debian's kubernetes $version source package" >&2
-  sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > src.sources
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    sources=src.sources  # deb822, Debian 12's default
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources > $sources
+  else
+    sources=src.list
+    sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > $sources
+  fi
   mkdir -p lists/partial
-  apt_src=(-o "Dir::Etc::SourceList=$PWD/src.sources" -o Dir::Etc::SourceParts=-
-           -o "Dir::State::Lists=$PWD/lists")
+  apt_src=(-o APT::Sandbox::User=root -o "Dir::Etc::SourceList=$PWD/$sources"
+           -o Dir::Etc::SourceParts=- -o "Dir::State::Lists=$PWD/lists")
   apt-get "${apt_src[@]}" update -qq >&2
   apt-get "${apt_src[@]}" source -qq --download-only kubernetes >&2
   tar xf kubernetes_*.orig.tar.gz
@@ -66,7 +72,8 @@ if [ ! -x "$cache/kube-apiserver" ] || [ ! -x "$cache/kube-controller-manager" ]
     [ -x "$cache/$what" ] && continue
     echo "building $what (several minutes)" >&2
     GOPATH=$PWD/.go CGO_ENABLED=0 make WHAT=cmd/$what >&2
-    install -m 0755 "_output/bin/$what" "$cache/$what.tmp" && mv "$cache/$what.tmp" "$cache/$what"
+    install -m 0755 "_output/bin/$what" "$cache/$what.tmp"
+    mv "$cache/$what.tmp" "$cache/$what"
   done
 fi
 
