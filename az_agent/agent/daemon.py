@@ -53,6 +53,7 @@ from az_agent.agent.standby.warm import WarmFollower
 from az_agent.agent.supervisor import Supervisor, to_the_end
 from az_agent.drivers.errors import DriverError
 from az_agent.state import (
+    Catalog,
     HealthBoard,
     HealthCheck,
     LeaseKeeper,
@@ -335,6 +336,9 @@ class Agent:
 
     def forget_source(self, zone: str) -> None:
         self.leadership.forget_source(zone)
+
+    def followed_catalog(self, zone: str) -> Catalog | None:
+        return self.follower.catalog_of(zone) if self.follower is not None else None
 
     def _on_fenced(self, reason: str) -> None:
         log.error("%s: this agent stops writing and does not fight back", reason)

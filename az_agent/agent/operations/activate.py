@@ -65,8 +65,10 @@ from az_agent.state import (
     PrimaryObservation,
     PrimaryTaken,
     StateError,
+    find_tail,
     last_entry,
     load_catalog,
+    refresh_catalog,
 )
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,8 @@ class Activation:
         self.request = request
         self.op = op
         self.catalog: Catalog | None = None
+        self._catalog_closed = False
+        """Whether :attr:`catalog` has been read to the end of the source's log after the fence."""
         self.primary: PrimaryObservation | None = None
         """The primary record as validated by :meth:`prepare`: the claim's expected version."""
         self.source_pause = NOT_ASKED
@@ -144,7 +148,10 @@ class Activation:
         primary = await self._primary_lock().read()
         with self.noting_refusal():
             self._check_primary(primary)
-        self.catalog = await load_catalog(agent.deps.store, source)
+        followed = agent.followed_catalog(source)  # a warm standby's, read incrementally
+        if followed is not None:
+            await refresh_catalog(agent.deps.store, followed)
+        self.catalog = followed or await load_catalog(agent.deps.store, source)
         try:
             self._plan_databases()
         except NoBackup as exc:
@@ -371,9 +378,19 @@ class Activation:
         return await cold.scale_up(progress)
 
     async def _load_catalog(self) -> Catalog:
-        if self.catalog is None or not self.op or self.op.is_done("fence-source"):
-            # After the fence the log is closed: reload so nothing committed before it is missed.
-            self.catalog = await load_catalog(self.agent.deps.store, self.request.zone)
+        """The source's catalog, brought up to the end of its log once after the fence (the log
+        is closed then: nothing committed before the fence may be missed). Incrementally: a
+        reload for every phase would read the whole log again each time."""
+        store, source = self.agent.deps.store, self.request.zone
+        fenced = self.op is not None and self.op.is_done("fence-source")
+        if self.catalog is None:
+            self.catalog = await load_catalog(store, source)
+            self._catalog_closed = fenced
+        elif fenced and not self._catalog_closed:
+            await refresh_catalog(store, self.catalog)
+            if await find_tail(store, source) > self.catalog.last_seq:  # entries removed since
+                self.catalog = await load_catalog(store, source)
+            self._catalog_closed = True
         return self.catalog
 
     async def _restore_postgres(self) -> str:

@@ -11,7 +11,7 @@ from az_agent.agent.leadership.session import LeaderSession
 from az_agent.agent.operations.journal import Operation, OperationJournal
 from az_agent.agent.operations.silences import SilenceRetry
 from az_agent.agent.operations.states import AgentState, Request
-from az_agent.state import LeaseKeeper
+from az_agent.state import Catalog, LeaseKeeper
 
 
 class AgentContext(Protocol):
@@ -48,6 +48,10 @@ class AgentContext(Protocol):
         """An observed keeper of another zone's lease."""
 
     def forget_source(self, zone: str) -> None: ...
+
+    def followed_catalog(self, zone: str) -> Catalog | None:
+        """A warm standby's catalog of ``zone`` as its follower last read it (None otherwise):
+        refreshed, it spares an activation reading the whole log again."""
 
     async def stop_backups(self) -> None:
         """Stop the leader session's backup loops, keeping the session and its writer (for the

@@ -124,6 +124,12 @@ class WarmFollower:
         self._seq_zone: str | None = None
         """The zone ``followed_seq`` counts in."""
 
+    def catalog_of(self, zone: str) -> Catalog | None:
+        """The catalog of ``zone`` as the last step read it, for an activation to refresh
+        instead of reading the whole log (None when not following ``zone``)."""
+        catalog = self.catalog
+        return catalog if catalog is not None and catalog.zone == zone else None
+
     # ------------------------------------------------------------------------- lag
 
     @property

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
@@ -112,19 +113,38 @@ def backed_up(catalog: Catalog) -> dict[str, str]:
     return {r.name: r.crc for r in catalog.segments(table=TABLE.name_with_type)}
 
 
-@pytest.fixture
-async def zones(tmp_path: Path) -> AsyncIterator[tuple[PinotEmulator, PinotEmulator, Path]]:
+Zones = tuple[PinotEmulator, PinotEmulator, Path]
+
+
+@contextlib.asynccontextmanager
+async def emulators(tmp_path: Path, *, az2_has_the_table: bool) -> AsyncIterator[Zones]:
     options = EmulatorOptions(seed=11, segment_size=16 << 10)
     seeds = [SeedTable(TABLE.raw, "REALTIME", 2)]
     async with (
         PinotEmulator(tmp_path / "pinot-az1", options=options, seed_tables=seeds) as one,
-        PinotEmulator(tmp_path / "pinot-az2", options=options) as two,
+        PinotEmulator(
+            tmp_path / "pinot-az2", options=options, seed_tables=seeds if az2_has_the_table else ()
+        ) as two,
     ):
         yield one, two, tmp_path / "bucket"
 
 
+@pytest.fixture
+async def zones(tmp_path: Path) -> AsyncIterator[Zones]:
+    """az1's Pinot with a REALTIME table, az2's empty."""
+    async with emulators(tmp_path, az2_has_the_table=False) as made:
+        yield made
+
+
+@pytest.fixture
+async def seeded_zones(tmp_path: Path) -> AsyncIterator[Zones]:
+    """Both zones' Pinot with the table (created there before any following)."""
+    async with emulators(tmp_path, az2_has_the_table=True) as made:
+        yield made
+
+
 async def test_a_warm_standby_follows_and_its_activation_moves_only_the_delta(
-    zones: tuple[PinotEmulator, PinotEmulator, Path],
+    zones: Zones,
 ) -> None:
     one, two, root = zones
     store = FileObjectStore(root)
@@ -228,3 +248,127 @@ async def until_async(predicate: Any, what: str, within: float = 30.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def test_an_activation_stops_the_follow_step_in_flight(
+    zones: Zones,
+) -> None:
+    """Activated while a follow step is still uploading, the follower's step is cancelled and
+    awaited before any phase runs: no segment reaches Pinot twice, none is left out."""
+    one, two, root = zones
+    store = FileObjectStore(root)
+    await store.check()
+    counting = CountingPinot(two.url)
+    warm = {
+        "role": "standby",
+        "standby": {"mode": "warm", "followIntervalSeconds": 3600},
+        "rehydration": {"concurrency": 2, "batchSize": 50},
+    }
+    for _ in range(12):
+        await one.cluster.produce_segment(TABLE.name_with_type)
+    async with (
+        HttpPinotController(one.url) as az1_pinot,
+        running(store, config(root, "az1", one.url, role="active"), az1_pinot) as az1,
+    ):
+
+        async def all_backed_up() -> bool:
+            return len(backed_up(await load_catalog(store, "az1"))) >= 12
+
+        await until_async(all_backed_up, "az1 to back up 12 segments")
+        status_code, _ = await az1.pause(PauseRequest())
+        assert status_code == 200
+    expected = backed_up(await load_catalog(store, "az1"))
+    async with aiohttp.ClientSession() as http:  # every upload to az2's Pinot takes 0.3 s
+        fault = {"path": "segments", "method": "POST", "status": 0, "times": 1000, "delay": 0.3}
+        async with http.post(f"{two.url}/_emulator/faults", json=fault) as response:
+            assert response.status == 200
+    async with running(store, config(root, "az2", two.url, **warm), counting) as az2:
+        assert az2.follower is not None
+        await until(lambda: az2.follower is not None and az2.follower.following == "az1", "a step")
+        await until(lambda: sum(counting.uploads.values()) >= 2, "the follower's first uploads")
+        await az2.activate(ActivateRequest(zone="az1"))
+        await until(lambda: az2.state is AgentState.ACTIVE, "az2's activation", within=60)
+        assert az2.follower.followed_seq == 0, "the step in flight was cancelled, not finished"
+        assert set(counting.uploads) == set(expected)
+        assert all(n == 1 for n in counting.uploads.values()), counting.uploads
+        committed = {n: c for n, c in (await local_crcs(counting)).items() if c != "None"}
+        assert committed == expected  # beside them, the consuming segments of the resumed table
+    await store.close()
+
+
+async def test_lag_while_steps_fail_and_deletions_in_a_table_that_was_already_there(
+    seeded_zones: Zones,
+) -> None:
+    """A step that fails leaves the lag growing (``/status`` and metrics) with the error, and
+    the next one catches up; a segment az1 deleted goes from a table az2 had before following
+    (one no restore created, so only the follower's own deletion removes it)."""
+    one, two, root = seeded_zones
+    store = FileObjectStore(root)
+    await store.check()
+    warm = {"role": "standby", "standby": {"mode": "warm", "followIntervalSeconds": 3600}}
+    async with (
+        HttpPinotController(one.url) as az1_pinot,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(3):
+            await one.cluster.produce_segment(TABLE.name_with_type)
+        async with (
+            running(store, config(root, "az1", one.url, role="active"), az1_pinot) as az1,
+            running(store, config(root, "az2", two.url, **warm), CountingPinot(two.url)) as az2,
+        ):
+            follower = az2.follower
+            assert follower is not None
+
+            async def step() -> dict[str, Any]:
+                assert follower is not None
+                before = follower.last_step
+                follower.wake()
+                await until(lambda: follower.last_step != before, "a follow step")
+                standby: dict[str, Any] = az2.status()["standby"]
+                return standby
+
+            async def backed_up_at_least(count: int) -> bool:
+                return len(backed_up(await load_catalog(store, "az1"))) >= count
+
+            await until_async(lambda: backed_up_at_least(3), "az1 to back up 3 segments")
+            await until(lambda: follower.following == "az1", "az2 to know the primary")
+            assert (await step())["lastError"] is None
+            first = sorted(backed_up(await load_catalog(store, "az1")))[0]
+            assert first in await local_crcs(az2.deps.pinot)  # type: ignore[arg-type]
+
+            fault = {"path": "zkmetadata", "method": "GET", "status": 503, "times": 1000}
+            async with http.post(f"{two.url}/_emulator/faults", json=fault) as response:
+                assert response.status == 200
+            for _ in range(2):
+                await one.cluster.produce_segment(TABLE.name_with_type)
+            await until_async(lambda: backed_up_at_least(5), "az1 to back up 5 segments")
+            failed = await step()
+            assert failed["lastError"] is not None
+            assert failed["behindEntries"] >= 2, failed
+            assert failed["behindSeconds"] > 0, failed
+            await asyncio.sleep(0.5)
+            later = az2.status()["standby"]
+            assert later["behindSeconds"] >= failed["behindSeconds"] + 0.4, (failed, later)
+            metrics = az2.metrics_text()[0].decode()
+            assert f"az_agent_standby_behind_entries {float(failed['behindEntries'])}" in metrics
+
+            async with http.delete(f"{two.url}/_emulator/faults") as response:
+                assert response.status == 200
+            await az1_pinot.delete_segment(TABLE, first)
+
+            async def deletion_logged() -> bool:
+                catalog = await load_catalog(store, "az1")
+                return catalog.segment(TABLE.name_with_type, first) is None
+
+            await until_async(deletion_logged, "az1 to log the deletion")
+            caught_up = await step()
+            assert caught_up["lastError"] is None, caught_up
+            assert (caught_up["behindEntries"], caught_up["behindSeconds"]) == (0, 0.0)
+            status = await az2.deps.pinot.pause_status(TABLE.name_with_type)
+            assert status.paused
+            local = await local_crcs(az2.deps.pinot)  # type: ignore[arg-type]
+            assert first not in local
+            expected = backed_up(await load_catalog(store, "az1"))
+            assert {n: c for n, c in local.items() if n in expected} == expected
+            assert az1.state is AgentState.ACTIVE
+    await store.close()
