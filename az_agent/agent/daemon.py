@@ -71,6 +71,8 @@ PAUSE_WAIT_SECONDS = 300
 RECOVERING = "RECOVERING"
 """What ``/status`` and ``/healthz`` show as the state until recovery has decided it."""
 RECOVERY_RETRY_MAX_SECONDS = 30.0
+UNLED_STATES = frozenset({AgentState.STANDBY, AgentState.PAUSED, AgentState.FENCED})
+"""States in which no replica of this zone leads it: they publish its health by CAS."""
 
 __all__ = ["Agent", "AgentDeps"]
 
@@ -416,6 +418,7 @@ class Agent:
                 board=HealthBoard(deps.store, self.zone, clock=deps.clock),
                 holder=self.holder,
                 is_leader=lambda: self.keeper.is_leader,
+                unled=lambda: self.state in UNLED_STATES,
                 peer_zone=peer_zone,
                 clock=deps.clock,
                 metrics=deps.metrics,

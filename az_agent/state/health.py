@@ -3,8 +3,9 @@
 The peer reads it to tell a sick zone from a healthy one whose agent merely lives (automatic
 failover) and to show both zones in ``/status``. ``sequence`` grows with every publication, so
 a reader can tell a fresh verdict from a stale one on its own clock, never comparing wall
-clocks across zones; ``measuredAt`` is for operators. A plain write: only the zone's leader
-publishes, and a stale leader's last word is superseded by the next one's sequence.
+clocks across zones; ``measuredAt`` is for operators. The zone's leader publishes with a plain
+write (a stale leader's last word is superseded by the next one's sequence); a zone nobody
+leads (a standby) is published by its replicas with a compare-and-swap.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from az_agent.drivers.errors import NotFound
+from az_agent.drivers.errors import NotFound, PreconditionFailed
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state.clock import Clock, SystemClock
 from az_agent.state.errors import StateError
@@ -100,7 +101,9 @@ class HealthBoard:
         return self._zone
 
     async def publish(self, checks: Mapping[str, HealthCheck], holder: str) -> ZoneHealth:
-        """Write this zone's health with the next sequence number; returns what was written."""
+        """Write this zone's health with the next sequence number; returns what was written.
+
+        For the zone's leader: the only writer, so a plain write."""
         if self._sequence is None:
             try:
                 previous = await self.read(self._zone)
@@ -108,17 +111,48 @@ class HealthBoard:
                 log.warning("overwriting an unreadable health record: %s", exc)
                 previous = None
             self._sequence = previous.sequence if previous is not None else 0
-        health = ZoneHealth(
+        health = self._record(checks, holder, self._sequence + 1)
+        await self._store.put(health_key(self._zone), health.encode())
+        self._sequence = health.sequence
+        return health
+
+    async def publish_unled(
+        self, checks: Mapping[str, HealthCheck], holder: str
+    ) -> ZoneHealth | None:
+        """Publish for a zone nobody leads (a standby zone, whose replicas all measure it):
+        one compare-and-swap over the stored record, so the sequence still only grows. None
+        when another replica's write won this round (its verdict stands)."""
+        key = health_key(self._zone)
+        try:
+            data, info = await self._store.get(key)
+        except NotFound:
+            sequence, version = 0, None
+        else:
+            try:
+                sequence = ZoneHealth.decode(data, key).sequence
+            except HealthCorrupted as exc:
+                log.warning("overwriting an unreadable health record: %s", exc)
+                sequence = 0
+            version = info.version
+        health = self._record(checks, holder, sequence + 1)
+        try:
+            await self._store.put(
+                key, health.encode(), if_none_match=version is None, if_match=version
+            )
+        except PreconditionFailed:
+            return None
+        self._sequence = health.sequence
+        return health
+
+    def _record(self, checks: Mapping[str, HealthCheck], holder: str, sequence: int) -> ZoneHealth:
+        return ZoneHealth(
             zone=self._zone,
             status=verdict(checks),
-            sequence=self._sequence + 1,
+            sequence=sequence,
             measured_at=self._clock.now(),
             holder=holder,
             checks=dict(checks),
         )
-        await self._store.put(health_key(self._zone), health.encode())
-        self._sequence = health.sequence
-        return health
 
     async def read(self, zone: str) -> ZoneHealth | None:
         """``zone``'s last published health; None when it never published."""

@@ -27,8 +27,8 @@ does.
 
 Which zone is the peer (:func:`peer_zone_of`): the group's primary zone when it is not this
 one; else ``automaticFailover.sourceZone``; else the zone the primary record says it was taken
-from. A standby zone has no lease holder, so nobody publishes it: its own agents still measure
-it (``own``) for ``/status`` and the automatic failover, but its peer reads ``null``.
+from. A standby zone has no lease holder: its replicas publish it with a compare-and-swap
+(:meth:`HealthBoard.publish_unled`), so the primary sees its standby's health too.
 """
 
 from __future__ import annotations
@@ -220,6 +220,8 @@ class HealthWatchDeps:
     board: HealthBoard
     holder: str
     is_leader: Callable[[], bool]
+    unled: Callable[[], bool]
+    """The zone has no leader to publish it (a standby zone): its replicas publish by CAS."""
     peer_zone: Callable[[], str | None]
     clock: Clock
     metrics: AgentMetrics
@@ -252,6 +254,8 @@ class ZoneHealthWatch:
         self._rounds += 1
         if deps.is_leader():
             own, published = await self._publish(checks)
+        elif deps.unled():
+            own, published = await self._publish_unled(checks)
         else:
             own, published = self._own(checks), False
         self.view.own, self.view.published = own, published
@@ -274,6 +278,14 @@ class ZoneHealthWatch:
         except (DriverError, StateError) as exc:
             log.warning("cannot publish zone %s's health: %s", self.deps.board.zone, exc)
             return self._own(checks), False
+
+    async def _publish_unled(self, checks: Mapping[str, HealthCheck]) -> tuple[ZoneHealth, bool]:
+        try:
+            published = await self.deps.board.publish_unled(checks, self.deps.holder)
+        except (DriverError, StateError) as exc:
+            log.warning("cannot publish zone %s's health: %s", self.deps.board.zone, exc)
+            published = None
+        return (self._own(checks), False) if published is None else (published, True)
 
     async def _read_peer(self) -> None:
         zone = self.deps.peer_zone()

@@ -37,6 +37,7 @@ class Zone:
     def __init__(self, store: FaultyStore, zone: str, holder: str) -> None:
         self.checks: dict[str, HealthCheck] = {"pinot-controller": OK, "ingestion": OK}
         self.leader = False
+        self.unled = False
         self.peer: str | None = None
         self.probed: list[Mapping[str, HealthCheck]] = []
         self.metrics = AgentMetrics(zone)
@@ -46,6 +47,7 @@ class Zone:
                 board=HealthBoard(store, zone, clock=FakeClock()),
                 holder=holder,
                 is_leader=lambda: self.leader,
+                unled=lambda: self.unled,
                 peer_zone=lambda: self.peer,
                 clock=FakeClock(),
                 metrics=self.metrics,
@@ -96,6 +98,54 @@ async def test_only_the_leader_publishes_and_its_sequence_grows(store: FaultySto
     latest = await HealthBoard(store, "az2").read("az1")
     assert latest is not None
     assert latest.sequence == 3
+
+
+async def test_the_replicas_of_a_zone_nobody_leads_publish_it_by_turns(
+    store: FaultyStore,
+) -> None:
+    """A standby zone: its replicas publish by compare-and-swap, so its peer sees it and the
+    sequence only grows whichever replica wrote last."""
+    one, two = Zone(store, "az2", "az2-agent-a"), Zone(store, "az2", "az2-agent-b")
+    one.unled = two.unled = True
+    sequences = []
+    for agent in (one, two, one, two):
+        await agent.watch.round()
+        assert agent.view().published
+        stored = await HealthBoard(store, "az2").read("az2")
+        assert stored is not None
+        assert stored.holder == agent.view().own.holder  # type: ignore[union-attr]
+        sequences.append(stored.sequence)
+    assert sequences == [1, 2, 3, 4]
+    two.checks = {"pinot-controller": HealthCheck(ok=False, detail="down")}
+    await two.watch.round()
+    peer = Zone(store, "az1", "az1-agent-a")
+    peer.peer = "az2"
+    await peer.watch.round()
+    seen = peer.view().peer
+    assert seen is not None
+    assert seen.status is HealthStatus.UNHEALTHY
+
+
+async def test_a_lost_swap_leaves_the_winner_s_verdict(store: FaultyStore) -> None:
+    agent = Zone(store, "az2", "az2-agent-a")
+    agent.unled = True
+    rival = HealthBoard(store, "az2")
+
+    async def rival_writes_first(op: str, key: str) -> None:
+        if op == "put" and key.endswith("health.json"):
+            store.before = _nothing
+            await rival.publish({"pinot-controller": OK}, "az2-agent-b")
+
+    store.before = rival_writes_first
+    await agent.watch.round()
+    assert not agent.view().published
+    stored = await rival.read("az2")
+    assert stored is not None
+    assert stored.holder == "az2-agent-b"
+
+
+async def _nothing(op: str, key: str) -> None:
+    del op, key
 
 
 async def test_every_agent_reads_its_peer(store: FaultyStore) -> None:
