@@ -308,6 +308,9 @@ RESUME_ANSWER: Schema = _obj(
         "epoch": _INT,
         "tablesResumed": {"type": "array", "items": _STR},
         "silencesLifted": {"type": "array", "items": _STR},
+        "workloads": _nullable(
+            {**_STR, "description": "Workloads a pause scaled to 0, scaled back up (coldStandby)"}
+        ),
     },
     ["state", "silencesLifted"],
 )

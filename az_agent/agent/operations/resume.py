@@ -3,7 +3,10 @@
 After an activation, an operator checks the new cluster and calls ``/resume`` to unsilence its
 alerts. On a ``PAUSED`` agent whose zone was not taken over (its log still ends with its own
 ``paused`` entry), ``/resume`` undoes the pause in place: the lease is taken back with the next
-epoch, ingestion resumes from where it stopped, and the silences are lifted.
+epoch, ingestion resumes from where it stopped, and the silences are lifted. A pause that scaled
+the zone's workloads to 0 (``coldStandby.scaleDownOnPause``) has them scaled back up first, and
+the answer waits until they are ready (``workloads`` in it says how that went): ingestion cannot
+resume on a Pinot that does not run.
 
 Taking the lease back is never forced: it is taken only when paused, released or expired; a
 lease another agent holds live answers 409 naming the holder. The log and the group's primary
@@ -32,7 +35,14 @@ from az_agent.agent.operations.silences import lift_silences
 from az_agent.agent.operations.states import AgentState, Request, transition
 from az_agent.drivers.errors import DriverError
 from az_agent.drivers.pinot.base import ConsumeFrom
-from az_agent.state import FencePayload, LeaseHeld, LeaseState, PrimaryLock, last_entry
+from az_agent.state import (
+    FencePayload,
+    LeaseHeld,
+    LeaseState,
+    PrimaryLock,
+    StateError,
+    last_entry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +59,14 @@ async def resume(agent: AgentContext) -> tuple[int, dict[str, Any]]:
         epoch = await _take_lease(agent)
         await _confirm_not_taken(agent)
         agent.set_state(Request.RESUME)
+    workloads = await _scale_back_up(agent)
     resumed = await _resume_consumption(agent)
     lifted = await lift_silences(agent)
     log.info("zone %s resumed in place with epoch %d", agent.zone, epoch)
     return 200, {
         "state": agent.state.value,
         "epoch": epoch,
+        "workloads": workloads,
         "tablesResumed": resumed,
         "silencesLifted": lifted,
     }
@@ -140,6 +152,23 @@ async def _undo_failed_pause(agent: AgentContext) -> tuple[int, dict[str, Any]]:
         "tablesResumed": resumed,
         "silencesLifted": lifted,
     }
+
+
+async def _scale_back_up(agent: AgentContext) -> str | None:
+    """The workloads a pause scaled to 0, up and ready again; None when it scaled none. A
+    failure is logged and answered, not fatal: the zone leads again either way."""
+    cold = agent.deps.cold_standby
+    if cold is None or not agent.deps.config.service.cold_standby.scale_down_on_pause:
+        return None
+
+    async def progress(line: str) -> None:
+        log.info("resume: %s", line)
+
+    try:
+        return await cold.scale_up(progress)
+    except (DriverError, StateError, TimeoutError) as exc:
+        log.warning("scaling the zone's workloads back up failed: %s", exc)
+        return f"failed: {exc}"
 
 
 async def _resume_consumption(agent: AgentContext) -> list[str]:

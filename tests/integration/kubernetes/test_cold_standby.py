@@ -157,6 +157,20 @@ async def replicas(kube: KubernetesApiServer, kind: WorkloadKind, ns: str, name:
     return int((await kube.get_workload(kind, ns, name))["spec"].get("replicas", 0))
 
 
+async def kubelet(kube: KubernetesApiServer, ns: str, *workloads: tuple[WorkloadKind, str]) -> None:
+    """Once each workload has been scaled up, a moment later, its pods get ready."""
+
+    async def one(kind: WorkloadKind, name: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 30
+        while await replicas(kube, kind, ns, name) == 0:
+            assert asyncio.get_running_loop().time() < deadline, f"{name} was not scaled up"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        await kube.mark_ready(kind, ns, name)
+
+    await asyncio.gather(*(one(kind, name) for kind, name in workloads))
+
+
 async def test_a_cold_zone_scales_up_to_its_recorded_size_waits_then_restores(
     kube_apiserver: KubernetesApiServer,
     ns: str,
@@ -258,14 +272,15 @@ async def test_a_cold_zone_scales_up_to_its_recorded_size_waits_then_restores(
     await store.close()
 
 
-async def test_scale_down_on_pause_with_a_selector_keeps_the_size_for_next_time(
+async def test_scale_down_on_pause_with_a_selector_keeps_the_size_and_resume_restores_it(
     kube_apiserver: KubernetesApiServer,
     ns: str,
     emulators: tuple[PinotEmulator, PinotEmulator],
     tmp_path: Path,
 ) -> None:
-    """An active zone records what runs; /pause scales it to 0 and the record keeps the sizes;
-    the workloads are found by label, and one without the label is left alone."""
+    """An active zone records what runs; /pause scales it to 0 and the record keeps the sizes,
+    which /resume in place brings back; the workloads are found by label, and one without the
+    label is left alone."""
     _, two = emulators
     root = tmp_path / "bucket"
     await kube_apiserver.create_deployment(ns, "pinot-broker", replicas=2, labels=PART_OF)
@@ -283,7 +298,12 @@ async def test_scale_down_on_pause_with_a_selector_keeps_the_size_for_next_time(
         two.url,
         role="active",
         kubernetes={"kubeconfig": kube_apiserver.kubeconfig},
-        coldStandby={"namespace": ns, "selector": selector, "scaleDownOnPause": True},
+        coldStandby={
+            "namespace": ns,
+            "selector": selector,
+            "scaleDownOnPause": True,
+            "readyTimeoutSeconds": 60,
+        },
     )
     store = FileObjectStore(root)
     await store.check()
@@ -308,13 +328,22 @@ async def test_scale_down_on_pause_with_a_selector_keeps_the_size_for_next_time(
         assert [p["name"] for p in phases][-2:] == ["release-lease", "scale-down"]
         assert phases[-1]["detail"] == "scaled to 0: pinot-broker (was 2), pinot-server (was 3)"
         assert body["operation"]["warnings"] == []
-    assert await replicas(kube_apiserver, DEPLOY, ns, "pinot-broker") == 0
-    assert await replicas(kube_apiserver, STS, ns, "pinot-server") == 0
-    assert await replicas(kube_apiserver, DEPLOY, ns, "grafana") == 1
-    await kube_apiserver.mark_ready(STS, ns, "pinot-server")  # the pods go away
-    after = await read_workloads(store, "az2")
-    assert after is not None
-    assert after.counts() == recorded.counts(), "a zone scaled to 0 keeps its size"
+        assert await replicas(kube_apiserver, DEPLOY, ns, "pinot-broker") == 0
+        assert await replicas(kube_apiserver, STS, ns, "pinot-server") == 0
+        assert await replicas(kube_apiserver, DEPLOY, ns, "grafana") == 1
+        await kube_apiserver.mark_ready(STS, ns, "pinot-server")  # the pods go away
+        after = await read_workloads(store, "az2")
+        assert after is not None
+        assert after.counts() == recorded.counts(), "a zone scaled to 0 keeps its size"
+
+        # /resume in place (nobody took over) brings the zone back to that size first.
+        pods = kubelet(kube_apiserver, ns, (DEPLOY, "pinot-broker"), (STS, "pinot-server"))
+        (status, body), _ = await asyncio.gather(az2.resume(), pods)
+        assert (status, body["state"]) == (200, "ACTIVE"), body
+        assert body["workloads"] == (
+            "2 workloads ready: pinot-broker 2/2 (recorded), pinot-server 3/3 (recorded)"
+        )
+        assert await replicas(kube_apiserver, STS, ns, "pinot-server") == 3
     await store.close()
 
 
@@ -346,14 +375,8 @@ async def test_the_agents_role_is_enough_and_nothing_more(
         async def progress(line: str) -> None:
             said.append(line)
 
-        async def kubelet() -> None:
-            await asyncio.sleep(0.5)
-            await asyncio.gather(
-                kube_apiserver.mark_ready(DEPLOY, ns, "pinot-broker"),
-                kube_apiserver.mark_ready(STS, ns, "pinot-server"),
-            )
-
-        detail, _ = await asyncio.gather(cold.scale_up(progress), kubelet())
+        pods = kubelet(kube_apiserver, ns, (DEPLOY, "pinot-broker"), (STS, "pinot-server"))
+        detail, _ = await asyncio.gather(cold.scale_up(progress), pods)
         assert detail == "2 workloads ready: pinot-broker 1/1 (default), pinot-server 1/1 (default)"
         assert said[0] == "0/2 workloads ready: pinot-broker 0/1, pinot-server 0/1"
         assert await cold.record(3) is not None
