@@ -33,7 +33,6 @@ from az_agent.state.clock import Clock, SystemClock
 from az_agent.state.errors import LeaseHeld, LogCorrupted, StateError
 from az_agent.state.keys import check_zone, lease_key
 from az_agent.state.lease_record import (
-    MIN_WRITE_SPACING,
     LeaseObservation,
     LeaseRecord,
     LeaseSettings,
@@ -419,8 +418,9 @@ class LeaseKeeper:
         return True
 
     async def _pace(self) -> None:
+        """Two writes of the lease no closer than the store allows (GCS: one a second)."""
         if self._last_write is None:
             return
-        wait = self._last_write + MIN_WRITE_SPACING - self._clock.monotonic()
+        wait = self._last_write + self._store.write_spacing - self._clock.monotonic()
         if wait > 0:
             await self._clock.sleep(wait)

@@ -12,7 +12,8 @@ from pydantic.alias_generators import to_camel
 from az_agent.state.errors import LeaseCorrupted
 
 MIN_WRITE_SPACING = 1.0
-"""Seconds between two writes of one lease object: GCS allows about one per second."""
+"""The shortest election round: GCS allows about one write a second to one object (the
+spacing between two writes themselves is the store's ``write_spacing``)."""
 
 
 class LeaseState(StrEnum):

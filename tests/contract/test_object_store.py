@@ -244,6 +244,14 @@ async def test_prefix_isolates_keys(bucket: Bucket) -> None:
         await scoped.close()
 
 
+async def test_only_gcs_spaces_writes_to_one_object(bucket: Bucket) -> None:
+    """The lease paces its writes by this: GCS allows about one a second per object."""
+    settings, secrets = bucket
+    scoped = settings.model_copy(update={"prefix": "team-a"})
+    async with await open_object_store(scoped, secrets) as store:
+        assert store.write_spacing == (1.0 if settings.type == "gcs" else 0.0)
+
+
 def _missing_bucket(settings: CloudStorageSettings) -> CloudStorageSettings:
     name = f"missing-{uuid.uuid4().hex[:12]}"
     if settings.type == "s3":

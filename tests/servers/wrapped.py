@@ -36,5 +36,9 @@ class WrappedStore(ObjectStore):
     async def check(self) -> None:
         await self.inner.check()
 
+    @property
+    def write_spacing(self) -> float:
+        return self.inner.write_spacing
+
     async def close(self) -> None:
         await self.inner.close()

@@ -177,6 +177,11 @@ class GcsObjectStore(ObjectStore):
             api_is_dev=self.emulated,
         )
 
+    @property
+    def write_spacing(self) -> float:
+        """GCS allows about one write a second to one object (more get 429)."""
+        return 1.0
+
     @contextlib.contextmanager
     def translated(
         self, what: str, *, missing: Missing = "object", auth: bool = False

@@ -72,5 +72,9 @@ class PrefixedObjectStore(ObjectStore):
     async def check(self) -> None:
         await self._inner.check()
 
+    @property
+    def write_spacing(self) -> float:
+        return self._inner.write_spacing
+
     async def close(self) -> None:
         await self._inner.close()

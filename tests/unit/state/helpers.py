@@ -90,6 +90,10 @@ class FaultyStore(ObjectStore):
     async def check(self) -> None:
         await self.inner.check()
 
+    @property
+    def write_spacing(self) -> float:
+        return self.inner.write_spacing
+
     async def close(self) -> None:
         await self.inner.close()
 
