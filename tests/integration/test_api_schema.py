@@ -62,6 +62,7 @@ async def _served(
             "config": {
                 "zone": "az2",
                 "role": "standby",
+                "standby": {"mode": "warm"},  # /status with every field of a warm standby
                 "secretsDir": str(tmp_path / "secrets"),
                 "http": {"host": "127.0.0.1", "port": port},
                 "pinot": {"controllerUrl": pinot.url},
