@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +13,11 @@ import pytest
 
 from az_agent.agent.config import ColdStandbySettings, ConfigError
 from az_agent.agent.leadership.session import LeaderSession
+from az_agent.agent.operations.activate import PHASES as ACTIVATION_PHASES
+from az_agent.agent.operations.activate import Activation
+from az_agent.agent.operations.context import AgentContext
+from az_agent.agent.operations.journal import Operation
+from az_agent.agent.operations.requests import ActivateRequest
 from az_agent.agent.standby.cold import ColdStandby, WorkloadsNotReady, resolve_namespace
 from az_agent.drivers.errors import NotFound
 from az_agent.drivers.kubernetes.base import WorkloadKind
@@ -293,3 +299,18 @@ def test_the_namespace_is_configured_or_the_pods_own(tmp_path: Path) -> None:
     account.unlink()
     with pytest.raises(ConfigError, match=re.escape("coldStandby.namespace: empty")):
         resolve_namespace(settings(), path=account)
+
+
+def test_an_activation_journaled_before_scale_up_existed_runs_the_phases_it_lists() -> None:
+    """An agent upgraded mid-activation resumes the operation its predecessor journaled,
+    without a phase that operation does not know (``get_phase`` would fail on it)."""
+    old = [name for name in ACTIVATION_PHASES if name != "scale-up"]
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    request = ActivateRequest(zone="az1")
+    agent = cast(AgentContext, None)  # _steps only names the work; nothing runs here
+    journaled = Activation(agent, request, Operation.start("activate", old, now))
+    assert [name for name, _ in journaled._steps()] == old
+    current = Activation(agent, request, Operation.start("activate", ACTIVATION_PHASES, now))
+    names = [name for name, _ in current._steps()]
+    assert names == list(ACTIVATION_PHASES)
+    assert names.index("scale-up") == names.index("fence-source") + 1

@@ -24,7 +24,9 @@ from az_agent.agent.config import AgentConfig, parse_config
 from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.leadership.loops import Retention, SegmentBackup
 from az_agent.agent.observability.metrics import AgentMetrics
+from az_agent.agent.standby.cold import ColdStandby
 from az_agent.drivers.alerts import Matcher, SilenceManager, open_silence_manager
+from az_agent.drivers.kubernetes.base import WorkloadScaler
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
 from az_agent.state import LeaseRecord, LogEntry, SystemClock, read_entries
@@ -50,6 +52,8 @@ class Rig:
     matcher: str = ""
     task: asyncio.Task[None] | None = None
     """The running agent's ``run()``, for a test that stops it by hand."""
+    cold_standby: dict[str, Any] | None = None
+    """``coldStandby`` of the configuration (the workloads themselves: ``running(workloads=)``)."""
 
     @staticmethod
     async def no_hook(op: str, key: str) -> None:
@@ -70,6 +74,7 @@ class Rig:
                     "pinot": {"controllerUrl": self.pinot.url, "pollIntervalSeconds": 0.2},
                     "postgres": {"databases": []},
                     "alertmanager": alertmanager,
+                    **({"coldStandby": self.cold_standby} if self.cold_standby else {}),
                 }
             },
         }
@@ -87,6 +92,7 @@ class Rig:
         segment_backup: Callable[[HttpPinotController, AgentConfig], SegmentBackup] | None = None,
         silences: SilenceManager | None = None,
         retention: Retention | None = None,
+        workloads: WorkloadScaler | None = None,
     ) -> AsyncIterator[Agent]:
         """An agent serving (as far as its methods go) for the block, then stopped."""
         before = set(asyncio.all_tasks())
@@ -115,6 +121,7 @@ class Rig:
                     database_backup=None,
                     metrics=metrics,
                     retention=retention,
+                    cold_standby=_cold(workloads, config, self.store, clock),
                 )
             )
             ready = asyncio.Event()
@@ -131,6 +138,16 @@ class Rig:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await settle(before)  # a file open in a thread outlives the cancellation
+
+
+def _cold(
+    workloads: WorkloadScaler | None, config: AgentConfig, store: FaultyStore, clock: SystemClock
+) -> ColdStandby | None:
+    settings = config.service.cold_standby
+    if workloads is None or not settings.enabled:
+        return None
+    namespace = settings.namespace or "kfuse"
+    return ColdStandby(workloads, settings, namespace, store=store, zone=ZONE, clock=clock)
 
 
 async def until(predicate: Callable[[], bool], what: str, within: float = 20.0) -> None:
