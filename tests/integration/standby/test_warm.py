@@ -34,6 +34,7 @@ from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
 
 TABLE = TableRef("events", TableType.REALTIME)
+QUIET = TableRef("quiet", TableType.REALTIME)
 LEASE = {"ttlSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
 
 
@@ -106,11 +107,15 @@ async def running(
 
 
 async def local_crcs(pinot: HttpPinotController) -> dict[str, str]:
-    return {s.name: str(s.crc) for s in await pinot.segments(TABLE)}
+    """Segment name -> CRC of every table (segment names carry their table's)."""
+    crcs: dict[str, str] = {}
+    for table in await pinot.list_tables():
+        crcs.update({s.name: str(s.crc) for s in await pinot.segments(table)})
+    return crcs
 
 
 def backed_up(catalog: Catalog) -> dict[str, str]:
-    return {r.name: r.crc for r in catalog.segments(table=TABLE.name_with_type)}
+    return {r.name: r.crc for r in catalog.segments()}
 
 
 Zones = tuple[PinotEmulator, PinotEmulator, Path]
@@ -120,8 +125,9 @@ Zones = tuple[PinotEmulator, PinotEmulator, Path]
 async def emulators(tmp_path: Path, *, az2_has_the_table: bool) -> AsyncIterator[Zones]:
     options = EmulatorOptions(seed=11, segment_size=16 << 10)
     seeds = [SeedTable(TABLE.raw, "REALTIME", 2)]
+    quiet = [SeedTable(QUIET.raw, "REALTIME", 1)]  # no segment committed until az1's pause
     async with (
-        PinotEmulator(tmp_path / "pinot-az1", options=options, seed_tables=seeds) as one,
+        PinotEmulator(tmp_path / "pinot-az1", options=options, seed_tables=seeds + quiet) as one,
         PinotEmulator(
             tmp_path / "pinot-az2", options=options, seed_tables=seeds if az2_has_the_table else ()
         ) as two,
@@ -193,6 +199,9 @@ async def test_a_warm_standby_follows_and_its_activation_moves_only_the_delta(
         assert await local_crcs(counting) == backed_up(catalog)
         status = await counting.pause_status(TABLE.name_with_type)
         assert status.paused, "a followed REALTIME table must not consume on the standby"
+        assert catalog.table_configs().get(QUIET.name_with_type) is not None
+        tables = await counting.list_tables()
+        assert QUIET not in tables, "created now, a table without segments would consume here"
         metrics = az2.metrics_text()[0].decode()
         assert "az_agent_standby_behind_entries 0.0" in metrics
         assert "az_agent_standby_behind_seconds 0.0" in metrics
@@ -236,8 +245,9 @@ async def test_a_warm_standby_follows_and_its_activation_moves_only_the_delta(
         assert detail == f"{len(delta)} segments moved, {len(followed)} already present", detail
         local = await local_crcs(counting)
         assert {n: c for n, c in local.items() if n in final} == final
-        status = await counting.pause_status(TABLE.name_with_type)
-        assert not status.paused, "the activation resumes the tables the follower paused"
+        for table in (TABLE, QUIET):
+            status = await counting.pause_status(table.name_with_type)
+            assert not status.paused, f"{table}: the activation resumes what the follower paused"
         assert az2.status()["standby"]["following"] is None
     await store.close()
 
