@@ -124,7 +124,7 @@ async def fail_over(source: Zone, target: Zone, alertmanager_url: str) -> dict[s
     assert metrics['az_agent_state{state="ACTIVE"}'] == 1
     assert metrics['az_agent_rehydration_segments{of="done"}'] == progress["segmentsDone"]
     assert metrics['az_agent_rehydration_bytes{of="total"}'] == progress["bytesTotal"]
-    for phase in ("fence-source", "restore-postgres", "rehydrate-segments"):
+    for phase in ("fence-source", "scale-up", "restore-postgres", "rehydrate-segments"):
         assert f'az_agent_activation_phase_duration_seconds{{phase="{phase}"}}' in metrics
     created = set(await active_silences(alertmanager_url, target.name)) - earlier
     assert created, "activation silences the zone's alerts"
