@@ -272,6 +272,44 @@ async def test_a_cold_zone_scales_up_to_its_recorded_size_waits_then_restores(
     await store.close()
 
 
+async def test_a_dry_run_of_a_cold_zone_whose_pinot_does_not_run_yet(
+    kube_apiserver: KubernetesApiServer,
+    ns: str,
+    emulators: tuple[PinotEmulator, PinotEmulator],
+    tmp_path: Path,
+) -> None:
+    """Nothing answers at az2's Pinot address until the activation scales it up: the plan
+    moves every segment and lists the workloads it would scale, and changes nothing."""
+    one, _ = emulators
+    root = tmp_path / "bucket"
+    expected = await backed_up_and_paused(root, one, segments=2)
+    await kube_apiserver.create_statefulset(ns, "pinot-server", replicas=0)
+    cfg = config(
+        root,
+        "az2",
+        "http://127.0.0.1:1",
+        role="standby",
+        kubernetes={"kubeconfig": kube_apiserver.kubeconfig},
+        coldStandby={
+            "namespace": ns,
+            "workloads": [{"kind": "StatefulSet", "name": "pinot-server"}],
+        },
+    )
+    async with running(cfg) as az2:
+        status, plan = await az2.activate(ActivateRequest(zone="az1", dry_run=True))
+    assert status == 200
+    assert plan["segments"]["toMove"] == len(expected)
+    assert plan["segmentsAlreadyPresent"] == 0
+    assert plan["tablesToCreate"] == [TABLE.name_with_type]
+    [workload] = plan["workloads"]["workloads"]
+    assert (workload["name"], workload["target"], workload["from"]) == (
+        "pinot-server",
+        1,
+        "default",
+    )
+    assert await replicas(kube_apiserver, STS, ns, "pinot-server") == 0
+
+
 async def test_scale_down_on_pause_with_a_selector_keeps_the_size_and_resume_restores_it(
     kube_apiserver: KubernetesApiServer,
     ns: str,
