@@ -112,7 +112,9 @@ async def test_sizes_come_from_configuration_then_the_record_then_one(
 async def test_activation_never_scales_a_workload_down(store: ObjectStore) -> None:
     scaler = zone_at_zero(kubelet_step=5)
     scaler.add(DEPLOY, "pinot-broker", 5)  # an operator was quicker
-    await cold(scaler, store, workloads=NAMED).scale_up(Said())
+    said = Said()
+    await cold(scaler, store, workloads=NAMED).scale_up(said)
+    assert said.lines[0] == "1/3 workloads ready: pinot-server 0/1, postgres 0/1"
     assert (DEPLOY, "pinot-broker", 2) not in scaler.scaled
     assert scaler.get(DEPLOY, "pinot-broker").replicas == 5
 

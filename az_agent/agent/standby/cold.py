@@ -235,7 +235,9 @@ class ColdStandby:
                 await self.scaler.scale(
                     self.namespace, target.workload.kind, target.name, target.replicas
                 )
-        await progress(_waiting(targets, {}))
+        # What the listing said before scaling: a workload scaled just now has none ready yet.
+        seen = {t.label(): min(t.workload.ready_replicas, t.workload.replicas) for t in targets}
+        await progress(_waiting(targets, seen))
         ready = await self._wait_ready(targets, progress)
         return f"{len(targets)} workloads ready: " + ", ".join(
             f"{t.name} {ready[t.label()]}/{t.replicas} ({t.source})" for t in targets
