@@ -49,11 +49,11 @@ from az_agent.drivers.pinot.models import TableRef
 from az_agent.state import (
     Catalog,
     StateError,
-    find_tail,
     load_catalog,
     read_entry,
     refresh_catalog,
 )
+from az_agent.state.log import entry_exists
 
 log = logging.getLogger(__name__)
 
@@ -272,10 +272,9 @@ class WarmFollower:
             if await refresh_catalog(store, catalog) > 0:
                 return catalog
             # Nothing new, or the entries after ours were removed by the primary's retention
-            # (we were stopped longer than it keeps them): the tail tells which.
-            if await find_tail(store, source) <= catalog.last_seq:
-                return catalog
-            if await refresh_catalog(store, catalog) > 0:  # appended meanwhile
+            # (we were stopped longer than it keeps them). It removes the oldest first, so while
+            # our last entry is there, nothing after it has gone: one HEAD tells which.
+            if catalog.last_seq == 0 or await entry_exists(store, source, catalog.last_seq):
                 return catalog
             log.warning(
                 "warm standby: zone %s's log no longer holds entry %d; reloading its catalog",

@@ -29,7 +29,7 @@ from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.pinot.models import TableRef, TableType, UploadResult
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
-from az_agent.state import Catalog, SystemClock, load_catalog
+from az_agent.state import Catalog, SystemClock, load_catalog, truncate_log, write_checkpoint
 from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
 
@@ -381,4 +381,51 @@ async def test_lag_while_steps_fail_and_deletions_in_a_table_that_was_already_th
             expected = backed_up(await load_catalog(store, "az1"))
             assert {n: c for n, c in local.items() if n in expected} == expected
             assert az1.state is AgentState.ACTIVE
+    await store.close()
+
+
+async def test_the_follower_reloads_when_retention_removed_the_entries_after_its_own(
+    zones: Zones,
+) -> None:
+    """Stopped (here: not woken) while the primary's retention checkpointed and truncated its
+    log past the follower's last entry, the follower reloads the catalog from the checkpoint
+    instead of reading nothing forever."""
+    one, two, root = zones
+    store = FileObjectStore(root)
+    await store.check()
+    counting = CountingPinot(two.url)
+    warm = {"role": "standby", "standby": {"mode": "warm", "followIntervalSeconds": 3600}}
+    async with (
+        HttpPinotController(one.url) as az1_pinot,
+        running(store, config(root, "az1", one.url, role="active"), az1_pinot),
+        running(store, config(root, "az2", two.url, **warm), counting) as az2,
+    ):
+        follower = az2.follower
+        assert follower is not None
+
+        async def backed_up_at_least(count: int) -> bool:
+            return len(backed_up(await load_catalog(store, "az1"))) >= count
+
+        async def step() -> None:
+            assert follower is not None
+            before = follower.last_step
+            follower.wake()
+            await until(lambda: follower.last_step != before, "a follow step")
+            assert follower.last_error is None, follower.last_error
+
+        await one.cluster.produce_segment(TABLE.name_with_type)
+        await until_async(lambda: backed_up_at_least(1), "az1 to back up a segment")
+        await until(lambda: follower.following == "az1", "az2 to know the primary")
+        await step()
+        followed = follower.followed_seq
+        for _ in range(3):
+            await one.cluster.produce_segment(TABLE.name_with_type)
+        await until_async(lambda: backed_up_at_least(4), "az1 to back up 4 segments")
+        catalog = await load_catalog(store, "az1")
+        await write_checkpoint(store, catalog)
+        assert await truncate_log(store, "az1") >= followed  # the follower's entry went too
+        await step()
+        assert follower.followed_seq >= catalog.last_seq
+        local = await local_crcs(counting)
+        assert {n: c for n, c in local.items() if c != "None"} == backed_up(catalog)
     await store.close()
