@@ -20,7 +20,8 @@ selector. It serves, with the real paths and JSON shapes:
 * Errors as ``v1.Status`` bodies: 401 (bad token), 403 (a deny rule, with the real RBAC message),
   404, 400 (bad selector), 415, 422, 503 (no endpoints, dial failure), and injected faults.
 
-Left out: RBAC beyond explicit deny rules, resourceVersion preconditions and 409 conflicts,
+Left out: RBAC beyond explicit deny rules, resourceVersion preconditions and 409 conflicts
+(but for injected ones: ``fail_next(409, "Conflict")``),
 controllers (``status`` never follows ``spec``; tests set it), watch, field selectors, JSON
 patch and server-side apply, content types other than JSON, Namespace objects (an unknown
 namespace is simply empty), named service ports, TLS, audit, and every other resource.
