@@ -1,20 +1,24 @@
 """Continuous segment backup: lag and throughput beside a curl + rclone baseline, and memory.
 
     python -m benchmarks.segment_backup [--rate 30] [--size-mb 16] [--duration 30]
-        [--big-size-mb 256] [--count 6] [--big-count 3] [--concurrency 4] [--store s3|file]
+        [--sizes 4,16,256] [--total-mb 512] [--min-count 4] [--concurrency 4]
+        [--store s3|seaweedfs|file]
 
 Runs the Pinot emulator in a subprocess (its segment building does not count in this process's
-memory) and the bucket in moto (``--store s3``, the default) or a directory, then measures:
+memory or CPU) and the bucket in moto (``--store s3``, the default), SeaweedFS
+(``--store seaweedfs``, a Go S3 server, closer to a real store's speed) or a directory, then
+measures:
 
 * sustained: the emulator commits a segment of ``--size-mb`` every ``60 / --rate`` seconds for
   ``--duration`` seconds while :class:`SegmentBackupLoop` runs; lag from the commit in Pinot
   (the moment the emulator's commit call returns) to durable in the bucket (the log entry's
   time), p50/p99, and the achieved throughput;
-* catch-up: ``--count`` segments of ``--size-mb``, then ``--big-count`` of ``--big-size-mb``,
-  backed up by one :meth:`SegmentBackupLoop.flush` against the same segments downloaded to disk
-  with ``curl`` and uploaded with ``rclone copy`` (as a user would script it), both with
-  ``--concurrency`` transfers; and the peak resident memory of this process for each size,
-  which must not grow with the segment size.
+* catch-up, for each of ``--sizes`` (MiB): ``--total-mb / size`` segments (at least
+  ``--min-count``) backed up by one :meth:`SegmentBackupLoop.flush` against the same segments
+  downloaded to disk with ``curl`` and uploaded with ``rclone copy`` (as a user would script
+  it), both with ``--concurrency`` transfers; the CPU seconds per MB of this process (the
+  agent) and of curl + rclone (their rusage), and the peak resident memory of this process for
+  each size, which must not grow with the segment size.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -179,26 +184,49 @@ async def sustained(options: argparse.Namespace, store: ObjectStore, workdir: Pa
 
 
 @dataclass
+class Tool:
+    """One baseline step: wall time and the CPU its processes used."""
+
+    seconds: float
+    cpu: float
+
+
+@dataclass
 class CatchUp:
     size: int
     count: int
     seconds: float
+    cpu: float
     rss_before: int
     rss_peak: int
-    baseline_download: float
-    baseline_upload: float
+    download: Tool
+    upload: Tool
+
+    HEADER = (
+        "| size | segments | agent MB/s | curl+rclone MB/s (s = curl + rclone) | agent/baseline"
+        " | agent CPU ms/MB | curl CPU ms/MB | curl+rclone CPU ms/MB | RSS peak (+ over idle) |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
 
     def describe(self) -> str:
-        total = self.size * self.count
-        base = self.baseline_download + self.baseline_upload
-        rate = total / self.seconds / MB
+        total = self.size * self.count / MB
+        base = self.download.seconds + self.upload.seconds
+        per_mb = 1000 / total
         return (
-            f"{self.count} x {self.size / MIB:>4.0f} MiB | agent {rate:7.1f} MB/s"
-            f" ({self.seconds:5.1f} s) | curl+rclone {total / base / MB:7.1f} MB/s ({base:5.1f} s ="
-            f" {self.baseline_download:.1f} + {self.baseline_upload:.1f}) | agent/baseline "
-            f"{base / self.seconds:4.2f} | RSS peak {self.rss_peak / MIB:4.0f} MiB "
-            f"(+{(self.rss_peak - self.rss_before) / MIB:3.0f} MiB)"
+            f"| {self.size / MIB:.0f} MiB | {self.count} | {total / self.seconds:.1f} "
+            f"({self.seconds:.1f} s) | {total / base:.1f} ({base:.1f} s = "
+            f"{self.download.seconds:.1f} + {self.upload.seconds:.1f}) | "
+            f"{base / self.seconds:.2f}x | {self.cpu * per_mb:.2f} | "
+            f"{self.download.cpu * per_mb:.2f} | "
+            f"{(self.download.cpu + self.upload.cpu) * per_mb:.2f} | "
+            f"{self.rss_peak / MIB:.0f} MiB (+{(self.rss_peak - self.rss_before) / MIB:.0f}) |"
         )
+
+
+def children_cpu() -> float:
+    """CPU seconds of every child process reaped so far (the tools, once they exit)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run_tool(*argv: str, env: dict[str, str] | None = None) -> None:
@@ -212,7 +240,7 @@ async def run_tool(*argv: str, env: dict[str, str] | None = None) -> None:
 
 async def baseline(
     names: list[str], url: str, target: str, workdir: Path, options: argparse.Namespace
-) -> tuple[float, float]:
+) -> tuple[Tool, Tool]:
     """``curl`` every segment to disk (``--concurrency`` at a time), then ``rclone copy``."""
     folder = workdir / "baseline"
     folder.mkdir()
@@ -222,18 +250,19 @@ async def baseline(
         async with limit:
             await run_tool("curl", "-sSf", "-o", str(folder / name), f"{url}/segments/bench/{name}")
 
-    start = time.perf_counter()
+    cpu, start = children_cpu(), time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for name in names:
             group.create_task(download(name))
-    downloaded = time.perf_counter()
+    downloaded = Tool(time.perf_counter() - start, children_cpu() - cpu)
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     env["RCLONE_CONFIG"] = str(workdir / "rclone.conf")
     transfers = str(options.concurrency)
+    cpu, start = children_cpu(), time.perf_counter()
     await run_tool("rclone", "copy", str(folder), target, "--transfers", transfers, env=env)
-    uploaded = time.perf_counter()
+    uploaded = Tool(time.perf_counter() - start, children_cpu() - cpu)
     await asyncio.to_thread(shutil.rmtree, folder)
-    return downloaded - start, uploaded - downloaded
+    return downloaded, uploaded
 
 
 async def catch_up(
@@ -255,15 +284,15 @@ async def catch_up(
         loop = SegmentBackupLoop(pinot, settings, session.metrics, session.clock)
         before = rss_bytes()
         async with sampled() as samples:
-            start = time.perf_counter()
+            cpu, start = time.process_time(), time.perf_counter()
             committed = await loop.flush(session)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if committed != count:
             raise RuntimeError(f"flush committed {committed} of {count} segments")
-        base_down, base_up = await baseline(
+        down, up = await baseline(
             names, pinot_process.url, f"{target}/baseline-{size // MIB}", workdir, options
         )
-    return CatchUp(size, count, seconds, before, max(samples), base_down, base_up)
+    return CatchUp(size, count, seconds, cpu, before, max(samples), down, up)
 
 
 @contextlib.contextmanager
@@ -285,19 +314,20 @@ async def open_store(kind: str, workdir: Path) -> AsyncIterator[tuple[ObjectStor
             yield store, str(workdir / "rclone-copies")
         return
     from tests.servers.moto import MotoBackend
-    from tests.servers.s3server import ACCESS_KEY, REGION, SECRET_KEY
+    from tests.servers.s3server import ACCESS_KEY, REGION, SECRET_KEY, S3ServerBackend
+    from tests.servers.seaweedfs import SeaweedFSBackend
 
-    backend = MotoBackend()
+    backend: S3ServerBackend = SeaweedFSBackend() if kind == "seaweedfs" else MotoBackend()
     await asyncio.to_thread(backend.start)
     try:
         settings, secrets = await backend.new_bucket()
         (workdir / "rclone.conf").write_text(
-            f"[moto]\ntype = s3\nprovider = Other\naccess_key_id = {ACCESS_KEY}\n"
+            f"[bench]\ntype = s3\nprovider = Other\naccess_key_id = {ACCESS_KEY}\n"
             f"secret_access_key = {SECRET_KEY}\nendpoint = {backend.endpoint}\n"
             f"region = {REGION}\nforce_path_style = true\n"
         )
         async with await open_object_store(settings, secrets) as store:
-            yield store, f"moto:{settings.s3.bucket}"
+            yield store, f"bench:{settings.s3.bucket}"
     finally:
         await asyncio.to_thread(backend.stop)
 
@@ -309,15 +339,11 @@ async def run(options: argparse.Namespace) -> None:
             if options.duration > 0:
                 await sustained(options, store, workdir)
             print("catch-up (one flush of segments already committed) beside curl + rclone:")
-            for size_mb, count in (
-                (options.size_mb, options.count),
-                (options.big_size_mb, options.big_count),
-            ):
-                if count > 0:
-                    result = await catch_up(
-                        int(size_mb * MIB), count, store, target, workdir, options
-                    )
-                    print("  " + result.describe())
+            print(CatchUp.HEADER)
+            for size_mb in options.sizes:
+                count = max(options.min_count, round(options.total_mb / size_mb))
+                result = await catch_up(int(size_mb * MIB), count, store, target, workdir, options)
+                print(result.describe(), flush=True)
 
 
 def main() -> None:
@@ -326,11 +352,16 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=16, help="segment size, MiB")
     parser.add_argument("--duration", type=float, default=30, help="sustained phase, seconds")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="backup loop poll, s")
-    parser.add_argument("--count", type=int, default=6, help="catch-up segments of --size-mb")
-    parser.add_argument("--big-size-mb", type=float, default=256, help="large segment size, MiB")
-    parser.add_argument("--big-count", type=int, default=3, help="catch-up large segments")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [float(size) for size in text.split(",")],
+        default=[4.0, 16.0, 256.0],
+        help="catch-up segment sizes, MiB, comma-separated",
+    )
+    parser.add_argument("--total-mb", type=float, default=512, help="catch-up MiB per size")
+    parser.add_argument("--min-count", type=int, default=4, help="catch-up segments per size")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel transfers (all)")
-    parser.add_argument("--store", choices=["s3", "file"], default="s3")
+    parser.add_argument("--store", choices=["s3", "seaweedfs", "file"], default="s3")
     asyncio.run(run(parser.parse_args()))
 
 

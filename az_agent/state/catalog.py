@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, KeysView
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -250,6 +250,12 @@ class Catalog:
     def tables(self) -> list[str]:
         """Tables with at least one segment in the catalog (live or deleted, not purged)."""
         return sorted(self._segments)
+
+    def segment_names(self, table: str) -> KeysView[str]:
+        """Names of ``table``'s segments the catalog holds a version of, live or deleted from
+        Pinot (not purged): a live view, so that a poll can set it against a listing of
+        100,000 names without a record lookup per name."""
+        return self._segments.get(table, {}).keys()
 
     def segment(self, table: str, name: str, as_of: datetime | None = None) -> SegmentRecord | None:
         """The version of one segment live in the backup as of ``as_of`` (default: now)."""

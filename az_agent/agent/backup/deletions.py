@@ -33,8 +33,7 @@ class DeletionWatch:
 
     def saw_tables(self, listed: Collection[str], catalog: Catalog) -> None:
         """The controller listed ``listed`` (typed names): judge the catalog's tables."""
-        live = {table for table in catalog.tables() if catalog.segments(table=table)}
-        missing = live - set(listed)
+        missing = {t for t in set(catalog.tables()) - set(listed) if _has_live(catalog, t)}
         for table in sorted(missing & self._missing_tables):
             why = "its table is absent from two consecutive table lists"
             for record in catalog.segments(table=table):
@@ -43,8 +42,9 @@ class DeletionWatch:
 
     def saw_table(self, table: str, present: Collection[str], catalog: Catalog) -> None:
         """A listing of ``table`` succeeded with the segment names ``present``."""
-        names = set(present)
-        absent = {r.name for r in catalog.segments(table=table) if r.name not in names}
+        names = present if isinstance(present, set | frozenset) else set(present)
+        held = catalog.segment_names(table) - names  # set arithmetic: 100,000 names in ms
+        absent = {name for name in held if catalog.segment(table, name) is not None}
         for name in sorted(absent & self._suspects.get(table, set())):
             self._confirmed[(table, name)] = "absent from two consecutive polls of its table"
         self._suspects[table] = absent
@@ -87,6 +87,11 @@ class DeletionWatch:
                 )
             del self._confirmed[(table, name)]
         return written
+
+
+def _has_live(catalog: Catalog, table: str) -> bool:
+    """Whether ``table`` has a segment live in the backup (usually its first name says so)."""
+    return any(catalog.segment(table, name) is not None for name in catalog.segment_names(table))
 
 
 __all__ = ["DeletionWatch"]

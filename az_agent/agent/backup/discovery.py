@@ -4,17 +4,36 @@ Kept apart from the copying so that what a poll of the controller does to the se
 place: a backup-ready version the catalog lacks is tracked, a refresh (same name, new CRC)
 replaces the version still waiting, one the catalog holds is dropped, and one no longer listed
 is handed back to be reported as vanished. Versions being copied (claimed) are left alone.
+
+A poll reads one of two ways (``SegmentBackupLoop._poll``). A *scan* reads the metadata of every
+segment (``/segments/{t}/zkmetadata``, about 600 bytes a segment): it is the only way to see a
+refresh, a new CRC under a known name, so it runs at a leader's first poll, in a pause's flush
+and every ``refreshScanIntervalSeconds``. The polls between *list* the names (``/segments/{t}``,
+about 40 bytes a segment) and read the metadata of :func:`new_names` only, one request each, so
+with 100,000 segments backed up and 10 new a poll moves 4 MB instead of 60 and the agent's CPU
+stays in tens of milliseconds. Names become new again when Pinot revives a deleted one; the
+next scan catches that too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Sequence
+import asyncio
+from collections.abc import Collection, Container, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 from az_agent.agent.backup.segment_stats import Key, completed_at_ms, now_ms
+from az_agent.drivers.errors import NotFound
+from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.models import SegmentMetadata, TableRef
 from az_agent.state import Catalog, Clock
+
+READ_CONCURRENCY = 8
+"""Metadata requests of one poll in flight at once."""
+SCAN_FRACTION = 8
+"""A listing with more than 1/8 of its names new (and more than :data:`SCAN_MIN`) is read with
+one scan of the table instead: one large answer beats that many small requests."""
+SCAN_MIN = 64
 
 
 @dataclass(eq=False)
@@ -72,6 +91,39 @@ def wanted_tables(tables: list[TableRef], wanted: Collection[str]) -> list[Table
     return [t for t in tables if t.raw in names or t.name_with_type in names]
 
 
+def new_names(
+    table: TableRef, listed: set[str], catalog: Catalog, pending: Iterable[Key]
+) -> set[str]:
+    """The names of ``listed`` that neither the catalog nor ``pending`` holds a version of."""
+    fresh = listed.difference(catalog.segment_names(table.name_with_type))
+    if fresh:
+        fresh.difference_update(name for typed, name in pending if typed == table.name_with_type)
+    return fresh
+
+
+def worth_a_scan(fresh: Collection[str], listed: Collection[str]) -> bool:
+    """Whether reading ``fresh`` one by one would cost more than one scan of the table."""
+    return len(fresh) > max(SCAN_MIN, len(listed) // SCAN_FRACTION)
+
+
+async def read_metadata(
+    pinot: PinotController, table: TableRef, names: Iterable[str]
+) -> list[SegmentMetadata]:
+    """The metadata of each of ``names`` (:data:`READ_CONCURRENCY` requests at a time); a
+    segment deleted since it was listed is left out."""
+    limit = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def read(name: str) -> SegmentMetadata | None:
+        async with limit:
+            try:
+                return await pinot.segment(table, name)
+            except NotFound:
+                return None
+
+    found = await asyncio.gather(*(read(name) for name in sorted(names)))
+    return [meta for meta in found if meta is not None]
+
+
 def reconcile(
     pending: dict[Key, Pending],
     table: TableRef,
@@ -79,11 +131,14 @@ def reconcile(
     catalog: Catalog,
     claimed: Container[Key],
     clock: Clock,
+    present: Collection[str] | None = None,
 ) -> list[Pending]:
     """Bring ``table``'s part of ``pending`` in line with its ``ready`` segments.
 
-    Returns the waiting versions the controller no longer lists, for the caller to report as
-    vanished; they are still in ``pending``.
+    ``present`` names every segment the controller listed, when ``ready`` holds only the new
+    ones (a poll between scans); by default the ready ones are all there is. Returns the
+    waiting versions the controller no longer lists, for the caller to report as vanished;
+    they are still in ``pending``.
     """
     listed: set[Key] = set()
     for meta in ready:
@@ -99,8 +154,21 @@ def reconcile(
     return [
         item
         for key, item in pending.items()
-        if key[0] == table.name_with_type and key not in listed and key not in claimed
+        if key[0] == table.name_with_type
+        and key not in listed
+        and key not in claimed
+        and (present is None or key[1] not in present)
     ]
 
 
-__all__ = ["Outcome", "Pending", "forget", "reconcile", "track", "wanted_tables"]
+__all__ = [
+    "Outcome",
+    "Pending",
+    "forget",
+    "new_names",
+    "read_metadata",
+    "reconcile",
+    "track",
+    "wanted_tables",
+    "worth_a_scan",
+]

@@ -3,9 +3,12 @@
 While the agent leads its zone, :class:`SegmentBackupLoop` asks the controller every
 ``pollIntervalSeconds`` for the backup-ready segments (committed or pushed, with a CRC and a
 deep-store copy) of the configured tables, or of every table, and copies each (table, name, CRC)
-that the catalog does not hold yet: controller download, CRC of ``creation.meta`` checked against
-ZooKeeper's on the way, streaming ``put`` to ``<zone>/segments/<table>/<segment>/<crc>.tar.gz``,
-then a ``segment`` log entry. A segment never sits in memory: a transfer holds one upload part.
+that the catalog does not hold yet (every segment's metadata at a scan, every
+``refreshScanIntervalSeconds``; the names, and the metadata of new ones, between scans: see
+:mod:`~az_agent.agent.backup.discovery`): controller download, CRC of ``creation.meta`` checked
+against ZooKeeper's on the way, streaming ``put`` to
+``<zone>/segments/<table>/<segment>/<crc>.tar.gz``, then a ``segment`` log entry. A segment
+never sits in memory: a transfer holds a few upload parts.
 
 * At most ``concurrency`` transfers run at once (the loop and :meth:`flush` share the slots); a
   failed segment is tried again after an exponential backoff and never holds up the others.
@@ -44,9 +47,12 @@ from az_agent.agent.backup.discovery import (
     Outcome,
     Pending,
     forget,
+    new_names,
+    read_metadata,
     reconcile,
     track,
     wanted_tables,
+    worth_a_scan,
 )
 from az_agent.agent.backup.segment_stats import (
     BackupStats,
@@ -61,7 +67,7 @@ from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.drivers.errors import CorruptObject, DriverError, NotFound, Unavailable
 from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.config import PinotSettings
-from az_agent.drivers.pinot.models import TableRef
+from az_agent.drivers.pinot.models import SegmentMetadata, TableRef
 from az_agent.state import Clock, Fenced, NotLeader, StateError
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,8 @@ class SegmentBackupLoop:
         self._last_look: float | None = None
         """When this session's last complete look at Pinot began (None: none yet)."""
         self._configs_due = 0.0
+        self._scan_due = 0.0
+        """When the next poll reads every segment's metadata (see discovery's docstring)."""
         self.deletions = DeletionWatch()
         self.stats = BackupStats()
         self._book = Bookkeeping(metrics, self.stats, clock, (retry_min_seconds, retry_max_seconds))
@@ -118,7 +126,7 @@ class SegmentBackupLoop:
         self._session = session
         self._began, self._last_look = self._clock.monotonic(), None
         self.deletions = DeletionWatch()  # suspicions of an earlier session are stale
-        self._configs_due = 0.0
+        self._configs_due = self._scan_due = 0.0
         log.info(
             "zone %s: segment backup starts for epoch %d: %s, every %.1f s, %d at a time",
             session.zone,
@@ -199,7 +207,7 @@ class SegmentBackupLoop:
         when one still fails the first such error is raised after the others are done.
         Vanished segments are reported and do not count as failures.
         """
-        await self._poll(session, strict=True, configs=True)
+        await self._poll(session, strict=True, configs=True, scan=True)
         wanted = sorted(self._pending.values(), key=lambda p: p.completed_ms)
         log.info("zone %s: flushing %d pending segments", session.zone, len(wanted))
         results = await asyncio.gather(
@@ -288,18 +296,23 @@ class SegmentBackupLoop:
 
     # -- discovery --------------------------------------------------------------------------
 
-    async def _poll(self, session: LeaderSession, *, strict: bool, configs: bool = False) -> None:
-        """Refresh the pending set from the controller (and save configs when due). A failing
-        table is counted and logged, the others are still polled; ``strict`` raises instead."""
+    async def _poll(
+        self, session: LeaderSession, *, strict: bool, configs: bool = False, scan: bool = False
+    ) -> None:
+        """Refresh the pending set from the controller (and save configs when due); a scan
+        reads every segment's metadata, other polls only that of new names. A failing table is
+        counted and logged, the others are still polled; ``strict`` raises instead."""
         now = self._clock.monotonic()
         configs = configs or now >= self._configs_due
+        scan = scan or now >= self._scan_due
         tables = await self._guarded(self._tables(session), "the table list", strict)
         if tables is None:
             self.deletions.list_failed()
             return
         looked = True
         for table in tables:
-            if not await self._guarded(self._poll_table(session, table), str(table), strict):
+            polled = self._poll_table(session, table, scan)
+            if not await self._guarded(polled, str(table), strict):
                 looked = False
                 self.deletions.table_failed(table.name_with_type)
             if configs:
@@ -314,6 +327,8 @@ class SegmentBackupLoop:
         self.stats.polled(sorted(names), self._clock.now())
         if looked:
             self._last_look = now
+            if scan:
+                self._scan_due = now + self._settings.refresh_scan_interval_seconds
         if configs:
             self._configs_due = now + self._config_interval
 
@@ -335,21 +350,42 @@ class SegmentBackupLoop:
         self.deletions.saw_tables([t.name_with_type for t in listed], session.catalog)
         return wanted_tables(listed, self._settings.tables)
 
-    async def _poll_table(self, session: LeaderSession, table: TableRef) -> bool:
+    async def _poll_table(self, session: LeaderSession, table: TableRef, scan: bool) -> bool:
+        present: set[str] | None = None
         try:
-            segments = await self._pinot.segments(table)
-            names = [meta.name for meta in segments]
-            self.deletions.saw_table(table.name_with_type, names, session.catalog)
+            if scan:
+                segments = await self._scan(session, table)
+            else:
+                present, segments = await self._list(session, table)
         except NotFound:
             segments = []  # the table was deleted: what it still had pending is gone with it
+            present = None
             self.deletions.table_failed(table.name_with_type)  # the table list judges it
         ready = sorted((s for s in segments if s.is_backup_ready), key=lambda s: s.name)
         unlisted = reconcile(
-            self._pending, table, ready, session.catalog, self._claims, self._clock
+            self._pending, table, ready, session.catalog, self._claims, self._clock, present
         )
         for item in unlisted:
             self._book.vanished(self._pending, item, "no longer listed by the controller")
         return True
+
+    async def _scan(self, session: LeaderSession, table: TableRef) -> list[SegmentMetadata]:
+        """Every segment's metadata, in one request (a refresh shows only here)."""
+        segments = await self._pinot.segments(table)
+        names = {meta.name for meta in segments}
+        self.deletions.saw_table(table.name_with_type, names, session.catalog)
+        return segments
+
+    async def _list(
+        self, session: LeaderSession, table: TableRef
+    ) -> tuple[set[str], list[SegmentMetadata]]:
+        """Every segment's name, and the metadata of the names neither backed up nor waiting."""
+        present = set(await self._pinot.segment_names(table))
+        self.deletions.saw_table(table.name_with_type, present, session.catalog)
+        fresh = new_names(table, present, session.catalog, self._pending)
+        if worth_a_scan(fresh, present):
+            return present, await self._pinot.segments(table)
+        return present, await read_metadata(self._pinot, table, fresh)
 
     async def _save_configs(self, session: LeaderSession, table: TableRef) -> None:
         for kind in await save_table_documents(session, self._pinot, table):

@@ -39,3 +39,11 @@ class PinotSettings(SettingsModel):
         gt=0,
         description="How often the backup loop asks the controller for new segments.",
     )
+    refresh_scan_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the backup loop reads the metadata of every segment (one "
+        "request per table) to find refreshed ones (same name, new CRC); the polls between "
+        "list the names and read the metadata of new names only. A leader's first poll and a "
+        "pause's flush always read everything.",
+    )

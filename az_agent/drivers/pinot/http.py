@@ -257,11 +257,11 @@ class HttpPinotController(PinotController):
                 pass  # < 1.0 has no /zkmetadata, or the table is missing: the list tells which
             else:
                 return [SegmentMetadata.from_zk(table, n, f) for n, f in body.items()]
-        names = await self._segment_names(table)
+        names = await self.segment_names(table)
         self._bulk_zk_metadata = False
         return await self._segments_one_by_one(table, names)
 
-    async def _segment_names(self, table: TableRef) -> list[str]:
+    async def segment_names(self, table: TableRef) -> list[str]:
         body = await self._call(
             "GET", _path("segments", table.raw), params={"type": table.type.value}
         )

@@ -49,8 +49,13 @@ def backup_loop(
     concurrency: int = 3,
     retry: float = 0.05,
     clock: SystemClock | None = None,
+    refresh_scan: float = 300.0,
 ) -> SegmentBackupLoop:
-    settings = PinotSettings(poll_interval_seconds=0.05, concurrency=concurrency)
+    settings = PinotSettings(
+        poll_interval_seconds=0.05,
+        concurrency=concurrency,
+        refresh_scan_interval_seconds=refresh_scan,
+    )
     return SegmentBackupLoop(
         pinot,
         settings,
@@ -210,7 +215,7 @@ async def test_refreshed_segment_is_backed_up_again(
 ) -> None:
     [name] = await produce(source, "logs_OFFLINE")
     session = await lead(file_bucket.store, ZONE)
-    loop = backup_loop(pinot, session)
+    loop = backup_loop(pinot, session, refresh_scan=0.05)  # a refresh shows only to a scan
     async with running(loop.run(session)):
         await wait_backed_up(session, pinot)
         old = session.catalog.segment("logs_OFFLINE", name)
