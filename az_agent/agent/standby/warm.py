@@ -168,6 +168,7 @@ class WarmFollower:
         interval = service.standby.follow_interval_seconds
         while True:
             wait = interval
+            self._wake.clear()  # a wake() from now on asks for a step after this one
             if self._is_standby():
                 step = asyncio.ensure_future(self.step())
                 self._step = step
@@ -185,13 +186,17 @@ class WarmFollower:
                     wait = min(interval, service.lease.retry_period_seconds)
             else:
                 self.following = None
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     def wake(self) -> None:
-        """Step now instead of at the end of the interval."""
+        """Step now instead of at the end of the interval (after the step in flight, if any)."""
         self._wake.set()
+
+    @property
+    def stepping(self) -> bool:
+        """Whether a follow step is in flight."""
+        return self._step is not None and not self._step.done()
 
     async def stop(self) -> None:
         """Cancel the step in flight and wait until it has ended. Called by an operation before

@@ -330,7 +330,9 @@ async def test_lag_while_steps_fail_and_deletions_in_a_table_that_was_already_th
             assert follower is not None
 
             async def step() -> dict[str, Any]:
+                """One follow step that starts now (after the one in flight, if any)."""
                 assert follower is not None
+                await until(lambda: not follower.stepping, "the step in flight to end")
                 before = follower.last_step
                 follower.wake()
                 await until(lambda: follower.last_step != before, "a follow step")
@@ -408,6 +410,7 @@ async def test_the_follower_reloads_when_retention_removed_the_entries_after_its
 
         async def step() -> None:
             assert follower is not None
+            await until(lambda: not follower.stepping, "the step in flight to end")
             before = follower.last_step
             follower.wake()
             await until(lambda: follower.last_step != before, "a follow step")
