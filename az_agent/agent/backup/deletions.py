@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection
+from collections.abc import Set as AbstractSet
 
 from az_agent.agent.leadership.session import LeaderSession
 from az_agent.state import Catalog, SegmentDeletedPayload
@@ -40,11 +41,20 @@ class DeletionWatch:
                 self._confirmed[(table, record.name)] = why
         self._missing_tables = missing
 
-    def saw_table(self, table: str, present: Collection[str], catalog: Catalog) -> None:
-        """A listing of ``table`` succeeded with the segment names ``present``."""
+    def saw_table(
+        self,
+        table: str,
+        present: Collection[str],
+        catalog: Catalog,
+        held: AbstractSet[str] | None = None,
+    ) -> None:
+        """A listing of ``table`` succeeded with the segment names ``present``; ``held``, when
+        the caller has it, is ``set(catalog.segment_names(table))`` (one pass for both uses)."""
         names = present if isinstance(present, set | frozenset) else set(present)
-        held = catalog.segment_names(table) - names  # set arithmetic: 100,000 names in ms
-        absent = {name for name in held if catalog.segment(table, name) is not None}
+        if held is None:
+            held = set(catalog.segment_names(table))
+        gone = held - names  # set arithmetic, no record lookup: 100,000 names in milliseconds
+        absent = {name for name in gone if catalog.segment(table, name) is not None}
         for name in sorted(absent & self._suspects.get(table, set())):
             self._confirmed[(table, name)] = "absent from two consecutive polls of its table"
         self._suspects[table] = absent

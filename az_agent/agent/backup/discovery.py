@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Container, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from enum import Enum
 
@@ -92,10 +93,11 @@ def wanted_tables(tables: list[TableRef], wanted: Collection[str]) -> list[Table
 
 
 def new_names(
-    table: TableRef, listed: set[str], catalog: Catalog, pending: Iterable[Key]
+    table: TableRef, listed: set[str], held: AbstractSet[str], pending: Iterable[Key]
 ) -> set[str]:
-    """The names of ``listed`` that neither the catalog nor ``pending`` holds a version of."""
-    fresh = listed.difference(catalog.segment_names(table.name_with_type))
+    """The names of ``listed`` that neither the catalog (``held``: the names it has a version
+    of) nor ``pending`` holds."""
+    fresh = listed - held
     if fresh:
         fresh.difference_update(name for typed, name in pending if typed == table.name_with_type)
     return fresh

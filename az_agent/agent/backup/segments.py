@@ -238,6 +238,12 @@ class SegmentBackupLoop:
                 await self._clock.sleep(self._book.backoff(attempt + 1))
         raise item.error or Unavailable(f"{item.describe()} kept changing during the flush")
 
+    async def discover(self, session: LeaderSession, *, scan: bool = False) -> int:
+        """One discovery poll outside :meth:`run` (``benchmarks.discovery`` times it); errors
+        propagate. How many segment versions wait to be copied afterwards."""
+        await self._poll(session, strict=True, scan=scan)
+        return len(self._pending)
+
     # -- one segment ------------------------------------------------------------------------
 
     async def _attempt(self, session: LeaderSession, item: Pending) -> Outcome:
@@ -381,8 +387,9 @@ class SegmentBackupLoop:
     ) -> tuple[set[str], list[SegmentMetadata]]:
         """Every segment's name, and the metadata of the names neither backed up nor waiting."""
         present = set(await self._pinot.segment_names(table))
-        self.deletions.saw_table(table.name_with_type, present, session.catalog)
-        fresh = new_names(table, present, session.catalog, self._pending)
+        held = set(session.catalog.segment_names(table.name_with_type))
+        self.deletions.saw_table(table.name_with_type, present, session.catalog, held)
+        fresh = new_names(table, present, held, self._pending)
         if worth_a_scan(fresh, present):
             return present, await self._pinot.segments(table)
         return present, await read_metadata(self._pinot, table, fresh)

@@ -265,7 +265,10 @@ class HttpPinotController(PinotController):
         body = await self._call(
             "GET", _path("segments", table.raw), params={"type": table.type.value}
         )
-        return [name for entry in body for name in entry.get(table.type.value, [])]
+        names: list[str] = []
+        for entry in body:
+            names.extend(entry.get(table.type.value, ()))
+        return names
 
     async def _segments_one_by_one(
         self, table: TableRef, names: list[str]

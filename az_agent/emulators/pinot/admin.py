@@ -16,6 +16,7 @@ from az_agent.emulators.pinot.cluster import Cluster
 from az_agent.emulators.pinot.common import PinotHttpError, json_response
 from az_agent.emulators.pinot.helix import NOT_CONSUMING
 from az_agent.emulators.pinot.keys import CLUSTER
+from az_agent.emulators.pinot.seed import add_history
 from az_agent.emulators.pinot.state import GeneratorSpec, TableRecord
 
 routes = web.RouteTableDef()
@@ -72,6 +73,17 @@ async def generate_now(request: web.Request) -> web.Response:
     table = _table(cluster, request.match_info["table"])
     made = [await cluster.produce_segment(table.name) for _ in range(_int(request, "count", 1))]
     return json_response({"segments": [n for n in made if n]})
+
+
+@routes.post("/_emulator/tables/{table}/history")
+async def history(request: web.Request) -> web.Response:
+    """Add ``count`` segments of metadata only, fast (:func:`~.seed.add_history`)."""
+    cluster = request.app[CLUSTER]
+    async with cluster.lock:
+        table = _table(cluster, request.match_info["table"])
+        names = add_history(cluster, table, _int(request, "count", 1))
+    await cluster.save()
+    return json_response({"added": len(names), "segments": len(table.segments)})
 
 
 @routes.put("/_emulator/tables/{table}/generator")

@@ -179,3 +179,28 @@ async def test_ideal_state_and_external_view(http: RawHttp) -> None:
         "OFFLINE": {},
         "REALTIME": None,
     }
+
+
+async def test_history_segments_are_metadata_only(
+    client: HttpPinotController, http: RawHttp
+) -> None:
+    """``/_emulator/tables/{t}/history`` (the discovery benchmark's bulk seeding): pushed
+    segments listed and described as uploads leave them, with no deep-store file."""
+    added = await http.admin("POST", "/tables/events/history?count=6")
+    assert added["added"] == 6
+    names = await client.segment_names(EVENTS)
+    history = sorted(n for n in names if n.startswith("uploaded__events__"))
+    assert len(history) == 6
+    assert {n.split("__")[2] for n in history} == {"0", "1"}  # spread over the partitions
+    ready = {s.name: s for s in await client.backup_ready_segments(EVENTS)}
+    assert sorted(ready) == history
+    meta = ready[history[0]]
+    assert meta.status is SegmentStatus.UPLOADED
+    assert meta.crc is not None
+    assert meta.end_time_ms is not None
+    assert await client.segment(EVENTS, meta.name) == meta
+    with pytest.raises(NotFound):
+        await _download(client, EVENTS, meta.name)
+    offline = await http.admin("POST", "/tables/logs/history?count=2")
+    assert offline["segments"] == 2
+    assert all(s.status is SegmentStatus.UPLOADED for s in await client.segments(LOGS))
