@@ -33,6 +33,7 @@ def _time(ts: float) -> datetime:
 _NUMBERS = struct.Struct("<qqqqqqdd")
 """size, startTimeMs, endTimeMs, commitTimeMs, seq, epoch, backed-up and committed POSIX times:
 packed in one bytes object (97 bytes) instead of eight Python numbers (about 250)."""
+NUMBERS_SIZE = _NUMBERS.size
 _NONE = -(2**63)
 
 

@@ -9,6 +9,11 @@ state of the backup at T: records whose log entry was committed at or before T.
 
 Entries must be applied in sequence order without gaps; entries already applied are ignored,
 so a writer can apply its own appends and later catch up from the bucket without double work.
+
+Segments live in two layers: per table, packed :class:`~az_agent.state.columns.SegmentColumns`
+as of the checkpoint loaded (no Python object per segment: a million take ~160 MB), and beside
+them the versions added since (``_added``) and the names purged since (``_hidden``). Writing a
+checkpoint merges the layers into new columns, and installs them when nothing changed meanwhile.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator, KeysView
-from dataclasses import dataclass
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +35,7 @@ from az_agent.state.backups import (
     SegmentDeletion,
     SegmentRecord,
 )
+from az_agent.state.columns import ColumnsBuilder, SegmentColumns, merge
 from az_agent.state.entries import (
     DumpDeletedPayload,
     DumpPayload,
@@ -49,6 +56,7 @@ from az_agent.state.log import read_entries
 log = logging.getLogger(__name__)
 
 Record = SegmentRecord | DumpRecord | ConfigRecord | SegmentDeletion
+OtherRecord = DumpRecord | ConfigRecord | SegmentDeletion
 
 
 def _cutoff(as_of: datetime | None) -> float:
@@ -56,15 +64,49 @@ def _cutoff(as_of: datetime | None) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class TableSnapshot:
+    """One table's segments: packed columns (never mutated) and copies of the layers above."""
+
+    table: str
+    columns: SegmentColumns | None
+    added: dict[str, list[SegmentRecord]]
+    hidden: frozenset[str]
+
+    def merged(self) -> SegmentColumns | None:
+        """The table as one set of columns (CPU-bound at scale: call it in a thread)."""
+        return merge(self.table, self.columns, self.added, self.hidden)
+
+
+@dataclass(frozen=True, slots=True)
 class CatalogSnapshot:
-    """An immutable view for a checkpoint writer, taken in O(records) pointer copies."""
+    """An immutable view for a checkpoint writer, taken in O(changes since the last
+    checkpoint) pointer copies: the packed columns are shared, not copied."""
 
     zone: str
     seq: int
     epoch: int
-    records: list[Record]
+    tables: list[TableSnapshot]
+    records: list[OtherRecord]
     events: list[LogEntry]
     term: int = 0
+    changes: int = field(default=0, compare=False)
+    """The catalog's segment change counter when taken (see :meth:`Catalog.install`)."""
+
+
+class _NameView(AbstractSet[str]):
+    """The names of one table's segments, live (see :meth:`Catalog.segment_names`)."""
+
+    def __init__(self, catalog: Catalog, table: str) -> None:
+        self._catalog, self._table = catalog, table
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._catalog._current(self._table, name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._catalog._current_names(self._table)
+
+    def __len__(self) -> int:
+        return self._catalog._names.get(self._table, 0)
 
 
 class Catalog:
@@ -81,8 +123,13 @@ class Catalog:
         self.last_paused: LogEntry | None = None
         self.last_fence: LogEntry | None = None
         self.last_resumed: LogEntry | None = None
-        self._segments: dict[str, dict[str, SegmentRecord]] = {}
-        self._superseded: dict[tuple[str, str], list[SegmentRecord]] = {}
+        self._columns: dict[str, SegmentColumns] = {}
+        self._added: dict[str, dict[str, list[SegmentRecord]]] = {}
+        self._hidden: dict[str, set[str]] = {}
+        self._names: dict[str, int] = {}  # table -> segment names held (live or deleted)
+        self._changes = 0  # segment changes applied, to know whether a merge is still current
+        self._restoring: dict[str, ColumnsBuilder] = {}
+        self._pending: SegmentRecord | None = None  # a version-1 checkpoint row, see apply_row
         self._deleted: dict[tuple[str, str], SegmentDeletion] = {}
         self._dumps: dict[str, dict[int, DumpRecord]] = {}
         self._configs: dict[str, list[ConfigRecord]] = {}
@@ -127,7 +174,7 @@ class Catalog:
             self._dumps.get(payload.database, {}).pop(payload.dump_seq, None)
             self._other_keys = None
         elif isinstance(payload, SegmentDeletedPayload):
-            if self._segments.get(payload.table, {}).get(payload.segment) is not None:
+            if self._current(payload.table, payload.segment) is not None:
                 deletion = SegmentDeletion(
                     payload.table, payload.segment, entry.seq, entry.time.timestamp()
                 )
@@ -148,22 +195,48 @@ class Catalog:
         """Forget a deleted segment (a live one, backed up again since, is kept)."""
         if self._deleted.pop((table, name), None) is None:
             return
-        names = self._segments.get(table, {})
-        names.pop(name, None)
-        if not names:
-            self._segments.pop(table, None)
-        self._superseded.pop((table, name), None)
+        self._changes += 1
+        added = self._added.get(table, {})
+        added.pop(name, None)
+        columns = self._columns.get(table)
+        if columns is not None and columns.current_row(name) is not None:
+            self._hidden.setdefault(table, set()).add(name)
+        self._names[table] -= 1
+        if not self._names[table]:
+            for layer in (self._names, self._columns, self._added, self._hidden):
+                layer.pop(table, None)
         self._other_keys = None
 
+    def _current(self, table: str, name: str) -> SegmentRecord | None:
+        """The newest version of a segment the catalog holds (deleted or not)."""
+        added = self._added.get(table)
+        if added is not None and (versions := added.get(name)):
+            return versions[-1]
+        columns = self._columns.get(table)
+        if columns is None or name in self._hidden.get(table, ()):
+            return None
+        row = columns.current_row(name)
+        return None if row is None else columns.record(self.zone, row)
+
+    def _current_names(self, table: str) -> Iterator[str]:
+        added = self._added.get(table, {})
+        columns = self._columns.get(table)
+        if columns is not None:
+            hidden = self._hidden.get(table, set())
+            for name in columns.current_names():
+                if name not in added and name not in hidden:
+                    yield name
+        yield from list(added)
+
     def _add_segment(self, record: SegmentRecord) -> None:
-        names = self._segments.setdefault(record.table, {})
-        current = names.get(record.name)
+        current = self._current(record.table, record.name)
         revived = self._deleted.pop((record.table, record.name), None) is not None
         if current is not None and current.crc == record.crc and not revived:
             return  # the same bytes again: it has been part of the backup since the first
-        if current is not None:
-            self._superseded.setdefault((record.table, record.name), []).append(current)
-        names[record.name] = record
+        self._changes += 1
+        if current is None:
+            self._names[record.table] = self._names.get(record.table, 0) + 1
+        self._added.setdefault(record.table, {}).setdefault(record.name, []).append(record)
         if record.key_override is not None:
             self._other_keys = None
 
@@ -181,7 +254,9 @@ class Catalog:
         tag = row[0]
         if tag == "s":
             self._restore_segment(SegmentRecord.from_row(self.zone, row))
-        elif tag == "d":
+            return
+        self._flush_pending(None)
+        if tag == "d":
             self._add_dump(DumpRecord.from_row(row))
         elif tag in ("t", "c"):
             self._add_config(ConfigRecord.from_row(row))
@@ -193,16 +268,41 @@ class Catalog:
         else:
             raise ValueError(f"unknown checkpoint row {tag!r}")
 
+    def apply_block(self, header: list[Any], raw: memoryview) -> None:
+        """Restore a block of checkpoint segment rows (version 2, see ``columns.py``)."""
+        self._flush_pending(None)
+        table = sys.intern(str(header[1]))
+        self._restoring.setdefault(table, ColumnsBuilder(table)).add_block(header, raw)
+
     def _restore_segment(self, record: SegmentRecord) -> None:
-        """Rows list a segment's versions oldest first, the current one last, as they were
-        (a version revived after a deletion may repeat the CRC of the one before it)."""
-        names = self._segments.setdefault(record.table, {})
-        current = names.get(record.name)
-        if current is not None:
-            self._superseded.setdefault((record.table, record.name), []).append(current)
-        names[record.name] = record
-        if record.key_override is not None:
-            self._other_keys = None
+        """Version-1 rows list a segment's versions oldest first, the current one last, as
+        they were (a version revived after a deletion may repeat the CRC of the one before
+        it); a row is the current version when the next row names another segment."""
+        self._flush_pending(record)
+        self._pending = record
+
+    def _flush_pending(self, following: SegmentRecord | None) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        last = following is None or (following.table, following.name) != (
+            pending.table,
+            pending.name,
+        )
+        builder = self._restoring.setdefault(pending.table, ColumnsBuilder(pending.table))
+        builder.add(pending, last=last)
+
+    def finish_restore(self) -> None:
+        """Build the columns of the checkpoint rows applied (call once, after the last)."""
+        self._flush_pending(None)
+        for table, builder in sorted(self._restoring.items()):
+            columns = builder.build()
+            if columns.name_count:
+                self._columns[table] = columns
+                self._names[table] = columns.name_count
+        self._restoring.clear()
+        self._other_keys = None
 
     def _restore_event(self, entry: LogEntry) -> None:
         if isinstance(entry.payload, PausedPayload):
@@ -213,15 +313,18 @@ class Catalog:
             self.last_resumed = entry
 
     def snapshot(self) -> CatalogSnapshot:
-        """Everything needed to rebuild this catalog, in an order :meth:`apply_row` accepts."""
-        records: list[Record] = []
-        for table in sorted(self._segments):
-            names = self._segments[table]
-            for name in sorted(names):
-                records.extend(self._superseded.get((table, name), ()))
-                records.append(names[name])
-                if (deletion := self._deleted.get((table, name))) is not None:
-                    records.append(deletion)
+        """Everything needed to rebuild this catalog (see :meth:`rows` for the order)."""
+        tables = [
+            TableSnapshot(
+                table,
+                self._columns.get(table),
+                {name: list(vs) for name, vs in self._added.get(table, {}).items()},
+                frozenset(self._hidden.get(table, ())),
+            )
+            for table in sorted(self._names)
+        ]
+        deletions = sorted(self._deleted.values(), key=lambda d: (d.table, d.name))
+        records: list[OtherRecord] = list(deletions)
         for database in sorted(self._dumps):
             records.extend(sorted(self._dumps[database].values(), key=lambda d: d.seq))
         for configs in (self._configs, self._schemas):
@@ -229,14 +332,40 @@ class Catalog:
                 records.extend(configs[name])
         events = [e for e in (self.last_fence, self.last_paused, self.last_resumed) if e]
         return CatalogSnapshot(
-            self.zone, self.last_seq, self.epoch, records, events, term=self.term
-        )
+            self.zone, self.last_seq, self.epoch, tables, records, events, term=self.term,
+            changes=self._changes,
+        )  # fmt: skip
+
+    def install(self, snapshot: CatalogSnapshot, merged: dict[str, SegmentColumns | None]) -> bool:
+        """Replace the segment layers by ``merged`` (the snapshot's tables, merged), unless
+        segments changed since the snapshot was taken; whether it was installed."""
+        if snapshot.changes != self._changes or snapshot.zone != self.zone:
+            return False
+        for table, columns in merged.items():
+            self._added.pop(table, None)
+            self._hidden.pop(table, None)
+            if columns is None:
+                self._columns.pop(table, None)
+            else:
+                self._columns[table] = columns
+        return True
 
     def rows(self) -> Iterator[Row]:
-        """The catalog as checkpoint rows; equal catalogs give equal rows."""
+        """The catalog as version-1 checkpoint rows, one per record; equal catalogs give equal
+        rows (for tests: a checkpoint is written in blocks)."""
         snapshot = self.snapshot()
+        deletions = {(d.table, d.name): d for d in self._deleted.values()}
+        for table in snapshot.tables:
+            columns = table.merged()
+            for current in columns.current_rows() if columns is not None else ():
+                assert columns is not None
+                for row in columns.version_rows(current):
+                    yield columns.record(self.zone, row).to_row()
+                if (deletion := deletions.get((table.table, columns.name(current)))) is not None:
+                    yield deletion.to_row()
         for record in snapshot.records:
-            yield record.to_row()
+            if not isinstance(record, SegmentDeletion):
+                yield record.to_row()
         for event in snapshot.events:
             yield ["e", event.to_json()]
 
@@ -245,21 +374,21 @@ class Catalog:
     @property
     def segment_count(self) -> int:
         """Live segments: backed up and not deleted from Pinot."""
-        return sum(len(names) for names in self._segments.values()) - len(self._deleted)
+        return sum(self._names.values()) - len(self._deleted)
 
     def tables(self) -> list[str]:
         """Tables with at least one segment in the catalog (live or deleted, not purged)."""
-        return sorted(self._segments)
+        return sorted(self._names)
 
-    def segment_names(self, table: str) -> KeysView[str]:
+    def segment_names(self, table: str) -> AbstractSet[str]:
         """Names of ``table``'s segments the catalog holds a version of, live or deleted from
         Pinot (not purged): a live view, so that a poll can set it against a listing of
         100,000 names without a record lookup per name."""
-        return self._segments.get(table, {}).keys()
+        return _NameView(self, table)
 
     def segment(self, table: str, name: str, as_of: datetime | None = None) -> SegmentRecord | None:
         """The version of one segment live in the backup as of ``as_of`` (default: now)."""
-        current = self._segments.get(table, {}).get(name)
+        current = self._current(table, name)
         return None if current is None else self._version_at(current, _cutoff(as_of))
 
     def deletions(self) -> list[SegmentDeletion]:
@@ -268,10 +397,14 @@ class Catalog:
 
     def versions(self, table: str, name: str) -> list[SegmentRecord]:
         """Every version of one segment the catalog holds, deleted or not, oldest first."""
-        current = self._segments.get(table, {}).get(name)
-        if current is None:
-            return []
-        return [*self._superseded.get((table, name), []), current]
+        versions: list[SegmentRecord] = []
+        columns = self._columns.get(table)
+        if columns is not None and name not in self._hidden.get(table, ()):
+            row = columns.current_row(name)
+            if row is not None:
+                versions = [columns.record(self.zone, r) for r in columns.version_rows(row)]
+        versions.extend(self._added.get(table, {}).get(name, ()))
+        return versions
 
     def _version_at(self, current: SegmentRecord, cutoff: float) -> SegmentRecord | None:
         deletion = self._deleted.get((current.table, current.name))
@@ -279,7 +412,7 @@ class Catalog:
             return None  # deleted from Pinot at or before the cutoff
         if current.committed_ts <= cutoff:
             return current
-        older = self._superseded.get((current.table, current.name), [])
+        older = self.versions(current.table, current.name)[:-1]
         for record in reversed(older):
             if record.committed_ts <= cutoff:
                 return record
@@ -290,14 +423,30 @@ class Catalog:
     ) -> list[SegmentRecord]:
         """Every segment (its newest CRC as of ``as_of``), optionally of one table."""
         cutoff = _cutoff(as_of)
-        tables = [table] if table is not None else sorted(self._segments)
+        tables = [table] if table is not None else sorted(self._names)
         found: list[SegmentRecord] = []
         for name in tables:
-            for current in self._segments.get(name, {}).values():
+            for current in self._currents(name):
                 record = self._version_at(current, cutoff)
                 if record is not None:
                     found.append(record)
         return found
+
+    def _currents(self, table: str) -> Iterator[SegmentRecord]:
+        """The newest version of each segment of ``table``: packed ones (by name), then the
+        ones added since."""
+        added = self._added.get(table, {})
+        columns = self._columns.get(table)
+        if columns is not None:
+            hidden = self._hidden.get(table, set())
+            for row in columns.current_rows():
+                if added or hidden:
+                    name = columns.name(row)
+                    if name in added or name in hidden:
+                        continue
+                yield columns.record(self.zone, row)
+        for versions in added.values():
+            yield versions[-1]
 
     def databases(self) -> list[str]:
         return sorted(db for db, dumps in self._dumps.items() if dumps)
@@ -340,13 +489,16 @@ class Catalog:
     def _collect_other_keys(self) -> set[str]:
         keys = {
             record.key_override
-            for table, names in self._segments.items()
-            for record in names.values()
+            for added in self._added.values()
+            for versions in added.values()
+            for record in versions
             if record.key_override is not None
         }
-        keys.update(
-            r.key_override for rs in self._superseded.values() for r in rs if r.key_override
-        )
+        for table, columns in self._columns.items():
+            hidden = self._hidden.get(table, set())
+            for row, extra in columns.extras.items():
+                if "key" in extra and (not hidden or columns.name(row) not in hidden):
+                    keys.add(extra["key"])
         keys.update(d.key for dumps in self._dumps.values() for d in dumps.values())
         keys.update(
             c.key
@@ -363,10 +515,7 @@ class Catalog:
         if not parts[4].endswith(".tar.gz"):
             return False
         _, _, table, name, file = parts
-        current = self._segments.get(table, {}).get(name)
-        if current is None:
-            return False
-        versions = [current, *self._superseded.get((table, name), [])]
+        versions = self.versions(table, name)
         crc = file[: -len(".tar.gz")]
         return any(v.crc == crc and v.object_key == key for v in versions)
 

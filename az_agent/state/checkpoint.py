@@ -1,8 +1,11 @@
 """Checkpoints: the catalog as of one log entry, so loading costs only the entries after it.
 
 A checkpoint is one object, ``<zone>/checkpoints/<seq:020d>.jsonl.gz``: gzip-compressed JSON
-lines, a header line (format, zone, seq, epoch, term), one line per catalog record, and a trailer
-line with the number of records and the SHA-256 of every line before it. It is valid only if
+lines, a header line (format, version, zone, seq, epoch, term), then the catalog, and a trailer
+line with the number of lines between and the SHA-256 of every line before it. Version 2 writes
+segments as blocks of packed columns (``["S", table, ...]``, see ``columns.py``: base64 arrays,
+loaded without a Python object per segment), the other records one line each; version 1 (one
+line per segment version, ``["s", ...]``) is still read. It is valid only if
 the trailer is there and agrees, so a truncated or corrupt object (or one cut short by any
 means) is ignored with a warning and the loader falls back to the previous checkpoint, or to
 the raw log. Object writes are atomic on every backend, so a checkpoint being written while a
@@ -28,6 +31,7 @@ from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
 from az_agent.state.catalog import Catalog, CatalogSnapshot, refresh_catalog
 from az_agent.state.clock import Clock, SystemClock
+from az_agent.state.columns import SegmentColumns
 from az_agent.state.errors import CheckpointInvalid, LogCorrupted
 from az_agent.state.keys import LOG_SUFFIX, check_zone, checkpoint_key, log_prefix, parse_seq
 from az_agent.state.log import checkpoint_seqs, entry_exists
@@ -35,8 +39,11 @@ from az_agent.state.log import checkpoint_seqs, entry_exists
 log = logging.getLogger(__name__)
 
 FORMAT = "az-agent-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 BATCH_ROWS = 5000
+BLOCK_ROWS = 20_000
+"""Segment versions per checkpoint line (about 4 MB of base64 for typical names)."""
 KEEP_CHECKPOINTS = 3
 _GZIP = 31  # zlib wbits for a gzip container
 _PIECE = 256 << 10  # inflate at most this much at once: bounded memory whatever the ratio
@@ -61,6 +68,10 @@ class _Encoder:
     def records(self, snapshot: CatalogSnapshot, start: int, stop: int) -> bytes:
         return self._add([_line(r.to_row()) for r in snapshot.records[start:stop]], stop - start)
 
+    def block(self, columns: SegmentColumns, start: int) -> bytes:
+        header, raw = columns.block(start, BLOCK_ROWS)
+        return self._add([_line(header), raw, b"\n"], 1)
+
     def events(self, snapshot: CatalogSnapshot) -> bytes:
         lines = [_line(["e", event.to_json()]) for event in snapshot.events]
         return self._add(lines, len(lines))
@@ -76,9 +87,17 @@ class _Encoder:
         return self._deflate.compress(data)
 
 
-async def _encode(snapshot: CatalogSnapshot, header: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _encode(
+    snapshot: CatalogSnapshot, header: dict[str, Any], merged: dict[str, SegmentColumns | None]
+) -> AsyncIterator[bytes]:
+    """The checkpoint's gzip stream; fills ``merged`` with each table's merged columns."""
     encoder = _Encoder()
     yield await asyncio.to_thread(encoder.header, header)
+    for table in snapshot.tables:
+        columns = merged[table.table] = await asyncio.to_thread(table.merged)
+        for start in range(0, len(columns) if columns is not None else 0, BLOCK_ROWS):
+            assert columns is not None
+            yield await asyncio.to_thread(encoder.block, columns, start)
     for start in range(0, len(snapshot.records), BATCH_ROWS):
         stop = min(start + BATCH_ROWS, len(snapshot.records))
         chunk = await asyncio.to_thread(encoder.records, snapshot, start, stop)
@@ -93,7 +112,9 @@ async def write_checkpoint(
 ) -> ObjectInfo | None:
     """Write a checkpoint of ``catalog`` as of its ``last_seq``; None for an empty catalog.
 
-    The catalog may keep changing meanwhile: an immutable snapshot is taken first.
+    The catalog may keep changing meanwhile: an immutable snapshot is taken first. The
+    segments merged for it replace the catalog's own layers when no segment changed meanwhile
+    (memory goes back to packed columns).
     """
     snapshot = catalog.snapshot()
     if snapshot.seq == 0:
@@ -108,13 +129,17 @@ async def write_checkpoint(
         "createdAt": (clock or SystemClock()).now().isoformat(),
     }
     key = checkpoint_key(snapshot.zone, snapshot.seq)
-    info = await store.put(key, _encode(snapshot, header))
+    merged: dict[str, SegmentColumns | None] = {}
+    info = await store.put(key, _encode(snapshot, header, merged))
+    compacted = len(merged) == len(snapshot.tables) and catalog.install(snapshot, merged)
     log.info(
-        "zone %s: checkpoint at entry %d written (%d records, %d bytes)",
+        "zone %s: checkpoint at entry %d written (%d segment names, %d other records, %d bytes)%s",
         snapshot.zone,
         snapshot.seq,
+        sum(c.name_count for c in merged.values() if c is not None),
         len(snapshot.records) + len(snapshot.events),
         info.size,
+        "; catalog compacted" if compacted else "",
     )
     return info
 
@@ -160,7 +185,10 @@ class _Decoder:
         self._zone, self._seq, self._key = zone, seq, key
         self._inflate = zlib.decompressobj(_GZIP)
         self._digest = hashlib.sha256()
-        self._buffer = b""
+        self._data = bytearray()  # inflated bytes not consumed yet, from _start on
+        self._start = 0
+        self._block: list[Any] | None = None  # a block header whose columns are awaited
+        self._block_line = b""
         self._pending: bytes | None = None  # the newest complete line: maybe the trailer
         self._header: dict[str, Any] | None = None
         self._catalog = Catalog(zone)
@@ -175,15 +203,53 @@ class _Decoder:
             raise CheckpointInvalid(f"{self._key}: {exc}") from exc
 
     def _split(self, data: bytes) -> None:
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()
-        for line in lines:
+        """Consume the complete lines and blocks in what has been inflated so far.
+
+        A block (version 2) is a JSON line ``["S", ...]`` announcing how many raw bytes
+        follow it, then those bytes and a line end; everything else is one JSON line.
+        """
+        self._data += data
+        while self._block is not None or (end := self._data.find(b"\n", self._start)) >= 0:
+            if self._block is not None:
+                if not self._take_block(self._block):
+                    break
+                continue
+            line = bytes(self._data[self._start : end])
+            self._start = end + 1
             if self._pending is not None:
                 self._process(self._pending)
-            self._pending = line
+                self._pending = None
+            if self._header is not None and line.startswith(b'["S",'):
+                block = json.loads(line)
+                if not isinstance(block, list) or len(block) != 6 or not isinstance(block[3], int):
+                    raise ValueError("malformed block header")
+                self._block, self._block_line = block, line + b"\n"
+            else:
+                self._pending = line
+        if self._start > len(self._data) // 2:
+            del self._data[: self._start]
+            self._start = 0
+
+    def _take_block(self, block: list[Any]) -> bool:
+        """Apply the awaited block if all its bytes are in; whether it was."""
+        end = self._start + block[3]
+        if len(self._data) <= end:
+            return False
+        if self._data[end] != ord("\n"):
+            raise ValueError("a block is not followed by a line end")
+        with memoryview(self._data) as view, view[self._start : end] as raw:
+            self._digest.update(self._block_line)
+            self._digest.update(raw)
+            self._digest.update(b"\n")
+            self._catalog.apply_block(block, raw)
+        self._count += 1
+        self._start = end + 1
+        self._block = None
+        return True
 
     def _process(self, line: bytes) -> None:
-        self._digest.update(line + b"\n")
+        self._digest.update(line)
+        self._digest.update(b"\n")
         if self._header is None:
             self._header = self._check_header(json.loads(line))
         else:
@@ -193,6 +259,8 @@ class _Decoder:
     def _check_header(self, header: dict[str, Any]) -> dict[str, Any]:
         expected = (FORMAT, VERSION, self._zone, self._seq)
         found = (header.get("format"), header.get("version"), header.get("zone"), header.get("seq"))
+        if found[1] in READABLE_VERSIONS:
+            expected = (FORMAT, found[1], self._zone, self._seq)
         if found != expected:
             raise CheckpointInvalid(f"{self._key}: header {found}, expected {expected}")
         return header
@@ -203,7 +271,8 @@ class _Decoder:
             trailer = json.loads(self._pending) if self._pending is not None else None
         except _BAD_CONTENT as exc:
             raise CheckpointInvalid(f"{self._key}: {exc}") from exc
-        if not self._inflate.eof or self._buffer or self._header is None:
+        unconsumed = len(self._data) > self._start or self._block is not None
+        if not self._inflate.eof or unconsumed or self._header is None:
             raise CheckpointInvalid(f"{self._key}: truncated")
         if not isinstance(trailer, dict) or trailer.get("trailer") is not True:
             raise CheckpointInvalid(f"{self._key}: no trailer, the checkpoint is incomplete")
@@ -212,6 +281,10 @@ class _Decoder:
             self._digest.hexdigest(),
         ):
             raise CheckpointInvalid(f"{self._key}: trailer does not match the content")
+        try:
+            self._catalog.finish_restore()
+        except _BAD_CONTENT as exc:
+            raise CheckpointInvalid(f"{self._key}: {exc}") from exc
         self._catalog.last_seq = self._seq
         self._catalog.epoch = int(self._header["epoch"])
         self._catalog.term = int(self._header.get("term", 0))  # absent before terms existed

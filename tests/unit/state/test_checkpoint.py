@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -147,11 +148,12 @@ def without_trailer(data: bytes) -> bytes:
 
 
 def tampered_row(data: bytes) -> bytes:
-    lines = gzip.decompress(data).splitlines(keepends=True)
-    original = lines[3]
-    lines[3] = lines[3].replace(b',"1234",', b',"1235",', 1)  # a CRC changed, trailer kept
-    assert lines[3] != original
-    return gzip.compress(b"".join(lines))
+    content = bytearray(gzip.decompress(data))
+    start = content.index(b'["S",')
+    line_end = content.index(b"\n", start)
+    size = json.loads(content[start:line_end])[3]
+    content[line_end + size] ^= 1  # the last byte of a segment name changed, trailer kept
+    return gzip.compress(bytes(content))
 
 
 def garbage(data: bytes) -> bytes:

@@ -89,6 +89,7 @@ def test_checkpoint_rows_keep_deletions() -> None:
     restored = Catalog(ZONE)
     for row in rows:
         restored.apply_row(row)
+    restored.finish_restore()
     assert list(restored.rows()) == rows
     assert names(restored) == []
     assert [d.name for d in restored.deletions()] == ["a"]
@@ -131,6 +132,7 @@ def test_a_segment_revived_with_the_same_crc_survives_a_checkpoint() -> None:
     restored = Catalog(ZONE)
     for row in rows:
         restored.apply_row(row)
+    restored.finish_restore()
     assert list(restored.rows()) == rows
     record = restored.segment(TABLE, "a")
     assert record is not None

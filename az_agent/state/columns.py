@@ -1,0 +1,377 @@
+"""A table's segment versions packed in columns: a million segments in ~160 MB, not ~600.
+
+A :class:`SegmentColumns` holds the versions of one table as they stood at a checkpoint (or at
+the last compaction): row-major packed numbers (the 64 bytes :class:`SegmentRecord` keeps),
+raw SHA-256 digests, CRCs as integers, names in one UTF-8 blob. There is no Python object per
+segment; a :class:`SegmentRecord` is built when asked for. Rows are sorted by name, a name's
+versions consecutive, oldest first, its current version flagged ``last``. Values that do not
+fit a column (a CRC that is not a canonical integer, a non-hex digest, a key that is not the
+canonical one, textual offsets) go to a sparse ``extras`` map, so every record round-trips.
+
+Columns are never changed once built (a checkpoint writer reads them from a thread); the
+catalog keeps later changes beside them and folds them in by building new columns.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from array import array
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
+
+from az_agent.state.backups import NUMBERS_SIZE, SegmentRecord
+
+NONE = -(2**63)
+"""Column value for None (partition, offsets) and for "see extras" (CRC)."""
+_TYPES = ("OFFLINE", "REALTIME")
+_OTHER_TYPE = 2
+_HEX = frozenset("0123456789abcdef")
+
+
+def _int_of(text: str | None) -> int | None:
+    """``text`` as an int when it is exactly an int's canonical decimal form (and fits)."""
+    if text is None or not text or len(text) > 19:
+        return None
+    digits = text[1:] if text[0] == "-" else text
+    if not digits.isdigit() or not digits.isascii() or (len(digits) > 1 and digits[0] == "0"):
+        return None
+    value = int(text)
+    return None if value == NONE or text == "-0" else value
+
+
+def _le(values: array[int]) -> bytes:
+    """An int64 array's bytes, little-endian whatever the machine."""
+    if sys.byteorder != "little":
+        values = array("q", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _ints(data: bytes | memoryview) -> array[int]:
+    """The int64 array in little-endian ``data``."""
+    values = array("q")
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values
+
+
+class SegmentColumns:
+    """The packed versions of one table; see the module docstring."""
+
+    __slots__ = (
+        "_index",
+        "_mask",
+        "crcs",
+        "digests",
+        "ends",
+        "extras",
+        "ints",
+        "last",
+        "name_count",
+        "names",
+        "numbers",
+        "table",
+        "types",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        table: str,
+        names: bytearray,
+        ends: array[int],
+        crcs: array[int],
+        digests: bytearray,
+        numbers: bytearray,
+        types: bytearray,
+        last: bytearray,
+        ints: array[int] | None,
+        extras: dict[int, dict[str, Any]],
+    ) -> None:
+        self.table = table
+        self.names = names
+        self.ends = ends
+        self.crcs = crcs
+        self.digests = digests
+        self.numbers = numbers
+        self.types = types
+        self.last = last
+        self.ints = ints
+        self.extras = extras
+        self.name_count = last.count(1)
+        self._index: array[int] | None = None
+        self._mask = 0
+
+    def __len__(self) -> int:
+        return len(self.crcs)
+
+    def name_bytes(self, row: int) -> bytes:
+        return bytes(self.names[self.ends[row - 1] if row else 0 : self.ends[row]])
+
+    def name(self, row: int) -> str:
+        return self.name_bytes(row).decode()
+
+    def record(self, zone: str, row: int) -> SegmentRecord:
+        """The version in ``row`` as a record (equal to the one the columns were built from)."""
+        extra = self.extras.get(row)
+        crc = str(self.crcs[row]) if self.crcs[row] != NONE else ""
+        digest = self.digests[row * 32 : row * 32 + 32].hex()
+        code = self.types[row]
+        table_type = _TYPES[code] if code != _OTHER_TYPE else ""
+        partition = start = end = None
+        if self.ints is not None:
+            p, s, e = self.ints[row * 3 : row * 3 + 3]
+            partition = None if p == NONE else p
+            start = None if s == NONE else str(s)
+            end = None if e == NONE else str(e)
+        key_override = None
+        if extra is not None:
+            crc = extra.get("crc", crc)
+            digest = extra.get("sha256", digest)
+            table_type = extra.get("tableType", table_type)
+            start = extra.get("startOffset", start)
+            end = extra.get("endOffset", end)
+            key_override = extra.get("key")
+        offset = row * NUMBERS_SIZE
+        return SegmentRecord(
+            zone, self.table, table_type, self.name(row), crc, digest, key_override, partition,
+            start, end, bytes(self.numbers[offset : offset + NUMBERS_SIZE]),
+        )  # fmt: skip
+
+    # -- lookups --------------------------------------------------------------------------
+
+    def current_row(self, name: str) -> int | None:
+        """The row of ``name``'s current version, or None. The hash index is built on the
+        first lookup, so a load that only lists (an activation) never pays for it."""
+        index = self._index if self._index is not None else self._build_index()
+        key = name.encode()
+        slot = hash(key) & self._mask
+        while (row := index[slot]) != -1:
+            if self.name_bytes(row) == key:
+                return row
+            slot = (slot + 1) & self._mask
+        return None
+
+    def _build_index(self) -> array[int]:
+        size = 8
+        while size < 2 * self.name_count:
+            size *= 2
+        mask = size - 1
+        index = array("i", [-1]) * size
+        for row in self.current_rows():
+            slot = hash(self.name_bytes(row)) & mask
+            while index[slot] != -1:
+                slot = (slot + 1) & mask
+            index[slot] = row
+        self._index, self._mask = index, mask
+        return index
+
+    def current_rows(self) -> Iterator[int]:
+        find, row = self.last.find, 0
+        while (row := find(1, row)) != -1:
+            yield row
+            row += 1
+
+    def current_names(self) -> Iterator[str]:
+        """The name of each current row, decoding the blob once when it is ASCII."""
+        text = self.names.decode()
+        if len(text) != len(self.names):
+            yield from (self.name(row) for row in self.current_rows())
+            return
+        ends = self.ends
+        for row in self.current_rows():
+            yield text[ends[row - 1] if row else 0 : ends[row]]
+
+    def version_rows(self, current: int) -> range:
+        """Rows of every version of the name whose current version is in ``current``."""
+        first = current
+        while first > 0 and not self.last[first - 1]:
+            first -= 1
+        return range(first, current + 1)
+
+    def key_overrides(self) -> Iterator[str]:
+        for extra in self.extras.values():
+            if "key" in extra:
+                yield extra["key"]
+
+    # -- checkpoint blocks ----------------------------------------------------------------
+
+    def block(self, start: int, size: int) -> tuple[list[Any], bytes]:
+        """Rows ``start`` to ``start + size`` as a checkpoint block: a JSON header
+        ``["S", table, rows, bytes, has_ints, extras]`` and the raw columns that follow it
+        (little-endian lengths, CRCs, digests, numbers, types, last flags, partition/offsets
+        when ``has_ints``, then the names), read back by :meth:`ColumnsBuilder.add_block`."""
+        stop = min(start + size, len(self))
+        first = self.ends[start - 1] if start else 0
+        bounds = itertools.chain((first,), self.ends[start:stop])
+        lengths = array("q", (b - a for a, b in itertools.pairwise(bounds)))
+        extras = {
+            str(row - start): extra for row, extra in self.extras.items() if start <= row < stop
+        }
+        parts: list[bytes | bytearray] = [
+            _le(lengths), _le(self.crcs[start:stop]), self.digests[start * 32 : stop * 32],
+            self.numbers[start * NUMBERS_SIZE : stop * NUMBERS_SIZE], self.types[start:stop],
+            self.last[start:stop],
+        ]  # fmt: skip
+        if self.ints is not None:
+            parts.append(_le(self.ints[start * 3 : stop * 3]))
+        parts.append(self.names[first : self.ends[stop - 1]])
+        raw = b"".join(parts)
+        header = ["S", self.table, stop - start, len(raw), self.ints is not None, extras]
+        return header, raw
+
+
+class ColumnsBuilder:
+    """Accumulates one table's rows, from records or checkpoint blocks, into columns."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self._names = bytearray()
+        self._ends = array("q")
+        self._crcs = array("q")
+        self._digests = bytearray()
+        self._numbers = bytearray()
+        self._types = bytearray()
+        self._last = bytearray()
+        self._ints: array[int] | None = None
+        self._extras: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._crcs)
+
+    def add(self, record: SegmentRecord, *, last: bool) -> None:
+        """Append one version (a name's versions oldest first, ``last`` on the current one)."""
+        row = len(self._crcs)
+        extra: dict[str, Any] = {}
+        self._names += record.name.encode()
+        self._ends.append(len(self._names))
+        crc = _int_of(record.crc)
+        if crc is None:
+            extra["crc"] = record.crc
+        self._crcs.append(NONE if crc is None else crc)
+        digest = record.sha256
+        if len(digest) == 64 and _HEX.issuperset(digest):
+            self._digests += bytes.fromhex(digest)
+        else:
+            self._digests += bytes(32)
+            extra["sha256"] = digest
+        self._numbers += record.numbers
+        if record.table_type in _TYPES:
+            self._types.append(_TYPES.index(record.table_type))
+        else:
+            self._types.append(_OTHER_TYPE)
+            extra["tableType"] = record.table_type
+        self._last.append(1 if last else 0)
+        start, end = _int_of(record.start_offset), _int_of(record.end_offset)
+        if start is None and record.start_offset is not None:
+            extra["startOffset"] = record.start_offset
+        if end is None and record.end_offset is not None:
+            extra["endOffset"] = record.end_offset
+        values = (record.partition, start, end)
+        if self._ints is None and values != (None, None, None):
+            self._ints = array("q", [NONE]) * (3 * row)
+        if self._ints is not None:
+            self._ints.extend(NONE if v is None else v for v in values)
+        if record.key_override is not None:
+            extra["key"] = record.key_override
+        if extra:
+            self._extras[row] = extra
+
+    def copy_row(self, columns: SegmentColumns, row: int, *, last: bool) -> None:
+        """Append ``columns``' row as it is, without building a record."""
+        here = len(self._crcs)
+        self._names += columns.names[columns.ends[row - 1] if row else 0 : columns.ends[row]]
+        self._ends.append(len(self._names))
+        self._crcs.append(columns.crcs[row])
+        self._digests += columns.digests[row * 32 : row * 32 + 32]
+        self._numbers += columns.numbers[row * NUMBERS_SIZE : (row + 1) * NUMBERS_SIZE]
+        self._types.append(columns.types[row])
+        self._last.append(1 if last else 0)
+        values = (NONE, NONE, NONE) if columns.ints is None else columns.ints[row * 3 : row * 3 + 3]
+        if self._ints is None and tuple(values) != (NONE, NONE, NONE):
+            self._ints = array("q", [NONE]) * (3 * here)
+        if self._ints is not None:
+            self._ints.extend(values)
+        if (extra := columns.extras.get(row)) is not None:
+            self._extras[here] = extra
+
+    def add_versions(self, versions: Iterable[SegmentRecord]) -> None:
+        """Append one name's versions, oldest first."""
+        listed = list(versions)
+        for position, record in enumerate(listed):
+            self.add(record, last=position == len(listed) - 1)
+
+    def add_block(self, header: list[Any], raw: memoryview) -> None:
+        """Append a block written by :meth:`SegmentColumns.block` (ValueError if malformed)."""
+        (_, _, count, size, has_ints, extras) = header
+        if not isinstance(count, int) or count < 1 or len(raw) != size:
+            raise ValueError(f"a block of {len(raw)} bytes for {count} rows, {size} announced")
+        row = len(self._crcs)
+        widths = [8 * count, 8 * count, 32 * count, NUMBERS_SIZE * count, count, count]
+        if has_ints:
+            widths.append(24 * count)
+        offsets = list(itertools.accumulate(widths, initial=0))
+        if offsets[-1] > size:
+            raise ValueError(f"a block of {size} bytes cannot hold {count} rows")
+        lengths = _ints(raw[offsets[0] : offsets[1]])
+        self._ends.extend(itertools.accumulate(lengths, initial=len(self._names)))
+        del self._ends[row]  # the initial value: where this block's names start
+        self._names += raw[offsets[-1] :]
+        if min(lengths) < 0 or self._ends[-1] != len(self._names):
+            raise ValueError("segment names do not match their lengths")
+        self._crcs.extend(_ints(raw[offsets[1] : offsets[2]]))
+        self._digests += raw[offsets[2] : offsets[3]]
+        self._numbers += raw[offsets[3] : offsets[4]]
+        self._types += raw[offsets[4] : offsets[5]]
+        self._last += raw[offsets[5] : offsets[6]]
+        if has_ints:
+            if self._ints is None:
+                self._ints = array("q", [NONE]) * (3 * row)
+            self._ints.extend(_ints(raw[offsets[6] : offsets[7]]))
+        elif self._ints is not None:
+            self._ints.extend(array("q", [NONE]) * (3 * count))
+        if not isinstance(extras, dict):
+            raise ValueError("bad extras")
+        for position, extra in extras.items():
+            if not 0 <= int(position) < count or not isinstance(extra, dict):
+                raise ValueError(f"bad extras for row {position}")
+            self._extras[row + int(position)] = extra
+
+    def build(self) -> SegmentColumns:
+        return SegmentColumns(
+            self.table, self._names, self._ends, self._crcs, self._digests, self._numbers,
+            self._types, self._last, self._ints, self._extras,
+        )  # fmt: skip
+
+
+def merge(
+    table: str,
+    columns: SegmentColumns | None,
+    added: dict[str, list[SegmentRecord]],
+    hidden: Collection[str],
+) -> SegmentColumns | None:
+    """New columns: ``columns`` without the ``hidden`` names, with the ``added`` versions
+    (name -> versions newer than the columns', oldest first). None when nothing is left."""
+    if columns is not None and not added and not hidden:
+        return columns
+    builder = ColumnsBuilder(table)
+    pending = sorted(added)
+    position = 0
+    for row in columns.current_rows() if columns is not None else ():
+        assert columns is not None
+        name = columns.name(row)
+        while position < len(pending) and pending[position] < name:
+            builder.add_versions(added[pending[position]])
+            position += 1
+        newer = added.get(name)
+        if newer:
+            position += 1
+        if name not in hidden:
+            for version in columns.version_rows(row):
+                builder.copy_row(columns, version, last=version == row and not newer)
+        if newer:
+            builder.add_versions(newer)
+    for name in pending[position:]:
+        builder.add_versions(added[name])
+    return builder.build() if len(builder) else None

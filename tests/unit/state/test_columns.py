@@ -1,0 +1,199 @@
+"""Packed segment columns: every record round-trips, old checkpoints load, compaction is
+invisible to queries."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from az_agent.state import (
+    Catalog,
+    LogEntry,
+    SegmentDeletedPayload,
+    SegmentPayload,
+    SegmentRecord,
+    SegmentsPurgedPayload,
+    load_catalog,
+    read_checkpoint,
+    write_checkpoint,
+)
+from az_agent.state.checkpoint import FORMAT
+from az_agent.state.keys import checkpoint_key, log_key, segment_key
+from tests.unit.state.helpers import FaultyStore, file_store
+
+ZONE = "az1"
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FaultyStore]:
+    opened = await file_store(tmp_path / "bucket")
+    yield opened
+    await opened.close()
+
+
+def odd_segment(n: int) -> SegmentPayload:
+    """Values of every shape a column may not hold as such."""
+    table = ["metrics_OFFLINE", "events_REALTIME", "logs_OFFLINE"][n % 3]
+    name = [f"seg{n % 11}", f"sg{n % 5}", f"x{n % 3}"][n % 3]
+    crc = [str(1000 + n), f"00{n}", "-1", "abc", str(2**70)][n % 5]
+    sha = hashlib.sha256(str(n).encode()).hexdigest()
+    if n % 7 == 0:
+        sha = "not-hex"
+    key = segment_key(ZONE, table, name, crc) if n % 6 else f"{ZONE}/segments/other/{n}.tar.gz"
+    realtime = table.endswith("_REALTIME")
+    return SegmentPayload(
+        table=table,
+        table_type="REALTIME" if realtime else "OFFLINE",
+        segment=name,
+        crc=crc,
+        size=n,
+        sha256=sha,
+        key=key,
+        start_time_ms=None if n % 4 == 0 else n,
+        end_time_ms=n + 1,
+        commit_time_ms=None,
+        backed_up_at=T0,
+        partition=n % 3 if realtime else None,
+        start_offset=[str(n), f"{n}:x", None][n % 3] if realtime else None,
+        end_offset=str(n * 2) if realtime else None,
+    )
+
+
+class History:
+    def __init__(self) -> None:
+        self.entries: list[LogEntry] = []
+
+    def add(self, payload: object) -> LogEntry:
+        seq = len(self.entries) + 1
+        entry = LogEntry.model_validate(
+            {
+                "seq": seq,
+                "epoch": 1,
+                "writer": "w",
+                "nonce": str(seq),
+                "time": T0 + timedelta(minutes=seq),
+                "payload": payload,
+            }
+        )
+        self.entries.append(entry)
+        return entry
+
+    def random(self, count: int, rng: random.Random) -> None:
+        live: list[tuple[str, str]] = []
+        deleted: list[tuple[str, str]] = []
+        for _ in range(count):
+            roll = rng.random()
+            if roll < 0.7 or not live:
+                payload = odd_segment(rng.randrange(60))
+                self.add(payload)
+                live.append((payload.table, payload.segment))
+            elif roll < 0.85:
+                table, name = rng.choice(live)
+                self.add(SegmentDeletedPayload(table=table, segment=name))
+                deleted.append((table, name))
+            elif deleted:
+                self.add(SegmentsPurgedPayload(segments=rng.sample(deleted, min(2, len(deleted)))))
+            else:
+                self.add(odd_segment(rng.randrange(60)))
+
+    def catalog(self, upto: int | None = None) -> Catalog:
+        catalog = Catalog(ZONE)
+        for entry in self.entries[:upto]:
+            catalog.apply(entry)
+        return catalog
+
+
+def versions(catalog: Catalog, record: SegmentRecord) -> list[SegmentRecord]:
+    return catalog.versions(record.table, record.name)
+
+
+def answers(catalog: Catalog) -> object:
+    """Everything a caller can ask about segments."""
+    as_of = T0 + timedelta(minutes=40)
+    tables = catalog.tables()
+    current = sorted(catalog.segments(), key=lambda r: (r.table, r.name))
+    return (
+        list(catalog.rows()),
+        catalog.segment_count,
+        tables,
+        current,
+        sorted(catalog.segments(as_of), key=lambda r: (r.table, r.name)),
+        {t: sorted(catalog.segment_names(t)) for t in tables},
+        [catalog.versions(r.table, r.name) for r in current],
+        [catalog.segment(r.table, r.name, as_of) for r in current],
+        sorted(r.object_key for t in tables for r in catalog.segments(table=t)),
+        [catalog.references(v.object_key) for r in current for v in versions(catalog, r)],
+        catalog.references(f"{ZONE}/segments/other/0.tar.gz"),
+        catalog.deletions(),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_checkpoint_round_trip_with_odd_values(store: FaultyStore, seed: int) -> None:
+    history = History()
+    history.random(120, random.Random(seed))
+    catalog = history.catalog(80)
+    await write_checkpoint(store, catalog)
+    for entry in history.entries[80:]:
+        catalog.apply(entry)
+    loaded = await read_checkpoint(store, ZONE, 80)
+    assert answers(loaded) == answers(history.catalog(80))
+    for entry in history.entries[80:]:
+        loaded.apply(entry)
+    raw = history.catalog()
+    assert answers(loaded) == answers(raw)
+    assert answers(catalog) == answers(raw)  # compacted at the checkpoint, then applied on
+    await write_checkpoint(store, loaded)
+    assert answers(await load_catalog(store, ZONE)) == answers(raw)
+
+
+async def test_a_checkpoint_compacts_the_catalog_it_was_taken_of(store: FaultyStore) -> None:
+    history = History()
+    history.random(60, random.Random(7))
+    catalog = history.catalog()
+    before = answers(catalog)
+    assert catalog._added
+    await write_checkpoint(store, catalog)
+    assert not catalog._added
+    assert not catalog._hidden
+    assert answers(catalog) == before
+
+
+async def test_a_catalog_changed_during_the_merge_is_not_compacted(store: FaultyStore) -> None:
+    history = History()
+    history.random(40, random.Random(8))
+    catalog = history.catalog(30)
+    snapshot = catalog.snapshot()
+    for entry in history.entries[30:]:
+        catalog.apply(entry)
+    merged = {t.table: t.merged() for t in snapshot.tables}
+    assert catalog._changes != snapshot.changes
+    assert not catalog.install(snapshot, merged)
+    assert answers(catalog) == answers(history.catalog())
+
+
+async def test_a_version_1_checkpoint_still_loads(store: FaultyStore) -> None:
+    """What the previous release wrote: one JSON line per record, version 1."""
+    history = History()
+    history.random(90, random.Random(3))
+    raw = history.catalog()
+    lines = [json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in raw.rows()]
+    header = {"format": FORMAT, "version": 1, "zone": ZONE, "seq": 90, "epoch": 1, "term": 0}
+    body = [json.dumps(header, separators=(",", ":")).encode() + b"\n", *lines]
+    digest = hashlib.sha256(b"".join(body)).hexdigest()
+    trailer = {"trailer": True, "count": len(lines), "sha256": digest}
+    body.append(json.dumps(trailer, separators=(",", ":")).encode() + b"\n")
+    await store.put(checkpoint_key(ZONE, 90), gzip.compress(b"".join(body)))
+    for entry in history.entries:  # the log the checkpoint stands for
+        await store.put(log_key(ZONE, entry.seq), entry.encode())
+    loaded = await load_catalog(store, ZONE)
+    assert loaded.last_seq == 90
+    assert answers(loaded) == answers(raw)
