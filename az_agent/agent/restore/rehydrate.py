@@ -35,7 +35,7 @@ from az_agent.drivers.errors import (
     PreconditionFailed,
     Unavailable,
 )
-from az_agent.drivers.pinot.base import PinotController
+from az_agent.drivers.pinot.base import PinotController, SizedStream
 from az_agent.drivers.pinot.models import TableRef
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state import SegmentRecord
@@ -259,7 +259,9 @@ class Rehydrator:
             # The reader checks the SHA-256 the store recorded; a store that records none gets
             # the log's checked here, the same way: before the upload can complete.
             body = reader if info.sha256 is not None else _checked(reader, record)
-            result = await self._pinot.upload_segment(table, body, segment_name=record.name)
+            result = await self._pinot.upload_segment(
+                table, SizedStream(body, record.size), segment_name=record.name
+            )
         if result.segment != record.name:
             raise CorruptObject(
                 f"{record.object_key}: Pinot read segment {result.segment!r} from the tarball "

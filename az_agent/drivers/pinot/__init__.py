@@ -1,7 +1,13 @@
 """The Pinot controller: the interface the agent uses, its HTTP client, and segment helpers."""
 
 from az_agent.drivers.pinot.auth import PinotCredentials, read_pinot_credentials
-from az_agent.drivers.pinot.base import ConsumeFrom, PinotController, SegmentDownload, UploadBody
+from az_agent.drivers.pinot.base import (
+    ConsumeFrom,
+    PinotController,
+    SegmentDownload,
+    SizedStream,
+    UploadBody,
+)
 from az_agent.drivers.pinot.config import PinotSettings
 from az_agent.drivers.pinot.errors import Conflict, RequestRejected
 from az_agent.drivers.pinot.http import HttpPinotController
@@ -40,6 +46,7 @@ __all__ = [
     "SegmentDownload",
     "SegmentMetadata",
     "SegmentStatus",
+    "SizedStream",
     "TableRef",
     "TableType",
     "UploadBody",

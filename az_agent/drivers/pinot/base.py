@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from enum import StrEnum
 
 from az_agent.drivers.pinot.models import (
@@ -35,7 +36,21 @@ from az_agent.drivers.pinot.models import (
 from az_agent.drivers.resource import AsyncResource
 
 UploadBody = bytes | AsyncIterable[bytes]
-"""A segment tarball for upload: whole bytes (tests), or a stream (object storage, no size)."""
+"""A segment tarball for upload: whole bytes (tests), or a stream (a :class:`SizedStream` when
+its length is known)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SizedStream:
+    """A stream whose length is known beforehand (an object read from the bucket): its upload
+    declares that length instead of being chunked, where every chunk is re-framed, copied on
+    the way out. A stream that ends short or raises still leaves the request incomplete."""
+
+    chunks: AsyncIterable[bytes]
+    size: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self.chunks)
 
 
 class ConsumeFrom(StrEnum):

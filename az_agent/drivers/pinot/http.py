@@ -27,6 +27,7 @@ from az_agent.drivers.pinot.base import (
     ConsumeFrom,
     PinotController,
     SegmentDownload,
+    SizedStream,
     UploadBody,
 )
 from az_agent.drivers.pinot.config import PinotSettings
@@ -343,6 +344,10 @@ class HttpPinotController(PinotController):
             part = aiohttp_payload.AsyncIterablePayload(
                 source, content_type="application/octet-stream"
             )
+            if isinstance(body, SizedStream):
+                # The request then carries Content-Length and its chunks go out as they are;
+                # the closing boundary is written only once the stream ended without error.
+                part._size = body.size
         part.set_content_disposition("form-data", name=segment_name, filename=segment_name)
         form = aiohttp.MultipartWriter("form-data")
         form.append_payload(part)

@@ -138,11 +138,15 @@ class _S3Reader(ObjectReader):
         self._chunk_size = chunk_size
 
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
+        """Chunks of ``chunk_size`` (the last one shorter): the socket hands out what it has,
+        often a quarter of that, and every chunk costs a hash hand-off and a write downstream."""
         received, resumes = 0, 0
+        pieces: list[bytes] = []
+        held = 0
         while True:
             try:
                 with self._store._errors(self.info.key):
-                    chunk: bytes = await self._body.read(self._chunk_size)
+                    chunk: bytes = await self._body.read(self._chunk_size - held)
             except Unavailable:
                 resumes += 1
                 if resumes >= self._store.retry.attempts:
@@ -151,10 +155,15 @@ class _S3Reader(ObjectReader):
                 self.release()
                 self._body = await self._store._resume(self.info, received)
                 continue
+            received += len(chunk)
+            if chunk:
+                pieces.append(chunk)
+                held += len(chunk)
+            if pieces and (held >= self._chunk_size or not chunk):
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                pieces, held = [], 0
             if not chunk:
                 return
-            received += len(chunk)
-            yield chunk
 
     def release(self) -> None:
         """Close the HTTP response; an unfinished one cannot go back to the pool."""
