@@ -65,11 +65,11 @@ from az_agent.state import (
     PrimaryObservation,
     PrimaryTaken,
     StateError,
-    find_tail,
     last_entry,
     load_catalog,
     refresh_catalog,
 )
+from az_agent.state.log import entry_exists
 
 log = logging.getLogger(__name__)
 
@@ -387,8 +387,13 @@ class Activation:
             self.catalog = await load_catalog(store, source)
             self._catalog_closed = fenced
         elif fenced and not self._catalog_closed:
-            await refresh_catalog(store, self.catalog)
-            if await find_tail(store, source) > self.catalog.last_seq:  # entries removed since
+            catalog = self.catalog
+            # Nothing read: nothing new, or the entries after ours were removed by retention.
+            # It removes the oldest first, so while our last entry is there nothing after it
+            # has gone: one HEAD tells which (finding the tail took a dozen).
+            read = await refresh_catalog(store, catalog)
+            gone = read == 0 and catalog.last_seq > 0
+            if gone and not await entry_exists(store, source, catalog.last_seq):
                 self.catalog = await load_catalog(store, source)
             self._catalog_closed = True
         return self.catalog

@@ -7,6 +7,7 @@ finds where it stopped. Finished operations are copied to ``<zone>/operations/<i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -183,6 +184,7 @@ class OperationJournal:
         self._zone = zone
         self._clock = clock
         self._last_save = 0.0
+        self._saving = asyncio.Lock()
 
     async def load_current(self) -> Operation | None:
         try:
@@ -192,6 +194,12 @@ class OperationJournal:
         return Operation.model_validate_json(data)
 
     async def save(self, op: Operation) -> None:
+        """Write ``op`` as it is when its turn comes: saves are serialised, so a save started
+        while a phase works never lands after a later one."""
+        async with self._saving:
+            await self._save(op)
+
+    async def _save(self, op: Operation) -> None:
         try:
             body = op.model_dump_json(by_alias=True).encode()
             await self._store.put(current_key(self._zone), body)
@@ -226,23 +234,23 @@ class OperationJournal:
         if time.monotonic() - self._last_save >= every_seconds:
             await self.save(op)
 
-    async def begin_phase(self, op: Operation, name: str) -> None:
+    def begin_phase(self, op: Operation, name: str) -> None:
+        """Mark ``name`` running (in memory: :func:`~.phases.run_phases` decides the saves)."""
         phase = op.get_phase(name)
         phase.status = "running"
         phase.started_at = self._clock.now()
         phase.finished_at = None
-        await self.save(op)
 
-    async def end_phase(
+    def end_phase(
         self, op: Operation, name: str, detail: str = "", *, skipped: bool = False
     ) -> None:
+        """Mark ``name`` done (in memory, like :meth:`begin_phase`)."""
         phase = op.get_phase(name)
         phase.status = "skipped" if skipped else "done"
         if phase.started_at is None:
             phase.started_at = self._clock.now()
         phase.finished_at = self._clock.now()
         phase.detail = detail
-        await self.save(op)
 
     async def finish(self, op: Operation, error: str | None = None) -> None:
         op.status = "failed" if error else "succeeded"
