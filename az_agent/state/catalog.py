@@ -100,7 +100,7 @@ class _NameView(AbstractSet[str]):
         self._catalog, self._table = catalog, table
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self._catalog._current(self._table, name) is not None
+        return isinstance(name, str) and self._catalog._holds(self._table, name)
 
     def __iter__(self) -> Iterator[str]:
         return self._catalog._current_names(self._table)
@@ -217,6 +217,15 @@ class Catalog:
             return None
         row = columns.current_row(name)
         return None if row is None else columns.record(self.zone, row)
+
+    def _holds(self, table: str, name: str) -> bool:
+        """Whether some version of the segment is held, without building its record."""
+        if name in self._added.get(table, {}):
+            return True
+        columns = self._columns.get(table)
+        if columns is None or name in self._hidden.get(table, ()):
+            return False
+        return columns.current_row(name) is not None
 
     def _current_names(self, table: str) -> Iterator[str]:
         added = self._added.get(table, {})

@@ -31,7 +31,7 @@ from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
 from az_agent.state.catalog import Catalog, CatalogSnapshot, refresh_catalog
 from az_agent.state.clock import Clock, SystemClock
-from az_agent.state.columns import SegmentColumns
+from az_agent.state.columns import CHUNK, SegmentColumns
 from az_agent.state.errors import CheckpointInvalid, LogCorrupted
 from az_agent.state.keys import LOG_SUFFIX, check_zone, checkpoint_key, log_prefix, parse_seq
 from az_agent.state.log import checkpoint_seqs, entry_exists
@@ -42,8 +42,6 @@ FORMAT = "az-agent-checkpoint"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 BATCH_ROWS = 5000
-BLOCK_ROWS = 20_000
-"""Segment versions per checkpoint line (about 4 MB of base64 for typical names)."""
 KEEP_CHECKPOINTS = 3
 _GZIP = 31  # zlib wbits for a gzip container
 _PIECE = 256 << 10  # inflate at most this much at once: bounded memory whatever the ratio
@@ -58,7 +56,7 @@ class _Encoder:
     """Turns rows into gzip bytes, counting and hashing the uncompressed lines."""
 
     def __init__(self) -> None:
-        self._deflate = zlib.compressobj(6, zlib.DEFLATED, _GZIP)
+        self._deflate = zlib.compressobj(1, zlib.DEFLATED, _GZIP)  # chunks come compressed
         self._digest = hashlib.sha256()
         self._count = 0
 
@@ -68,9 +66,12 @@ class _Encoder:
     def records(self, snapshot: CatalogSnapshot, start: int, stop: int) -> bytes:
         return self._add([_line(r.to_row()) for r in snapshot.records[start:stop]], stop - start)
 
-    def block(self, columns: SegmentColumns, start: int) -> bytes:
-        header, raw = columns.block(start, BLOCK_ROWS)
-        return self._add([_line(header), raw, b"\n"], 1)
+    def blocks(self, columns: SegmentColumns, chunks: range) -> bytes:
+        lines: list[bytes] = []
+        for chunk in chunks:
+            header, raw = columns.block(chunk)
+            lines += [_line(header), raw, b"\n"]
+        return self._add(lines, len(chunks))
 
     def events(self, snapshot: CatalogSnapshot) -> bytes:
         lines = [_line(["e", event.to_json()]) for event in snapshot.events]
@@ -95,9 +96,11 @@ async def _encode(
     yield await asyncio.to_thread(encoder.header, header)
     for table in snapshot.tables:
         columns = merged[table.table] = await asyncio.to_thread(table.merged)
-        for start in range(0, len(columns) if columns is not None else 0, BLOCK_ROWS):
+        chunks = len(columns.name_chunks) if columns is not None else 0
+        for first in range(0, chunks, BATCH_ROWS // CHUNK):
             assert columns is not None
-            yield await asyncio.to_thread(encoder.block, columns, start)
+            batch = range(first, min(first + BATCH_ROWS // CHUNK, chunks))
+            yield await asyncio.to_thread(encoder.blocks, columns, batch)
     for start in range(0, len(snapshot.records), BATCH_ROWS):
         stop = min(start + BATCH_ROWS, len(snapshot.records))
         chunk = await asyncio.to_thread(encoder.records, snapshot, start, stop)
@@ -221,7 +224,7 @@ class _Decoder:
                 self._pending = None
             if self._header is not None and line.startswith(b'["S",'):
                 block = json.loads(line)
-                if not isinstance(block, list) or len(block) != 6 or not isinstance(block[3], int):
+                if not isinstance(block, list) or len(block) != 7 or not isinstance(block[3], int):
                     raise ValueError("malformed block header")
                 self._block, self._block_line = block, line + b"\n"
             else:

@@ -1,9 +1,13 @@
-"""A table's segment versions packed in columns: a million segments in ~160 MB, not ~600.
+"""A table's segment versions packed in columns: a million segments in ~80 MB, not ~550.
 
 A :class:`SegmentColumns` holds the versions of one table as they stood at a checkpoint (or at
-the last compaction): row-major packed numbers (the 64 bytes :class:`SegmentRecord` keeps),
-raw SHA-256 digests, CRCs as integers, names in one UTF-8 blob. There is no Python object per
-segment; a :class:`SegmentRecord` is built when asked for. Rows are sorted by name, a name's
+the last compaction): raw SHA-256 digests and CRCs as integers in flat arrays; names (UTF-8) and
+the row-major packed numbers (the 64 bytes :class:`SegmentRecord` keeps) zlib-compressed in
+chunks of :data:`CHUNK` rows, the unit a checkpoint stores them in too, so loading copies them
+without recompressing. Neighbouring rows are alike (names sorted, times and sequence numbers
+close), so these compress about 4x; reading a row inflates its chunk (about 20 us, the last
+chunk read is kept). There is no Python object per segment; a :class:`SegmentRecord` is built
+when asked for. Rows are sorted by name, a name's
 versions consecutive, oldest first, its current version flagged ``last``. Values that do not
 fit a column (a CRC that is not a canonical integer, a non-hex digest, a key that is not the
 canonical one, textual offsets) go to a sparse ``extras`` map, so every record round-trips.
@@ -16,12 +20,16 @@ from __future__ import annotations
 
 import itertools
 import sys
+import zlib
 from array import array
 from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from az_agent.state.backups import NUMBERS_SIZE, SegmentRecord
 
+CHUNK = 256
+"""Rows per compressed chunk, and per checkpoint block."""
+_LEVEL = 1  # zlib level of the chunks: fast to write at every checkpoint, ~4x anyway
 NONE = -(2**63)
 """Column value for None (partition, offsets) and for "see extras" (CRC)."""
 _TYPES = ("OFFLINE", "REALTIME")
@@ -48,9 +56,9 @@ def _le(values: array[int]) -> bytes:
     return values.tobytes()
 
 
-def _ints(data: bytes | memoryview) -> array[int]:
-    """The int64 array in little-endian ``data``."""
-    values = array("q")
+def _ints(data: bytes | memoryview, typecode: str = "q") -> array[int]:
+    """The int64 (or ``typecode``) array in little-endian ``data``."""
+    values = array(typecode)
     values.frombytes(data)
     if sys.byteorder != "little":
         values.byteswap()
@@ -61,40 +69,29 @@ class SegmentColumns:
     """The packed versions of one table; see the module docstring."""
 
     __slots__ = (
-        "_index",
-        "_mask",
-        "crcs",
-        "digests",
-        "ends",
-        "extras",
-        "ints",
-        "last",
-        "name_count",
-        "names",
-        "numbers",
-        "table",
-        "types",
+        "_index", "_mask", "_names", "_numbers", "crcs", "digests", "ends", "extras", "ints",
+        "last", "name_chunks", "name_count", "number_chunks", "table", "types",
     )  # fmt: skip
 
     def __init__(
         self,
         table: str,
-        names: bytearray,
+        name_chunks: list[bytes],
         ends: array[int],
         crcs: array[int],
         digests: bytearray,
-        numbers: bytearray,
+        number_chunks: list[bytes],
         types: bytearray,
         last: bytearray,
         ints: array[int] | None,
         extras: dict[int, dict[str, Any]],
     ) -> None:
         self.table = table
-        self.names = names
-        self.ends = ends
+        self.name_chunks = name_chunks
+        self.ends = ends  # where each name ends in its chunk's names
         self.crcs = crcs
         self.digests = digests
-        self.numbers = numbers
+        self.number_chunks = number_chunks
         self.types = types
         self.last = last
         self.ints = ints
@@ -102,12 +99,29 @@ class SegmentColumns:
         self.name_count = last.count(1)
         self._index: array[int] | None = None
         self._mask = 0
+        # the last chunk inflated, replaced whole (a checkpoint writer thread reads too)
+        self._names: tuple[int, bytes] = (-1, b"")
+        self._numbers: tuple[int, bytes] = (-1, b"")
 
     def __len__(self) -> int:
         return len(self.crcs)
 
+    def _chunk_names(self, chunk: int) -> bytes:
+        cached = self._names
+        if cached[0] != chunk:
+            cached = self._names = (chunk, zlib.decompress(self.name_chunks[chunk]))
+        return cached[1]
+
+    def number_bytes(self, row: int) -> bytes:
+        chunk, position = divmod(row, CHUNK)
+        cached = self._numbers
+        if cached[0] != chunk:
+            cached = self._numbers = (chunk, zlib.decompress(self.number_chunks[chunk]))
+        return cached[1][position * NUMBERS_SIZE : (position + 1) * NUMBERS_SIZE]
+
     def name_bytes(self, row: int) -> bytes:
-        return bytes(self.names[self.ends[row - 1] if row else 0 : self.ends[row]])
+        names = self._chunk_names(row // CHUNK)
+        return names[self.ends[row - 1] if row % CHUNK else 0 : self.ends[row]]
 
     def name(self, row: int) -> str:
         return self.name_bytes(row).decode()
@@ -133,22 +147,25 @@ class SegmentColumns:
             start = extra.get("startOffset", start)
             end = extra.get("endOffset", end)
             key_override = extra.get("key")
-        offset = row * NUMBERS_SIZE
         return SegmentRecord(
             zone, self.table, table_type, self.name(row), crc, digest, key_override, partition,
-            start, end, bytes(self.numbers[offset : offset + NUMBERS_SIZE]),
+            start, end, self.number_bytes(row),
         )  # fmt: skip
 
     # -- lookups --------------------------------------------------------------------------
 
     def current_row(self, name: str) -> int | None:
         """The row of ``name``'s current version, or None. The hash index is built on the
-        first lookup, so a load that only lists (an activation) never pays for it."""
+        first lookup, so a load that only lists (an activation) never pays for it; it keeps
+        32 bits of each name's hash beside its row, so a miss or a collision inflates no
+        chunk."""
         index = self._index if self._index is not None else self._build_index()
         key = name.encode()
-        slot = hash(key) & self._mask
-        while (row := index[slot]) != -1:
-            if self.name_bytes(row) == key:
+        hashed = hash(key)
+        mark = (hashed >> 32) & 0x7FFFFFFF
+        slot = hashed & self._mask
+        while (row := index[2 * slot]) != -1:
+            if index[2 * slot + 1] == mark and self.name_bytes(row) == key:
                 return row
             slot = (slot + 1) & self._mask
         return None
@@ -158,12 +175,14 @@ class SegmentColumns:
         while size < 2 * self.name_count:
             size *= 2
         mask = size - 1
-        index = array("i", [-1]) * size
+        index = array("i", [-1, 0]) * size  # (row, hash mark) per slot
         for row in self.current_rows():
-            slot = hash(self.name_bytes(row)) & mask
-            while index[slot] != -1:
+            hashed = hash(self.name_bytes(row))
+            slot = hashed & mask
+            while index[2 * slot] != -1:
                 slot = (slot + 1) & mask
-            index[slot] = row
+            index[2 * slot] = row
+            index[2 * slot + 1] = (hashed >> 32) & 0x7FFFFFFF
         self._index, self._mask = index, mask
         return index
 
@@ -174,14 +193,8 @@ class SegmentColumns:
             row += 1
 
     def current_names(self) -> Iterator[str]:
-        """The name of each current row, decoding the blob once when it is ASCII."""
-        text = self.names.decode()
-        if len(text) != len(self.names):
-            yield from (self.name(row) for row in self.current_rows())
-            return
-        ends = self.ends
         for row in self.current_rows():
-            yield text[ends[row - 1] if row else 0 : ends[row]]
+            yield self.name(row)
 
     def version_rows(self, current: int) -> range:
         """Rows of every version of the name whose current version is in ``current``."""
@@ -190,36 +203,29 @@ class SegmentColumns:
             first -= 1
         return range(first, current + 1)
 
-    def key_overrides(self) -> Iterator[str]:
-        for extra in self.extras.values():
-            if "key" in extra:
-                yield extra["key"]
-
     # -- checkpoint blocks ----------------------------------------------------------------
 
-    def block(self, start: int, size: int) -> tuple[list[Any], bytes]:
-        """Rows ``start`` to ``start + size`` as a checkpoint block: a JSON header
-        ``["S", table, rows, bytes, has_ints, extras]`` and the raw columns that follow it
-        (little-endian lengths, CRCs, digests, numbers, types, last flags, partition/offsets
-        when ``has_ints``, then the names), read back by :meth:`ColumnsBuilder.add_block`."""
-        stop = min(start + size, len(self))
-        first = self.ends[start - 1] if start else 0
-        bounds = itertools.chain((first,), self.ends[start:stop])
-        lengths = array("q", (b - a for a, b in itertools.pairwise(bounds)))
+    def block(self, chunk: int) -> tuple[list[Any], bytes]:
+        """Chunk ``chunk`` as a checkpoint block: a JSON header ``["S", table, rows, bytes,
+        has_ints, extras, compressed names' size]`` and the raw columns that follow it
+        (little-endian name ends, CRCs, digests, types, last flags, partition/offsets when
+        ``has_ints``, then the compressed names and numbers as kept), read back by
+        :meth:`ColumnsBuilder.add_block`."""
+        start = chunk * CHUNK
+        stop = min(start + CHUNK, len(self))
         extras = {
             str(row - start): extra for row, extra in self.extras.items() if start <= row < stop
         }
         parts: list[bytes | bytearray] = [
-            _le(lengths), _le(self.crcs[start:stop]), self.digests[start * 32 : stop * 32],
-            self.numbers[start * NUMBERS_SIZE : stop * NUMBERS_SIZE], self.types[start:stop],
-            self.last[start:stop],
+            _le(self.ends[start:stop]), _le(self.crcs[start:stop]),
+            self.digests[start * 32 : stop * 32], self.types[start:stop], self.last[start:stop],
         ]  # fmt: skip
         if self.ints is not None:
             parts.append(_le(self.ints[start * 3 : stop * 3]))
-        parts.append(self.names[first : self.ends[stop - 1]])
+        parts += [self.name_chunks[chunk], self.number_chunks[chunk]]
         raw = b"".join(parts)
-        header = ["S", self.table, stop - start, len(raw), self.ints is not None, extras]
-        return header, raw
+        names = len(self.name_chunks[chunk])
+        return ["S", self.table, stop - start, len(raw), self.ints is not None, extras, names], raw
 
 
 class ColumnsBuilder:
@@ -227,11 +233,13 @@ class ColumnsBuilder:
 
     def __init__(self, table: str) -> None:
         self.table = table
-        self._names = bytearray()
-        self._ends = array("q")
+        self._name_chunks: list[bytes] = []
+        self._number_chunks: list[bytes] = []
+        self._names = bytearray()  # of the chunk being filled
+        self._numbers = bytearray()
+        self._ends = array("I")
         self._crcs = array("q")
         self._digests = bytearray()
-        self._numbers = bytearray()
         self._types = bytearray()
         self._last = bytearray()
         self._ints: array[int] | None = None
@@ -239,6 +247,16 @@ class ColumnsBuilder:
 
     def __len__(self) -> int:
         return len(self._crcs)
+
+    def _row_done(self) -> None:
+        if len(self._crcs) % CHUNK == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._names or self._numbers:
+            self._name_chunks.append(zlib.compress(self._names, _LEVEL))
+            self._number_chunks.append(zlib.compress(self._numbers, _LEVEL))
+            self._names, self._numbers = bytearray(), bytearray()
 
     def add(self, record: SegmentRecord, *, last: bool) -> None:
         """Append one version (a name's versions oldest first, ``last`` on the current one)."""
@@ -277,15 +295,16 @@ class ColumnsBuilder:
             extra["key"] = record.key_override
         if extra:
             self._extras[row] = extra
+        self._row_done()
 
     def copy_row(self, columns: SegmentColumns, row: int, *, last: bool) -> None:
         """Append ``columns``' row as it is, without building a record."""
         here = len(self._crcs)
-        self._names += columns.names[columns.ends[row - 1] if row else 0 : columns.ends[row]]
+        self._names += columns.name_bytes(row)
         self._ends.append(len(self._names))
+        self._numbers += columns.number_bytes(row)
         self._crcs.append(columns.crcs[row])
         self._digests += columns.digests[row * 32 : row * 32 + 32]
-        self._numbers += columns.numbers[row * NUMBERS_SIZE : (row + 1) * NUMBERS_SIZE]
         self._types.append(columns.types[row])
         self._last.append(1 if last else 0)
         values = (NONE, NONE, NONE) if columns.ints is None else columns.ints[row * 3 : row * 3 + 3]
@@ -295,6 +314,7 @@ class ColumnsBuilder:
             self._ints.extend(values)
         if (extra := columns.extras.get(row)) is not None:
             self._extras[here] = extra
+        self._row_done()
 
     def add_versions(self, versions: Iterable[SegmentRecord]) -> None:
         """Append one name's versions, oldest first."""
@@ -304,33 +324,35 @@ class ColumnsBuilder:
 
     def add_block(self, header: list[Any], raw: memoryview) -> None:
         """Append a block written by :meth:`SegmentColumns.block` (ValueError if malformed)."""
-        (_, _, count, size, has_ints, extras) = header
-        if not isinstance(count, int) or count < 1 or len(raw) != size:
-            raise ValueError(f"a block of {len(raw)} bytes for {count} rows, {size} announced")
+        (_, _, count, size, has_ints, extras, names_size) = header
         row = len(self._crcs)
-        widths = [8 * count, 8 * count, 32 * count, NUMBERS_SIZE * count, count, count]
+        if not isinstance(count, int) or not 1 <= count <= CHUNK or len(raw) != size:
+            raise ValueError(f"a block of {len(raw)} bytes for {count} rows, {size} announced")
+        if row % CHUNK or self._names:
+            raise ValueError("a block after a short one: chunks out of line")
+        widths = [4 * count, 8 * count, 32 * count, count, count]
         if has_ints:
             widths.append(24 * count)
+        widths.append(names_size)
         offsets = list(itertools.accumulate(widths, initial=0))
-        if offsets[-1] > size:
+        if not isinstance(names_size, int) or names_size < 1 or offsets[-1] >= size:
             raise ValueError(f"a block of {size} bytes cannot hold {count} rows")
-        lengths = _ints(raw[offsets[0] : offsets[1]])
-        self._ends.extend(itertools.accumulate(lengths, initial=len(self._names)))
-        del self._ends[row]  # the initial value: where this block's names start
-        self._names += raw[offsets[-1] :]
-        if min(lengths) < 0 or self._ends[-1] != len(self._names):
-            raise ValueError("segment names do not match their lengths")
+        ends = _ints(raw[offsets[0] : offsets[1]], "I")
+        if any(b < a for a, b in itertools.pairwise(ends)):
+            raise ValueError("segment names out of order")
+        self._ends.extend(ends)
         self._crcs.extend(_ints(raw[offsets[1] : offsets[2]]))
         self._digests += raw[offsets[2] : offsets[3]]
-        self._numbers += raw[offsets[3] : offsets[4]]
-        self._types += raw[offsets[4] : offsets[5]]
-        self._last += raw[offsets[5] : offsets[6]]
+        self._types += raw[offsets[3] : offsets[4]]
+        self._last += raw[offsets[4] : offsets[5]]
         if has_ints:
             if self._ints is None:
                 self._ints = array("q", [NONE]) * (3 * row)
-            self._ints.extend(_ints(raw[offsets[6] : offsets[7]]))
+            self._ints.extend(_ints(raw[offsets[5] : offsets[6]]))
         elif self._ints is not None:
             self._ints.extend(array("q", [NONE]) * (3 * count))
+        self._name_chunks.append(bytes(raw[offsets[-2] : offsets[-1]]))
+        self._number_chunks.append(bytes(raw[offsets[-1] :]))
         if not isinstance(extras, dict):
             raise ValueError("bad extras")
         for position, extra in extras.items():
@@ -339,9 +361,10 @@ class ColumnsBuilder:
             self._extras[row + int(position)] = extra
 
     def build(self) -> SegmentColumns:
+        self._flush()
         return SegmentColumns(
-            self.table, self._names, self._ends, self._crcs, self._digests, self._numbers,
-            self._types, self._last, self._ints, self._extras,
+            self.table, self._name_chunks, self._ends, self._crcs, self._digests,
+            self._number_chunks, self._types, self._last, self._ints, self._extras,
         )  # fmt: skip
 
 

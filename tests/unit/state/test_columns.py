@@ -197,3 +197,44 @@ async def test_a_version_1_checkpoint_still_loads(store: FaultyStore) -> None:
     loaded = await load_catalog(store, ZONE)
     assert loaded.last_seq == 90
     assert answers(loaded) == answers(raw)
+
+
+async def test_tables_of_many_chunks(store: FaultyStore) -> None:
+    """Hundreds of names per table: chunk boundaries, merges across them, lookups in each."""
+    history = History()
+    rng = random.Random(11)
+    for n in range(900):
+        history.add(odd_segment(n) if n % 5 == 0 else plain_segment(rng.randrange(700)))
+    catalog = history.catalog(700)
+    await write_checkpoint(store, catalog)
+    for n in range(300):
+        name = f"s{rng.randrange(700):04d}"
+        history.add(SegmentDeletedPayload(table="metrics_OFFLINE", segment=name))
+        if n % 3 == 0:
+            history.add(SegmentsPurgedPayload(segments=[("metrics_OFFLINE", name)]))
+    for entry in history.entries[700:]:
+        catalog.apply(entry)
+    raw = history.catalog()
+    assert answers(catalog) == answers(raw)
+    loaded = await read_checkpoint(store, ZONE, 700)
+    for entry in history.entries[700:]:
+        loaded.apply(entry)
+    assert answers(loaded) == answers(raw)
+    await write_checkpoint(store, loaded)
+    assert answers(await load_catalog(store, ZONE)) == answers(raw)
+
+
+def plain_segment(n: int) -> SegmentPayload:
+    crc = str(n * 7 % 13)
+    name = f"s{n:04d}"
+    return SegmentPayload(
+        table="metrics_OFFLINE",
+        table_type="OFFLINE",
+        segment=name,
+        crc=crc,
+        size=n,
+        sha256=hashlib.sha256(name.encode()).hexdigest(),
+        key=segment_key(ZONE, "metrics_OFFLINE", name, crc),
+        commit_time_ms=n,
+        backed_up_at=T0,
+    )
