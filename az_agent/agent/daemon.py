@@ -71,8 +71,9 @@ PAUSE_WAIT_SECONDS = 300
 RECOVERING = "RECOVERING"
 """What ``/status`` and ``/healthz`` show as the state until recovery has decided it."""
 RECOVERY_RETRY_MAX_SECONDS = 30.0
-UNLED_STATES = frozenset({AgentState.STANDBY, AgentState.PAUSED, AgentState.FENCED})
-"""States in which no replica of this zone leads it: they publish its health by CAS."""
+UNLED_STATES = frozenset({AgentState.STANDBY})
+"""A standby zone is led by no replica: they publish its health by CAS. (A paused or fenced
+agent writes nothing at all: the zone is in another's hands until an operator acts.)"""
 
 __all__ = ["Agent", "AgentDeps"]
 
