@@ -177,15 +177,20 @@ async def _pause_for_restore(pinot: PinotController, tables: list[TableRef]) -> 
 async def wait_flushed(
     pinot: PinotController, tables: list[TableRef], within: float, poll: float = 0.2
 ) -> None:
-    """Wait until every table in ``tables`` is paused with no consuming segment left."""
+    """Wait until every table in ``tables`` is paused with no consuming segment left.
+
+    Polled at 20 ms first, doubling up to ``poll``: a table just created commits its empty
+    consuming segments at once, and a first wait of ``poll`` cost every activation that much.
+    """
 
     async def flushed() -> None:
-        pending = list(tables)
+        pending, pause = list(tables), min(0.02, poll)
         while pending:
             statuses = [await pinot.pause_status(t.name_with_type) for t in pending]
             pending = [t for t, s in zip(pending, statuses, strict=True) if not s.is_flushed]
             if pending:
-                await asyncio.sleep(poll)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, poll)
 
     try:
         await asyncio.wait_for(flushed(), within)
