@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -114,10 +117,36 @@ async def pg_servers() -> AsyncIterator[tuple[PostgresServer, PostgresServer]]:
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in servers))
 
 
+KUBE_BUILD_WAIT_SECONDS = 40 * 60
+
+
+def wait_for_kube_build() -> None:
+    """When ``scripts/test.sh`` builds Kubernetes in the background, wait until it has ended
+    (its exit status in ``$AZ_AGENT_KUBE_BUILD_STATUS``); a failed build fails the test with
+    the end of its log."""
+    status_file = os.environ.get("AZ_AGENT_KUBE_BUILD_STATUS")
+    if not status_file:
+        return
+    deadline = time.monotonic() + KUBE_BUILD_WAIT_SECONDS
+    while not (status := Path(status_file).read_text().strip()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the Kubernetes build did not end in {KUBE_BUILD_WAIT_SECONDS}s")
+        time.sleep(2)
+    if status != "0":
+        log = Path(os.environ.get("AZ_AGENT_KUBE_BUILD_LOG", "/dev/null")).read_text()
+        raise AssertionError(f"scripts/kube-build.sh failed ({status}):\n{log[-3000:]}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on the real Kubernetes API server run last: its build may still be running."""
+    items.sort(key=lambda item: "kube_apiserver" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 async def kube_apiserver() -> AsyncIterator[KubernetesApiServer]:
     """A real Kubernetes API server for the session (see tests/servers/kubernetes.py); it fails,
     never skips, when scripts/kube-build.sh has not built it."""
+    await asyncio.to_thread(wait_for_kube_build)
     server = KubernetesApiServer()
     await asyncio.to_thread(server.start)
     try:
