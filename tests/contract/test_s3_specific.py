@@ -30,7 +30,8 @@ from az_agent.drivers.storage.config import (
     S3Settings,
     StorageSecrets,
 )
-from az_agent.drivers.storage.s3 import S3ObjectStore, connect
+from az_agent.drivers.storage.s3 import SINGLE_PUT_LIMIT, S3ObjectStore, connect
+from az_agent.drivers.storage.streams import SizedBody
 from tests.conftest import BackendPool
 from tests.servers.moto import MotoBackend
 
@@ -78,6 +79,51 @@ async def test_multipart_copy_records_checksum_above_single_copy_limit(
     head = await s3.head("huge.bin")
     assert (head.version, head.sha256) == (written.version, hashlib.sha256(data).hexdigest())
     assert (await s3.get("huge.bin"))[0] == data
+
+
+def _record_operations(s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The S3 operations ``s3`` calls from now on, in order."""
+    operations: list[str] = []
+    original = s3._call
+
+    async def recording(
+        subject: str, operation: str, body: bytes | None = None, /, **params: Any
+    ) -> dict[str, Any]:
+        operations.append(operation)
+        return await original(subject, operation, body, **params)
+
+    monkeypatch.setattr(s3, "_call", recording)
+    return operations
+
+
+async def test_a_sized_body_below_the_threshold_is_one_put(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment download says its size: up to ``SINGLE_PUT_LIMIT`` it is one ``PutObject``
+    (no multipart requests, no server-side copy), with its checksums as ever."""
+    data = os.urandom(SINGLE_PUT_LIMIT)
+    operations = _record_operations(s3, monkeypatch)
+    written = await s3.put("sized.bin", SizedBody(_stream(data), len(data)))
+    assert operations == ["put_object"]
+    head = await s3.head("sized.bin")
+    assert (head.version, head.sha256) == (written.version, hashlib.sha256(data).hexdigest())
+    assert (await s3.get("sized.bin"))[0] == data
+    operations.clear()
+    await s3.put("unsized.bin", _stream(data))  # of unknown length: parts of 8 MiB
+    assert operations.count("upload_part") == 3
+    assert "copy_object" in operations
+
+
+async def test_a_sized_body_longer_than_it_said_is_stored_whole(
+    s3: S3ObjectStore, moto: MotoBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(SINGLE_PUT_LIMIT + 3 * MiB)
+    operations = _record_operations(s3, monkeypatch)
+    await s3.put("liar.bin", SizedBody(_stream(data), MiB))
+    assert operations.count("upload_part") == 2  # the 24 MiB read as one part, then the rest
+    assert (await s3.get("liar.bin"))[0] == data
+    assert (await s3.head("liar.bin")).sha256 == hashlib.sha256(data).hexdigest()
+    assert await _open_uploads(moto, s3) == []
 
 
 async def test_failed_stream_aborts_the_multipart_upload(

@@ -1,6 +1,7 @@
 """One segment from the controller to the bucket, then its log entry: the copy itself.
 
-The segment streams through (one upload part in memory); its ``creation.meta`` CRC is checked
+The segment streams through (at most two upload parts in memory; a segment of up to 24 MiB whole,
+for one PUT, since the download says its size); its ``creation.meta`` CRC is checked
 against ZooKeeper's on the way, so a put only completes for the bytes Pinot committed. An object
 already at its key (copied before a crash, before its entry) is adopted without a second copy.
 """
@@ -20,6 +21,7 @@ from az_agent.drivers.errors import CorruptObject, NotFound
 from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.tarstream import verified_segment_stream
 from az_agent.drivers.storage.base import ObjectInfo, ObjectStore
+from az_agent.drivers.storage.streams import SizedBody
 from az_agent.state import SegmentPayload
 from az_agent.state.keys import segment_key
 
@@ -73,7 +75,9 @@ async def _stream(
             verified_segment_stream(download, item.meta.crc, item.describe()),
         )
         async with contextlib.aclosing(checked) as stream:
-            return await store.put(key, stream)
+            if download.length is None:
+                return await store.put(key, stream)
+            return await store.put(key, SizedBody(stream, download.length))
 
 
 async def _adoptable(store: ObjectStore, key: str) -> ObjectInfo | None:

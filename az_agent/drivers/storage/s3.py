@@ -51,7 +51,7 @@ from az_agent.drivers.storage.base import (
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
-from az_agent.drivers.storage.streams import BodyDigest, PartReader
+from az_agent.drivers.storage.streams import BodyDigest, PartReader, SizedBody
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ SINGLE_COPY_LIMIT = 5 << 30
 """Largest object ``CopyObject`` accepts; above it the checksum is attached by a multipart copy."""
 COPY_PART_SIZE = 512 << 20
 MAX_POOL_CONNECTIONS = 64
+SINGLE_PUT_LIMIT = 24 << 20
+"""A :class:`SizedBody` up to this size is buffered and sent as one ``PutObject``."""
+PARTS_IN_FLIGHT = 1
+"""Parts of one multipart upload sent while the next is read: one keeps the source flowing
+during each upload within two parts of memory (the contract's bound for a streamed put)."""
 
 # fmt: off
 _UNAVAILABLE_CODES = frozenset({
@@ -197,18 +202,26 @@ class S3ObjectStore(ObjectStore):
         return _vendor_errors(subject, self._bucket)
 
     async def _call(
-        self, subject: str, operation: str, body: bytes | None = None, /, **params: Any
+        self,
+        subject: str,
+        operation: str,
+        body: bytes | _Buffer | None = None,
+        /,
+        **params: Any,
     ) -> dict[str, Any]:
         """One S3 request, translated and retried on ``Unavailable``.
 
-        A body goes as a fresh ``BytesIO`` per attempt (it shares the bytes, no copy): a stream
-        position left at the end by a failed attempt would send nothing, and aiohttp warns
-        about large raw ``bytes``.
+        A body goes as a fresh ``BytesIO`` per attempt (it shares the bytes, no copy), or a
+        :class:`_Buffer` rewound: a stream position left at the end by a failed attempt would
+        send nothing, and aiohttp warns about large raw ``bytes``.
         """
         method = getattr(self._client, operation)
 
         async def attempt() -> dict[str, Any]:
-            if body is not None:
+            if isinstance(body, _Buffer):
+                body.seek(0)
+                params["Body"] = body
+            elif body is not None:
                 params["Body"] = io.BytesIO(body)
             with self._errors(f"s3://{self._bucket}/{subject}"):
                 reply: dict[str, Any] = await method(Bucket=self._bucket, **params)
@@ -224,39 +237,52 @@ class S3ObjectStore(ObjectStore):
         condition = {"IfNoneMatch": "*"} if if_none_match else {}
         if if_match is not None:
             condition = {"IfMatch": if_match}
-        reader = PartReader(body, self._part_size)
+        sized = isinstance(body, SizedBody) and body.size <= SINGLE_PUT_LIMIT
+        reader = PartReader(body, SINGLE_PUT_LIMIT if sized else self._part_size)
         try:
-            await reader.advance()
-            if not await reader.has_more():
-                return await self._put_single(key, reader, condition)
-            return await self._put_multipart(key, reader, condition)
+            if sized:
+                buffer = _Buffer()
+                await reader.write_to(buffer, SINGLE_PUT_LIMIT)
+                if not await reader.has_more():
+                    return await self._put_single(key, reader.digest, buffer, condition)
+                head = [buffer.getvalue()]  # longer than it said: rare, a copy is fine
+                del buffer
+            else:
+                await reader.advance()
+                head = [reader.part]
+                reader.part = b""
+                if not await reader.has_more():
+                    return await self._put_single(key, reader.digest, head[0], condition)
+            return await self._put_multipart(key, reader, head, condition)
         except NotFound as exc:
             if if_match is None:
                 raise
             raise PreconditionFailed(f"{key}: does not exist, expected version {if_match}") from exc
 
     async def _put_single(
-        self, key: str, reader: PartReader, condition: dict[str, str]
+        self, key: str, digest: BodyDigest, body: bytes | _Buffer, condition: dict[str, str]
     ) -> ObjectInfo:
-        sha256 = reader.digest.hexdigest()
+        """One ``PutObject``: below the threshold a multipart upload's three extra requests and
+        the copy that records the SHA-256 cost more than overlapping its parts gains."""
+        sha256 = digest.hexdigest()
         metadata = {SHA256_METADATA_KEY: sha256}
         reply = await self._call(
             key,
             "put_object",
-            reader.part,
+            body,
             Key=key,
             Metadata=metadata,
-            ContentMD5=await content_md5(reader.part),
+            ContentMD5=await content_md5(body),
             **condition,
         )
-        return ObjectInfo(key, reader.digest.size, reply["ETag"], sha256)
+        return ObjectInfo(key, digest.size, reply["ETag"], sha256)
 
     async def _put_multipart(
-        self, key: str, reader: PartReader, condition: dict[str, str]
+        self, key: str, reader: PartReader, head: list[bytes], condition: dict[str, str]
     ) -> ObjectInfo:
         upload_id: str = (await self._call(key, "create_multipart_upload", Key=key))["UploadId"]
         try:
-            parts = await self._upload_parts(key, upload_id, reader)
+            parts = await self._upload_parts(key, upload_id, reader, head)
             done = await self._complete(key, upload_id, parts, condition)
         except BaseException:
             await _shielded(self._abort(key, upload_id))
@@ -264,28 +290,62 @@ class S3ObjectStore(ObjectStore):
         return await self._attach_digest(key, done["ETag"], reader.digest)
 
     async def _upload_parts(
-        self, key: str, upload_id: str, reader: PartReader
+        self, key: str, upload_id: str, reader: PartReader, head: list[bytes]
     ) -> list[dict[str, Any]]:
-        parts: list[dict[str, Any]] = []
-        while True:
-            number = len(parts) + 1
-            if number > MAX_PARTS:
-                raise Misconfigured(
-                    f"{key}: more than {MAX_PARTS} parts of {self._part_size >> 20} MiB; "
-                    "raise partSizeMib to store objects this large"
-                )
+        """Up to :data:`PARTS_IN_FLIGHT` parts upload at once while the next one is read, so
+        memory holds at most that many parts plus one; the first failure cancels the others."""
+        etags: dict[int, str] = {}
+        slots = asyncio.Semaphore(PARTS_IN_FLIGHT)
+        try:
+            async with asyncio.TaskGroup() as sending:
+                number = 0
+                while pieces := await self._next_part(reader, head):
+                    number += 1
+                    if number > MAX_PARTS:
+                        raise Misconfigured(
+                            f"{key}: more than {MAX_PARTS} parts of {self._part_size >> 20} "
+                            "MiB; raise partSizeMib to store objects this large"
+                        )
+                    await slots.acquire()  # the part sent before is released: copy this one
+                    part = b"".join(pieces)
+                    del pieces
+                    sent = self._send_part(key, upload_id, number, part, etags, slots)
+                    sending.create_task(sent, name=f"part {number} of {key}")
+                    del part, sent  # only the task holds the part now
+        except BaseExceptionGroup as group:  # our callers expect our errors, not a group
+            raise _first_error(group) from None
+        return [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+
+    async def _send_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        part: bytes,
+        etags: dict[int, str],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
             reply = await self._call(
                 key,
                 "upload_part",
-                reader.part,
+                part,
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                ContentMD5=await content_md5(reader.part),
+                ContentMD5=await content_md5(part),
             )
-            parts.append({"PartNumber": number, "ETag": reply["ETag"]})
-            if not await reader.advance():
-                return parts
+            etags[number] = reply["ETag"]
+        finally:
+            slots.release()
+
+    @staticmethod
+    async def _next_part(reader: PartReader, head: list[bytes]) -> list[bytes | memoryview]:
+        """The next part's pieces: ``head`` first, then the body; empty at the end (a body
+        that was split holds no empty part)."""
+        if head:
+            return [head.pop(0)]
+        return list(await reader.gather() or ())
 
     async def _complete(
         self, key: str, upload_id: str, parts: list[dict[str, Any]], condition: dict[str, str]
@@ -433,6 +493,22 @@ def _quoted(etag: str) -> str:
     return etag if etag.startswith('"') else f'"{etag}"'
 
 
+class _Buffer(io.BytesIO):
+    """A request body built in place as the source is read (its growth is a ``realloc``, not
+    a copy), so a single PUT holds its bytes once; aiohttp closes what it sent, so ``close``
+    waits for the garbage collector instead and a retry can send it again."""
+
+    def close(self) -> None:
+        pass
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that failed a group of part uploads (the others were cancelled by it)."""
+    errors = [e for e in group.exceptions if not isinstance(e, asyncio.CancelledError)]
+    first = (errors or list(group.exceptions))[0]
+    return _first_error(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 async def _shielded(cleanup: Awaitable[None]) -> None:
     """Run ``cleanup`` to its end even if our caller is cancelled meanwhile."""
     task = asyncio.ensure_future(cleanup)
@@ -455,7 +531,10 @@ def _client_options(
         "endpoint_url": s3.endpoint or None,
         "config": AioConfig(
             retries={"total_max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": style},
+            # Content-MD5 on every body already lets the server refuse altered bytes; a SHA-256
+            # of each payload for the signature would add a pass over every byte on plain-HTTP
+            # endpoints (botocore skips it over HTTPS when Content-MD5 is set anyway).
+            s3={"addressing_style": style, "payload_signing_enabled": False},
             max_pool_connections=MAX_POOL_CONNECTIONS,
             connect_timeout=10,
             read_timeout=60,
@@ -500,7 +579,7 @@ HASH_IN_THREAD_BYTES = 1 << 20
 """Bodies from this size are hashed in a thread (hashlib releases the GIL), off the loop."""
 
 
-async def content_md5(body: bytes) -> str:
+async def content_md5(body: bytes | memoryview | io.BytesIO) -> str:
     """The ``Content-MD5`` of ``body``: the server refuses a body that arrives short or altered.
 
     Real S3 also refuses a body shorter than its ``Content-Length``; some S3-compatible servers
@@ -508,6 +587,9 @@ async def content_md5(body: bytes) -> str:
     headers, so a request cut by a dropped connection could leave a create-only key taken by
     garbage. With the digest they answer ``BadDigest`` and store nothing.
     """
+    if isinstance(body, io.BytesIO):
+        with body.getbuffer() as view:  # released before the body is read or written again
+            return await content_md5(view)
     if len(body) >= HASH_IN_THREAD_BYTES:
         digest = await asyncio.to_thread(lambda: hashlib.md5(body, usedforsecurity=False).digest())
     else:

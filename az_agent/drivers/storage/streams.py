@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from az_agent.drivers.storage.base import Body
 
@@ -30,6 +31,23 @@ class BodyDigest:
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SizedBody:
+    """A stream whose length is known before it is read (a segment download's Content-Length).
+
+    Every driver takes it as the stream it is; the S3 driver picks its upload by the size: one
+    ``PutObject`` of the buffered body below its threshold, where a stream of unknown length
+    must start a multipart upload once one part is read. A size that proves wrong costs only
+    that choice: the bytes are what the stream yields.
+    """
+
+    chunks: AsyncIterable[bytes]
+    size: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return aiter(self.chunks)
 
 
 async def body_chunks(body: Body) -> AsyncIterator[bytes]:
@@ -83,14 +101,36 @@ class PartReader:
             self._pending = self._pending[len(take) :]
         return filled
 
+    async def write_to(self, sink: BinaryIO, limit: int) -> int:
+        """Move up to ``limit`` bytes into ``sink`` as they arrive, without building a part (a
+        buffer growing in place holds them once); how many were moved."""
+        self._started = True
+        moved = 0
+        while moved < limit and await self.has_more():
+            piece = self._pending[: limit - moved]
+            sink.write(piece)
+            moved += len(piece)
+            self._pending = self._pending[len(piece) :]
+        return moved
+
     async def advance(self) -> bool:
         """Make the next part current in :attr:`part`; ``False`` once the body is used up.
 
         An empty body has one empty part, so callers always have something to write.
         """
         self.part = b""  # drop the previous part before building the next one
-        if self._started and not await self.has_more():
+        pieces = await self.gather()
+        if pieces is None:
             return False
+        self.part = b"".join(pieces)
+        return True
+
+    async def gather(self) -> list[memoryview] | None:
+        """The next part as views of the chunks read, not joined yet (``b"".join`` them), so a
+        caller can wait for memory to free before the copy; ``None`` once the body is used up
+        (an empty body has one empty part, as with :meth:`advance`)."""
+        if self._started and not await self.has_more():
+            return None
         self._started = True
         pieces: list[memoryview] = []
         size = 0
@@ -99,8 +139,7 @@ class PartReader:
             pieces.append(piece)
             size += len(piece)
             self._pending = self._pending[len(piece) :]
-        self.part = b"".join(pieces)
-        return True
+        return pieces
 
 
 async def aiter_bytes(data: bytes, chunk_size: int) -> AsyncIterable[bytes]:
