@@ -170,12 +170,14 @@ class LeaseKeeper:
             finally:
                 self._publish()
 
-    async def take_over(self, *, force: bool = False) -> int:
+    async def take_over(self, *, force: bool = False, tail_hint: int | None = None) -> int:
         """Take the lease now and return the new epoch (an operator action, or activation).
 
         Absent, released, paused or expired leases are taken at once. A live lease of another
         holder raises ``LeaseHeld`` unless ``force``: forcing is for a holder known to be dead
-        or paused by other means (its writes are then fenced through the log).
+        or paused by other means (its writes are then fenced through the log). ``tail_hint``:
+        an entry of the zone's log the caller has read, where the search for the newest entry
+        (whose epoch the new one must exceed) starts if it is still there.
         """
         async with self._lock:
             try:
@@ -200,7 +202,7 @@ class LeaseKeeper:
                             record.holder,
                             record.epoch,
                         )
-                    if await self._acquire(observation):
+                    if await self._acquire(observation, tail_hint):
                         return self._held_epoch()
                     # Lost the swap. Unforced, to whoever won; forced, most likely to the live
                     # holder's own renewal in between: read again and swap against that.
@@ -368,9 +370,9 @@ class LeaseKeeper:
             self._mine.epoch, self._my_version, self._mine.acquired_at, LeaseState.ACTIVE
         )
 
-    async def _acquire(self, observation: LeaseObservation) -> bool:
+    async def _acquire(self, observation: LeaseObservation, tail_hint: int | None = None) -> bool:
         record = observation.record
-        newest = await last_entry(self._store, self._zone)
+        newest = await last_entry(self._store, self._zone, hint=tail_hint)
         epoch = max(record.epoch if record else 0, newest.epoch if newest else 0) + 1
         won = await self._write(epoch, observation.version, self._clock.now(), LeaseState.ACTIVE)
         if won:

@@ -116,9 +116,22 @@ async def find_tail(store: ObjectStore, zone: str, known: int | None = None) -> 
     return low
 
 
-async def last_entry(store: ObjectStore, zone: str) -> LogEntry | None:
-    """The newest entry of the log, or None when the log is empty."""
-    tail = await find_tail(store, zone)
+async def checked_hint(store: ObjectStore, zone: str, hint: int | None) -> int | None:
+    """``hint``, an entry number the caller has read, when that entry is still there, else None.
+
+    Retention removes the oldest entries first, so from an entry still there the log is whole
+    up to its tail: :func:`find_tail` may start from it, one HEAD and a few probes instead of
+    a checkpoint listing and a dozen.
+    """
+    if hint is None or hint < 1:
+        return None
+    return hint if await entry_exists(store, zone, hint) else None
+
+
+async def last_entry(store: ObjectStore, zone: str, *, hint: int | None = None) -> LogEntry | None:
+    """The newest entry of the log, or None when the log is empty; ``hint`` as for
+    :func:`checked_hint`."""
+    tail = await find_tail(store, zone, known=await checked_hint(store, zone, hint))
     return None if tail == 0 else await read_entry(store, zone, tail)
 
 
@@ -166,7 +179,10 @@ class LogWriter:
         clock: Clock | None = None,
         guard: Callable[[], bool] | None = None,
         term: int = 0,
+        tail_hint: int | None = None,
     ) -> None:
+        """``tail_hint``: an entry number the caller has read (an activation's catalog of the
+        log), where :meth:`write_fence` looks for the tail from if it is still there."""
         if epoch < 1:
             raise ValueError(f"epoch must be >= 1, got {epoch}")
         if term < 0:
@@ -179,6 +195,7 @@ class LogWriter:
         self._clock = clock or SystemClock()
         self._guard = guard
         self._next_seq: int | None = None
+        self._tail_hint = tail_hint
         self._fence: LogEntry | None = None
         self._fenced_by: Fenced | None = None
         self._unknown: deque[str] = deque(maxlen=256)
@@ -220,7 +237,10 @@ class LogWriter:
         if self._fence is not None:
             return self._fence
         self._check_usable()
-        known = None if self._next_seq is None else self._next_seq - 1
+        if self._next_seq is None:
+            known = await checked_hint(self._store, self._zone, self._tail_hint)
+        else:
+            known = self._next_seq - 1
         tail = await find_tail(self._store, self._zone, known=known)
         newest = await read_entry(self._store, self._zone, tail) if tail else None
         if newest is not None:

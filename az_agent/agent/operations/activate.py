@@ -354,9 +354,18 @@ class Activation:
     async def _fence_source(self) -> str:
         agent, source = self.agent, self.request.zone
         keeper = agent.source_keeper(source)
-        epoch = await keeper.take_over(force=self.request.force)
+        # The log as prepare read it: the tail is searched from there (a few HEADs, not a dozen
+        # twice), provided its last entry is still there.
+        read = self.catalog.last_seq if self.catalog is not None else None
+        epoch = await keeper.take_over(force=self.request.force, tail_hint=read)
         writer = LogWriter(
-            agent.deps.store, source, epoch, agent.holder, clock=agent.deps.clock, term=self.term
+            agent.deps.store,
+            source,
+            epoch,
+            agent.holder,
+            clock=agent.deps.clock,
+            term=self.term,
+            tail_hint=read,
         )
         fence = await writer.write_fence(reason=f"activated by zone {agent.zone}")
         await keeper.release(LeaseState.PAUSED)

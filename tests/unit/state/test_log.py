@@ -278,3 +278,23 @@ def test_zone_keys_are_one_safe_path_element() -> None:
             log_key(bad, 1)
     with pytest.raises(ValueError, match="start at 1"):
         log_key("az1", 0)
+
+
+async def test_a_fence_looks_for_the_tail_from_an_entry_the_caller_read(
+    store: FaultyStore,
+) -> None:
+    """An activation passes the last entry its catalog read: the tail is found from there with
+    a few HEADs; a hint retention removed meanwhile is checked and ignored."""
+    first = writer(store, 1, "a")
+    await first.write_fence()
+    for number in range(40):
+        await first.append(segment(ZONE, f"seg{number}"))
+    store.calls.clear()
+    hinted = LogWriter(store, ZONE, 2, "b", clock=FakeClock(), tail_hint=38)
+    fence = await hinted.write_fence()
+    assert fence.seq == 42
+    assert store.calls["head"] <= 6  # 38 checked, then 39, 41, 45, 43, 42
+    store.calls.clear()
+    gone = LogWriter(store, ZONE, 3, "c", clock=FakeClock(), tail_hint=99)  # not there
+    assert (await gone.write_fence()).seq == 43
+    assert store.calls["head"] >= 10  # searched from the checkpoint (none: from the start)
