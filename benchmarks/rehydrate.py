@@ -58,6 +58,10 @@ FLOOR_MARGIN = 1.15
 FIXED_LIMIT = 0.3
 CPU_RATIO = 1.5
 RSS_SPREAD = 1.2
+RECEIVER_SEGMENT_SIZE = 64 << 10
+"""What the receiving emulators build when a table's consuming segments are committed (the
+agent pauses the REALTIME table it creates): built at the test size, they cost the emulator
+seconds of work that real Pinot, committing empty segments, does not do."""
 
 
 @dataclass
@@ -262,7 +266,7 @@ async def script(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     (workdir / "rclone.conf").write_text(store.rclone_config)
     env["RCLONE_CONFIG"] = str(workdir / "rclone.conf")
-    async with emulator(workdir / "pinot-script", size, None) as pinot:
+    async with emulator(workdir / "pinot-script", RECEIVER_SEGMENT_SIZE, None) as pinot:
         async with HttpPinotController(pinot.url) as controller:
             await controller.create_schema(table["schema"])
             await controller.create_table(table["config"])
@@ -302,7 +306,7 @@ async def activate(
     store: Bucket, workdir: Path, size: int, concurrency: int, result: Result
 ) -> None:
     """az2 on an empty emulator: ``/activate?zone=az1`` to ``ACTIVE``, CPU and RSS sampled."""
-    async with emulator(workdir / "pinot-az2", size, None) as pinot:
+    async with emulator(workdir / "pinot-az2", RECEIVER_SEGMENT_SIZE, None) as pinot:
         document = agent_document("az2", "standby", store, pinot.url, workdir, concurrency)
         az2 = AgentProcess("az2", document, workdir)
         await started(az2)
