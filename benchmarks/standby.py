@@ -1,7 +1,7 @@
 """Standby benchmarks: how long an activation takes, by standby mode, beside a cold baseline.
 
     python -m benchmarks.standby [--only warm|kill|sick|brownout] [--segments 100,1000]
-        [--delta 5] [--size-kb 64] [--partitions 4] [--trials 3] [--brownouts 20]
+        [--delta 5] [--size-kb 64] [--partitions 4] [--repeat 3] [--trials 3] [--brownouts 20]
 
 One command runs named sections (``--only`` picks some); each prints its figures and its
 verdict, and the command exits 1 when a verdict fails. Sections:
@@ -11,8 +11,9 @@ verdict, and the command exits 1 when a verdict fails. Sections:
   its own emulator; ``--delta`` more segments are committed after az2's last follow step, az1
   is paused (its flush commits the consuming segments too), and az2 is activated. The baseline,
   measured in the same run on a copy of the same bucket, is a cold activation: a fresh zone with
-  an empty Pinot restores everything. Verdicts: every warm activation under 5 s; the warm time
-  grows by less than 1.5x from the first count to the last.
+  an empty Pinot restores everything. Each count runs ``--repeat`` times (from scratch); the
+  verdicts are on the medians: every warm activation under 5 s; the warm time grows by less
+  than 1.5x from the first count to the last.
 * ``kill``, ``sick``, ``brownout`` (:mod:`benchmarks.takeover`): the automatic failover with
   real ``az-agent run`` processes on moto: takeover after SIGKILL of the primary's agent
   within TTL + grace + 5 s, of a zone whose Pinot died within ``unhealthySeconds`` + 10 s,
@@ -31,6 +32,7 @@ import contextlib
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -140,12 +142,14 @@ async def running(config: AgentConfig) -> AsyncIterator[Agent]:
                 await task
 
 
-async def until(condition: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
+async def until(
+    condition: Callable[[], Awaitable[bool]], what: str, within: float, poll: float = 0.1
+) -> None:
     deadline = time.monotonic() + within
     while not await condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(poll)
 
 
 async def backed_up(bucket: Path, zone: str) -> tuple[int, int]:
@@ -165,7 +169,7 @@ async def activate(agent: Agent, source: str, within: float = 1800) -> tuple[flo
             raise RuntimeError(f"activation failed: {agent.status()['operation']}")
         return agent.state is AgentState.ACTIVE
 
-    await until(active, f"zone {agent.zone} to become ACTIVE", within)
+    await until(active, f"zone {agent.zone} to become ACTIVE", within, poll=0.005)
     seconds = time.perf_counter() - start
     phases = agent.status()["operation"]["phases"]
     slowest = sorted(phases, key=lambda p: -(p["seconds"] or 0))[:3]
@@ -231,7 +235,10 @@ async def warm_once(workdir: Path, count: int, options: argparse.Namespace) -> W
             status, _ = await az1.pause(PauseRequest())
             if status != 200:
                 raise RuntimeError(f"az1's pause answered {status}")
-            await asyncio.to_thread(shutil.copytree, bucket, cold_bucket)
+            await asyncio.to_thread(
+                shutil.copytree, bucket, cold_bucket, ignore=shutil.ignore_patterns(".az-tmp")
+            )  # the agents' writes in flight are left out: only committed objects count
+            await asyncio.to_thread(os.sync)  # the copy's writes must not slow the warm run
             total = (await backed_up(bucket, "az1"))[0]
             warm_seconds, warm_detail = await activate(az2, "az1")
     async with emulator(workdir / "pinot-cold", size, None) as fresh:
@@ -257,13 +264,20 @@ async def warm_section(options: argparse.Namespace) -> bool:
         f"{options.delta} + the pause's flush)"
     )
     print("     N | followed | delta | warm, s | cold, s | warm/cold")
-    runs: list[WarmRun] = []
+    runs: list[WarmRun] = []  # the median run of each count
     for count in counts:
-        with scratch_dir() as workdir:
-            run = await warm_once(workdir, count, options)
-        runs.append(run)
-        print(run.describe())
-        print(f"         warm: {run.warm_detail}; cold: {run.cold_detail}")
+        repeats: list[WarmRun] = []
+        for _ in range(options.repeat):
+            with scratch_dir() as workdir:
+                run = await warm_once(workdir, count, options)
+            repeats.append(run)
+            print(run.describe())
+            print(f"         warm: {run.warm_detail}; cold: {run.cold_detail}")
+        median = sorted(repeats, key=lambda r: r.warm_seconds)[len(repeats) // 2]
+        median.cold_seconds = statistics.median(r.cold_seconds for r in repeats)
+        runs.append(median)
+        if len(repeats) > 1:
+            print(f"median of {len(repeats)}:\n{median.describe()}")
     ok = True
     slow = [r for r in runs if r.warm_seconds >= WARM_LIMIT_SECONDS]
     print(
@@ -334,6 +348,9 @@ def main() -> None:
     parser.add_argument("--delta", type=int, default=5, help="segments after the last follow")
     parser.add_argument("--size-kb", type=int, default=64, help="segment size, KiB")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the table")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per count (warm): verdicts on the medians"
+    )
     parser.add_argument("--trials", type=int, default=3, help="takeovers timed (kill, sick)")
     parser.add_argument("--brownouts", type=int, default=20, help="bucket brownouts played")
     logging.basicConfig(level=logging.ERROR)  # the agents' takeover warnings are expected here

@@ -161,6 +161,8 @@ class Store:
         self._state_file = root / "state.json"
         self._save_lock = asyncio.Lock()
         self._write_lock = threading.Lock()
+        self._changes = 0  # saves asked for: each after a change of the state
+        self._saved = 0  # the changes the state file holds
 
     def prepare(self) -> ClusterState:
         """Create the directories and load the saved state (blocking: call from a thread)."""
@@ -179,10 +181,19 @@ class Store:
         return self.scratch / f"{hint}.{os.getpid()}.{time.monotonic_ns()}"
 
     async def save(self, state: ClusterState) -> None:
-        """Write the state atomically; concurrent saves write the newest snapshot last."""
+        """Write the state atomically; when this returns, the file holds every change made
+        before the call. Concurrent saves are written together (group commit): a save that
+        waited while another wrote finds its changes written by the next one, or writes them
+        itself, and the whole state is not serialized once per change."""
+        self._changes += 1
+        mine = self._changes
         async with self._save_lock:
+            if self._saved >= mine:
+                return
+            covered = self._changes
             text = json.dumps(state.to_json(), separators=(",", ":"))
             await asyncio.to_thread(self._write, text)
+            self._saved = covered
 
     def _write(self, text: str) -> None:
         # A save whose task was cancelled still finishes in its thread: writes queue here.
