@@ -69,6 +69,11 @@ async def test_a_warm_standby_follows_by_itself_and_activates_with_nothing_left_
     await wait_for(lambda: leads(one), "zone 1 to lead")
     await wait_for(lambda: dumped(one), "zone 1 to dump its databases")
 
+    async def segments_backed_up() -> bool:
+        return bool((await status_of(one.url))["backups"]["segments"]["segmentsBackedUp"] >= 3)
+
+    await wait_for(segments_backed_up, "zone 1 to back up its segments")
+
     async def caught_up() -> dict[str, Any] | None:
         """Zone 2's standby section once it has applied zone 1's whole log."""
         async with open_bucket(one.config) as store:
