@@ -62,7 +62,8 @@ Zone health (``health.py``) -- ``<zone>/health.json``, published by the zone's l
     await board.publish({"pinot": HealthCheck(ok=True)}, holder) -> ZoneHealth  # sequence + 1
     await board.read(other_zone) -> ZoneHealth | None   # .status healthy|unhealthy|unknown
 
-Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``checkpoint.py``, ``sweep.py``)::
+Catalog, checkpoints, sweep (``catalog.py``, ``backups.py``, ``columns.py``, ``checkpoint.py``,
+``sweep.py``; a checkpoint's segments stay in packed columns, records are built on demand)::
 
     catalog = await load_catalog(store, zone)     # newest valid checkpoint + later entries
     await apply_committed(store, catalog, entry)  # after each append of this agent's writer

@@ -18,6 +18,7 @@ checkpoint merges the layers into new columns, and installs them when nothing ch
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sys
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 
 Record = SegmentRecord | DumpRecord | ConfigRecord | SegmentDeletion
 OtherRecord = DumpRecord | ConfigRecord | SegmentDeletion
+COMPACT_AFTER = 20_000
+"""Loose segment versions (objects) a following catalog packs into columns, at the least."""
 
 
 def _cutoff(as_of: datetime | None) -> float:
@@ -359,6 +362,11 @@ class Catalog:
                 self._columns[table] = columns
         return True
 
+    @property
+    def loose(self) -> int:
+        """Segment versions held as objects (~550 bytes each), not packed into columns yet."""
+        return sum(len(versions) for added in self._added.values() for versions in added.values())
+
     def rows(self) -> Iterator[Row]:
         """The catalog as version-1 checkpoint rows, one per record; equal catalogs give equal
         rows (for tests: a checkpoint is written in blocks)."""
@@ -558,9 +566,26 @@ async def apply_committed(store: ObjectStore, catalog: Catalog, entry: LogEntry)
 
 
 async def refresh_catalog(store: ObjectStore, catalog: Catalog) -> int:
-    """Apply the entries committed since ``catalog.last_seq``; returns how many were read."""
+    """Apply the entries committed since ``catalog.last_seq``; returns how many were read.
+
+    A catalog that only follows (a warm standby, a load from the raw log) writes no
+    checkpoint, so it packs its new segments itself once they are many (:func:`compact`).
+    """
     count = 0
     async for entry in read_entries(store, catalog.zone, catalog.last_seq):
         catalog.apply(entry)
         count += 1
+    if count and catalog.loose >= max(COMPACT_AFTER, catalog.segment_count // 8):
+        await compact(catalog)
     return count
+
+
+async def compact(catalog: Catalog) -> bool:
+    """Pack the segment versions held as objects into columns, merging in worker threads;
+    False (nothing lost, tried again later) when segments changed meanwhile."""
+    snapshot = catalog.snapshot()
+    merged: dict[str, SegmentColumns | None] = {}
+    for table in snapshot.tables:
+        if table.added or table.hidden:
+            merged[table.table] = await asyncio.to_thread(table.merged)
+    return catalog.install(snapshot, merged)

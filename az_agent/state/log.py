@@ -140,20 +140,28 @@ async def read_entries(
 ) -> AsyncGenerator[LogEntry, None]:
     """Entries ``after + 1, after + 2, ...`` in order, up to the first free number.
 
-    Reads ahead concurrently, starting with one entry and doubling up to ``window`` while
-    entries keep coming, so polling an idle log costs one request and a long replay is fast.
+    Reads ahead concurrently, starting with one entry and doubling up to ``window`` reads in
+    flight while entries keep coming, so polling an idle log costs one request and a long
+    replay keeps ``window`` GETs going (a sliding window: a slow read holds back only the
+    entries after it, not a whole batch).
     """
-    next_seq, batch_size = after + 1, 1
-    while True:
-        batch = await asyncio.gather(
-            *(read_entry(store, zone, seq) for seq in range(next_seq, next_seq + batch_size))
-        )
-        for entry in batch:
+    issued = after + 1
+    ahead = 1
+    pending: deque[asyncio.Task[LogEntry | None]] = deque()
+    try:
+        while True:
+            while len(pending) < ahead:
+                pending.append(asyncio.ensure_future(read_entry(store, zone, issued)))
+                issued += 1
+            entry = await pending.popleft()
             if entry is None:
                 return
             yield entry
-        next_seq += batch_size
-        batch_size = min(batch_size * 2, window)
+            ahead = min(ahead * 2, window)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class LogWriter:

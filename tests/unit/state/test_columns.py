@@ -238,3 +238,16 @@ def plain_segment(n: int) -> SegmentPayload:
         commit_time_ms=n,
         backed_up_at=T0,
     )
+
+
+async def test_a_following_catalog_packs_its_new_segments(
+    store: FaultyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("az_agent.state.catalog.COMPACT_AFTER", 10)
+    history = History()
+    history.random(200, random.Random(5))
+    for entry in history.entries:
+        await store.put(log_key(ZONE, entry.seq), entry.encode())
+    loaded = await load_catalog(store, ZONE)  # no checkpoint: the raw log, then packed
+    assert loaded.loose == 0
+    assert answers(loaded) == answers(history.catalog())
