@@ -39,12 +39,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
-from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.config import AgentConfig
 from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -54,9 +53,9 @@ from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import SystemClock, load_catalog
 from benchmarks import takeover
+from tests.zoneconfig import file_zone_config
 
 TABLE = "bench"
-LEASE = {"ttlSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
 WARM_LIMIT_SECONDS = 5.0
 GROWTH_LIMIT = 1.5
 
@@ -97,20 +96,7 @@ async def generate(url: str, count: int) -> None:
         response.raise_for_status()
 
 
-def agent_config(bucket: Path, zone: str, pinot_url: str, **service: Any) -> AgentConfig:
-    raw = {
-        "global": {"cloudStorage": {"type": "file", "file": {"path": str(bucket)}}},
-        "az-service": {
-            "config": {
-                "zone": zone,
-                "lease": LEASE,
-                "pinot": {"controllerUrl": pinot_url, "pollIntervalSeconds": 0.2},
-                "postgres": {"databases": []},
-                **service,
-            }
-        },
-    }
-    return parse_config(raw, environ={})
+agent_config = file_zone_config
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
-from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.config import AgentConfig
 from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -47,28 +47,15 @@ from az_agent.state.workloads import (
 from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
 from tests.servers.kubernetes import KubernetesApiServer, manifest
+from tests.zoneconfig import file_zone_config
 
 STS, DEPLOY = WorkloadKind.STATEFULSET, WorkloadKind.DEPLOYMENT
 TABLE = TableRef("events", TableType.REALTIME)
-LEASE = {"ttlSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
 PART_OF = {"app.kubernetes.io/part-of": "kfuse"}
 ROLE = Path(__file__).parents[3] / "deploy" / "kubernetes" / "agent-role.yaml"
 
 
-def config(root: Path, zone: str, pinot_url: str, **service: Any) -> AgentConfig:
-    raw = {
-        "global": {"cloudStorage": {"type": "file", "file": {"path": str(root)}}},
-        "az-service": {
-            "config": {
-                "zone": zone,
-                "lease": LEASE,
-                "pinot": {"controllerUrl": pinot_url, "pollIntervalSeconds": 0.2},
-                "postgres": {"databases": []},
-                **service,
-            }
-        },
-    }
-    return parse_config(raw, environ={})
+config = file_zone_config
 
 
 @contextlib.asynccontextmanager

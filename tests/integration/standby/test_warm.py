@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from az_agent.agent.backup.segments import SegmentBackupLoop
-from az_agent.agent.config import AgentConfig, parse_config
+from az_agent.agent.config import AgentConfig
 from az_agent.agent.daemon import Agent, AgentDeps
 from az_agent.agent.observability.metrics import AgentMetrics
 from az_agent.agent.operations.requests import ActivateRequest, PauseRequest
@@ -32,10 +32,10 @@ from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
 from az_agent.state import Catalog, SystemClock, load_catalog, truncate_log, write_checkpoint
 from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
+from tests.zoneconfig import file_zone_config
 
 TABLE = TableRef("events", TableType.REALTIME)
 QUIET = TableRef("quiet", TableType.REALTIME)
-LEASE = {"ttlSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1}
 
 
 class CountingPinot(HttpPinotController):
@@ -62,20 +62,7 @@ class CountingPinot(HttpPinotController):
         return result
 
 
-def config(root: Path, zone: str, pinot_url: str, **service: Any) -> AgentConfig:
-    raw = {
-        "global": {"cloudStorage": {"type": "file", "file": {"path": str(root)}}},
-        "az-service": {
-            "config": {
-                "zone": zone,
-                "lease": LEASE,
-                "pinot": {"controllerUrl": pinot_url, "pollIntervalSeconds": 0.2},
-                "postgres": {"databases": []},
-                **service,
-            }
-        },
-    }
-    return parse_config(raw, environ={})
+config = file_zone_config
 
 
 @contextlib.asynccontextmanager
