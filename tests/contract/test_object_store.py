@@ -20,6 +20,7 @@ from az_agent.drivers.errors import CorruptObject, Misconfigured, NotFound, Prec
 from az_agent.drivers.storage.base import ObjectReader, ObjectStore
 from az_agent.drivers.storage.config import CloudStorageSettings, RetrySettings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
+from az_agent.drivers.storage.streams import SizedBody
 from tests.servers.base import StorageBackend
 from tests.servers.flaky_proxy import FlakyProxy
 from tests.servers.wrapped import WrappedStore
@@ -292,13 +293,15 @@ async def test_retries_survive_throttling(network_backend: StorageBackend) -> No
         await asyncio.gather(*(store.put(k, v) for k, v in bodies.items()))
         big = os.urandom(12 << 20)
         await store.put("t/big", _chunks(big))
+        await store.put("t/sized", SizedBody(_chunks(big), len(big)))  # S3: one PUT, resent
         created = await store.put("t/lease", b"lease", if_none_match=True)
         await store.put("t/lease", b"lease-2", if_match=created.version)
         listed = [i.key async for i in store.list("t/", page_size=7)]
-        assert listed == sorted([*bodies, "t/big", "t/lease"])
+        assert listed == sorted([*bodies, "t/big", "t/lease", "t/sized"])
         for key, body in bodies.items():
             assert (await store.get(key))[0] == body
         assert (await store.get("t/big"))[0] == big
+        assert (await store.get("t/sized"))[0] == big
         assert (await store.get("t/lease"))[0] == b"lease-2"
         await store.delete("t/000")
         with pytest.raises(NotFound):
