@@ -1,12 +1,17 @@
 """Catalog load time and peak memory: from a checkpoint vs. from the raw commit log.
 
     python -m benchmarks.catalog_load [--count 1000000] [--dir DIR] [--keep]
+                                      [--tail 10000] [--s3 seaweedfs|moto|none]
 
 Builds a zone whose log holds one fence and ``count - 1`` segment entries in a ``file`` store
 (the objects are written straight in the file driver's on-disk format by a thread pool, since
 a million ``put`` calls would take far longer than what is being measured), then loads the
 catalog in fresh subprocesses, so that each peak RSS belongs to one load only: once from the raw
 log, then, after writing a checkpoint, from the checkpoint. Prints both side by side.
+
+Then, on a local S3 server (SeaweedFS by default, moto with ``--s3 moto``, started here), a
+zone whose newest checkpoint (1,000 entries) is followed by ``--tail`` log entries: the time
+:func:`load_catalog` takes to read it, one GET per entry after the checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from az_agent.drivers.storage.file import FileObjectStore
-from az_agent.state import load_catalog, write_checkpoint
+from az_agent.state import Catalog, LogEntry, load_catalog, write_checkpoint
 from az_agent.state.keys import log_key, log_prefix, segment_key
 
 ZONE = "az1"
@@ -92,10 +97,19 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _measure(root: Path, phase: str) -> dict[str, Any]:
+async def _measure(root: Path, phase: str, count: int) -> dict[str, Any]:
     store = FileObjectStore(root)
     result: dict[str, Any] = {"baseline_mib": _rss_mib()}
     if phase == "baseline":
+        return result
+    if phase == "direct":  # --no-raw: the catalog built in memory, only its checkpoint kept
+        catalog = Catalog(ZONE)
+        for seq in range(1, count + 1):
+            catalog.apply(LogEntry.model_validate(_entry(seq)))
+        began = time.perf_counter()
+        info = await write_checkpoint(store, catalog)
+        result["checkpoint_seconds"] = time.perf_counter() - began
+        result["checkpoint_bytes"] = info.size if info else 0
         return result
     began = time.perf_counter()
     catalog = await load_catalog(store, ZONE)
@@ -111,9 +125,10 @@ async def _measure(root: Path, phase: str) -> dict[str, Any]:
     return result
 
 
-def run_phase(root: Path, phase: str) -> dict[str, Any]:
+def run_phase(root: Path, phase: str, count: int = 0) -> dict[str, Any]:
     """One measurement in a fresh interpreter, so peak RSS is that load's alone."""
     command = [sys.executable, "-m", "benchmarks.catalog_load", "--phase", phase, str(root)]
+    command += ["--count", str(count)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -138,29 +153,98 @@ def report(count: int, build_seconds: float, raw: dict[str, Any], cp: dict[str, 
     print(f"catalog memory: about {per_segment:.0f} bytes per segment (RSS over the baseline)")
 
 
+def report_checkpoint(count: int, built: dict[str, Any], cp: dict[str, Any]) -> None:
+    base = cp["baseline_mib"]
+    print(f"catalog load, {count:,} log entries ({cp['segments']:,} segments), file store")
+    print(f"checkpoint written in {built['checkpoint_seconds']:.1f} s, ", end="")
+    print(f"{built['checkpoint_bytes'] / 2**20:.1f} MiB gzipped; interpreter {base:.0f} MiB RSS")
+    print(f"load time {cp['seconds']:.2f} s, peak RSS {cp['peak_mib']:.1f} MiB, ", end="")
+    print(f"RSS after load {cp['retained_mib']:.1f} MiB")
+    per_segment = (cp["retained_mib"] - base) * 2**20 / max(cp["segments"], 1)
+    print(f"catalog memory: about {per_segment:.0f} bytes per segment (RSS over the baseline)")
+
+
+async def _tail(kind: str, tail: int, base: int = 1_000) -> dict[str, Any]:
+    """Load time of a zone with ``tail`` entries after its checkpoint, on a local S3 server."""
+    from az_agent.drivers.storage.factory import open_object_store
+    from tests.servers.moto import MotoBackend
+    from tests.servers.s3server import S3ServerBackend
+    from tests.servers.seaweedfs import SeaweedFSBackend
+
+    backend: S3ServerBackend = SeaweedFSBackend() if kind == "seaweedfs" else MotoBackend()
+    await asyncio.to_thread(backend.start)
+    try:
+        settings, secrets = await backend.new_bucket()
+        async with await open_object_store(settings, secrets) as store:
+            limit = asyncio.Semaphore(32)
+
+            async def put(seq: int) -> None:
+                async with limit:
+                    body = json.dumps(_entry(seq), separators=(",", ":")).encode()
+                    await store.put(log_key(ZONE, seq), body)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(put(seq) for seq in range(1, base + 1)))
+            await write_checkpoint(store, await load_catalog(store, ZONE))
+            await asyncio.gather(*(put(seq) for seq in range(base + 1, base + tail + 1)))
+            written = time.perf_counter() - began
+            began = time.perf_counter()
+            catalog = await load_catalog(store, ZONE)
+            seconds = time.perf_counter() - began
+            assert catalog.last_seq == base + tail, catalog.last_seq
+    finally:
+        await asyncio.to_thread(backend.stop)
+    return {"store": kind, "tail": tail, "base": base, "seconds": seconds, "written": written}
+
+
+def report_tail(result: dict[str, Any]) -> None:
+    per_entry = result["seconds"] / result["tail"] * 1000
+    print(
+        f"{result['store']}: {result['tail']:,} entries after a checkpoint of {result['base']:,} "
+        f"read in {result['seconds']:.2f} s ({per_entry:.2f} ms per entry; written in "
+        f"{result['written']:.1f} s)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1_000_000, help="log entries to build")
     parser.add_argument("--dir", type=Path, help="where to build the store (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the store afterwards")
     parser.add_argument("--workers", type=int, default=8, help="threads writing the raw log")
+    parser.add_argument("--tail", type=int, default=10_000, help="entries after a checkpoint")
+    parser.add_argument("--s3", choices=["seaweedfs", "moto", "none"], default="seaweedfs")
     parser.add_argument(
-        "--phase", choices=["baseline", "raw", "checkpoint"], help=argparse.SUPPRESS
+        "--phase", choices=["baseline", "raw", "checkpoint", "direct"], help=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--no-raw",
+        action="store_true",
+        help="skip the raw-log baseline (minutes at 1,000,000): build the catalog in memory "
+        "and time only the load from its checkpoint",
     )
     parser.add_argument("root", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(asyncio.run(_measure(args.root, args.phase))))
+        print(json.dumps(asyncio.run(_measure(args.root, args.phase, args.count))))
         return
     root = args.dir or Path(tempfile.mkdtemp(prefix="az-catalog-bench-"))
     try:
-        build_seconds = build_log(root, args.count, args.workers)
-        raw = run_phase(root, "raw") | {"baseline_mib": run_phase(root, "baseline")["baseline_mib"]}
-        cp = run_phase(root, "checkpoint")
-        report(args.count, build_seconds, raw, cp)
+        if args.no_raw:
+            built = run_phase(root, "direct", args.count)
+            cp = run_phase(root, "checkpoint") | {"baseline_mib": built["baseline_mib"]}
+            report_checkpoint(args.count, built, cp)
+        else:
+            build_seconds = build_log(root, args.count, args.workers)
+            raw = run_phase(root, "raw")
+            raw["baseline_mib"] = run_phase(root, "baseline")["baseline_mib"]
+            cp = run_phase(root, "checkpoint")
+            report(args.count, build_seconds, raw, cp)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    if args.s3 != "none" and args.tail > 0:
+        report_tail(asyncio.run(_tail(args.s3, args.tail)))
 
 
 if __name__ == "__main__":

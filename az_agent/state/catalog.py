@@ -235,9 +235,12 @@ class Catalog:
         columns = self._columns.get(table)
         if columns is not None:
             hidden = self._hidden.get(table, set())
-            for name in columns.current_names():
-                if name not in added and name not in hidden:
-                    yield name
+            if added or hidden:
+                for name in columns.current_names():
+                    if name not in added and name not in hidden:
+                        yield name
+            else:
+                yield from columns.current_names()
         yield from list(added)
 
     def _add_segment(self, record: SegmentRecord) -> None:
@@ -281,7 +284,7 @@ class Catalog:
             raise ValueError(f"unknown checkpoint row {tag!r}")
 
     def apply_block(self, header: list[Any], raw: memoryview) -> None:
-        """Restore a block of checkpoint segment rows (version 2, see ``columns.py``)."""
+        """Restore a block of checkpoint segment rows (version 3, see ``columns.py``)."""
         self._flush_pending(None)
         table = sys.intern(str(header[1]))
         self._restoring.setdefault(table, ColumnsBuilder(table)).add_block(header, raw)

@@ -2,7 +2,7 @@
 
 A checkpoint is one object, ``<zone>/checkpoints/<seq:020d>.jsonl.gz``: gzip-compressed JSON
 lines, a header line (format, version, zone, seq, epoch, term), then the catalog, and a trailer
-line with the number of lines between and the SHA-256 of every line before it. Version 2 writes
+line with the number of lines between and the SHA-256 of every line before it. Version 3 writes
 segments as blocks of packed columns (``["S", table, ...]``, see ``columns.py``: base64 arrays,
 loaded without a Python object per segment), the other records one line each; version 1 (one
 line per segment version, ``["s", ...]``) is still read. It is valid only if
@@ -39,8 +39,9 @@ from az_agent.state.log import checkpoint_seqs, entry_exists
 log = logging.getLogger(__name__)
 
 FORMAT = "az-agent-checkpoint"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 3)
+"""Version 2 (columns without name separators) lived for an hour in development: refused."""
 BATCH_ROWS = 5000
 KEEP_CHECKPOINTS = 3
 _GZIP = 31  # zlib wbits for a gzip container
@@ -208,7 +209,7 @@ class _Decoder:
     def _split(self, data: bytes) -> None:
         """Consume the complete lines and blocks in what has been inflated so far.
 
-        A block (version 2) is a JSON line ``["S", ...]`` announcing how many raw bytes
+        A block (version 3) is a JSON line ``["S", ...]`` announcing how many raw bytes
         follow it, then those bytes and a line end; everything else is one JSON line.
         """
         self._data += data
