@@ -22,11 +22,11 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state.backups import (
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 Record = SegmentRecord | DumpRecord | ConfigRecord | SegmentDeletion
 OtherRecord = DumpRecord | ConfigRecord | SegmentDeletion
+_S = TypeVar("_S")
 COMPACT_AFTER = 20_000
 """Loose segment versions (objects) a following catalog packs into columns, at the least."""
 
@@ -110,6 +111,11 @@ class _NameView(AbstractSet[str]):
 
     def __len__(self) -> int:
         return self._catalog._names.get(self._table, 0)
+
+    @classmethod
+    def _from_iterable(cls, iterable: Iterable[_S]) -> AbstractSet[_S]:
+        """What the set operators (``view - names``) build: a plain set."""
+        return set(iterable)
 
 
 class Catalog:

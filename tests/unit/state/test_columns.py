@@ -127,6 +127,8 @@ def answers(catalog: Catalog) -> object:
         current,
         sorted(catalog.segments(as_of), key=lambda r: (r.table, r.name)),
         {t: sorted(catalog.segment_names(t)) for t in tables},
+        {t: sorted(catalog.segment_names(t) - {"seg1", "x0"}) for t in tables},
+        {t: ("seg1" in catalog.segment_names(t), len(catalog.segment_names(t))) for t in tables},
         [catalog.versions(r.table, r.name) for r in current],
         [catalog.segment(r.table, r.name, as_of) for r in current],
         sorted(r.object_key for t in tables for r in catalog.segments(table=t)),
