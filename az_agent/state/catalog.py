@@ -581,9 +581,12 @@ async def refresh_catalog(store: ObjectStore, catalog: Catalog) -> int:
     checkpoint, so it packs its new segments itself once they are many (:func:`compact`).
     """
     count = 0
-    async for entry in read_entries(store, catalog.zone, catalog.last_seq):
-        catalog.apply(entry)
-        count += 1
+    # Closed here, not by the garbage collector, when apply raises: its reads ahead are then
+    # cancelled and awaited before this returns.
+    async with contextlib.aclosing(read_entries(store, catalog.zone, catalog.last_seq)) as it:
+        async for entry in it:
+            catalog.apply(entry)
+            count += 1
     if count and catalog.loose >= max(COMPACT_AFTER, catalog.segment_count // 8):
         await compact(catalog)
     return count

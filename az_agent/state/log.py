@@ -148,6 +148,7 @@ async def read_entries(
     issued = after + 1
     ahead = 1
     pending: deque[asyncio.Task[LogEntry | None]] = deque()
+    at_end = False
     try:
         while True:
             while len(pending) < ahead:
@@ -155,12 +156,17 @@ async def read_entries(
                 issued += 1
             entry = await pending.popleft()
             if entry is None:
+                at_end = True
                 return
             yield entry
             ahead = min(ahead * 2, window)
     finally:
-        for task in pending:
-            task.cancel()
+        # At the end the reads ahead are past the tail: let them answer (quickly: not found)
+        # rather than cancel them, since a cancelled read can leave a store's work running in
+        # a thread. Cancel them only when the caller stopped early.
+        if not at_end:
+            for task in pending:
+                task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
 
