@@ -127,7 +127,5 @@ def test_a_missing_alert_fails_the_unit_tests(alert: str, tmp_path: Path) -> Non
 
 def test_the_chart_embeds_this_very_file() -> None:
     chart = ROOT / "charts" / "az-agent"
-    if not chart.is_dir():
-        pytest.skip("no chart in this checkout")
     copy = chart / "files" / "rules.yml"
     assert copy.read_text() == RULES.read_text(), f"{copy} differs from {RULES}"

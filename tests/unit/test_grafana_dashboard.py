@@ -153,8 +153,6 @@ def test_every_metric_a_panel_reads_is_exported_by_the_agent(dashboard: dict[str
 
 def test_the_chart_embeds_this_very_file() -> None:
     chart = ROOT / "charts" / "az-agent"
-    if not chart.is_dir():
-        pytest.skip("no chart in this checkout")
     copy = chart / "files" / "az-agent.json"
     dashboard = ROOT / "deploy" / "grafana" / "az-agent.json"
     assert copy.read_text() == dashboard.read_text(), f"{copy} differs from {dashboard}"
