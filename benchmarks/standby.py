@@ -53,6 +53,7 @@ from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import SystemClock, load_catalog
 from benchmarks import takeover
+from tests.serving import serving
 from tests.zoneconfig import file_zone_config
 
 TABLE = "bench"
@@ -113,19 +114,8 @@ async def running(config: AgentConfig) -> AsyncIterator[Agent]:
         stack.push_async_callback(silences.close)
         backup = SegmentBackupLoop(pinot, config.service.pinot, metrics, clock)
         agent = Agent(AgentDeps(config, store, clock, pinot, None, silences, backup, None, metrics))
-        ready = asyncio.Event()
-
-        async def on_ready() -> None:
-            ready.set()
-
-        task = asyncio.create_task(agent.run(on_ready=on_ready))
-        try:
-            await asyncio.wait_for(ready.wait(), 30)
+        async with serving(agent, ready_within=30):
             yield agent
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def until(

@@ -47,6 +47,7 @@ from az_agent.state.workloads import (
 from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
 from tests.servers.kubernetes import KubernetesApiServer, manifest
+from tests.serving import serving
 from tests.zoneconfig import file_zone_config
 
 STS, DEPLOY = WorkloadKind.STATEFULSET, WorkloadKind.DEPLOYMENT
@@ -56,24 +57,6 @@ ROLE = Path(__file__).parents[3] / "deploy" / "kubernetes" / "agent-role.yaml"
 
 
 config = file_zone_config
-
-
-@contextlib.asynccontextmanager
-async def serving(agent: Agent) -> AsyncIterator[Agent]:
-    """``agent`` running (as far as its methods go) for the block, then stopped."""
-    ready = asyncio.Event()
-
-    async def on_ready() -> None:
-        ready.set()
-
-    task = asyncio.create_task(agent.run(on_ready=on_ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
-        yield agent
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @contextlib.asynccontextmanager

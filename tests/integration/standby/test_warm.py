@@ -30,8 +30,10 @@ from az_agent.drivers.pinot.models import TableRef, TableType, UploadResult
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator, SeedTable
 from az_agent.state import Catalog, SystemClock, load_catalog, truncate_log, write_checkpoint
+from tests.e2e.conftest import wait_for
 from tests.integration.agent_operations.conftest import until
 from tests.integration.leftovers import settle
+from tests.serving import serving
 from tests.zoneconfig import file_zone_config
 
 TABLE = TableRef("events", TableType.REALTIME)
@@ -77,19 +79,10 @@ async def running(
         stack.push_async_callback(silences.close)
         backup = SegmentBackupLoop(pinot, cfg.service.pinot, metrics, clock)
         agent = Agent(AgentDeps(cfg, store, clock, pinot, None, silences, backup, None, metrics))
-        ready = asyncio.Event()
-
-        async def on_ready() -> None:
-            ready.set()
-
-        task = asyncio.create_task(agent.run(on_ready=on_ready))
         try:
-            await asyncio.wait_for(ready.wait(), 10)
-            yield agent
+            async with serving(agent):
+                yield agent
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await settle(before)
 
 
@@ -240,11 +233,7 @@ async def test_a_warm_standby_follows_and_its_activation_moves_only_the_delta(
 
 
 async def until_async(predicate: Any, what: str, within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+    await wait_for(predicate, what, within, interval=0.1)
 
 
 async def test_an_activation_stops_the_follow_step_in_flight(
