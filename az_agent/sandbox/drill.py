@@ -46,9 +46,9 @@ from az_agent.sandbox.drill_report import (
     Step,
 )
 from az_agent.sandbox.handshake import ProgressView, follow_operation
-from az_agent.sandbox.postgres import PASSWORD, PG_BIN, PostgresServer, free_port
+from az_agent.sandbox.postgres import PASSWORD, PostgresServer, free_port
 from az_agent.sandbox.processes import AgentProcess, AgentProcessError
-from az_agent.sandbox.stack import DATABASES, postgres_available
+from az_agent.sandbox.stack import DATABASES, postgres_available, postgres_section
 from az_agent.state import load_catalog
 
 log = logging.getLogger(__name__)
@@ -155,17 +155,7 @@ class Drill:
         self, zone: str, role: str, pinot: PinotEmulator, pg: PostgresServer | None
     ) -> dict[str, Any]:
         ttl = self.options.lease_ttl_seconds
-        postgres: dict[str, Any] = {"databases": []}
-        if pg is not None:
-            postgres = {
-                "host": pg.host,
-                "port": pg.port,
-                "user": pg.user,
-                "passwordSecret": "postgres",
-                "databases": DATABASES,
-                "binDir": str(PG_BIN),
-                "sslmode": "disable",
-            }
+        postgres = postgres_section(pg)
         return {
             "global": {
                 "cloudStorage": {"type": "file", "file": {"path": str(self.base / "bucket")}}

@@ -45,6 +45,22 @@ INSERT INTO dashboards (title) SELECT 'dashboard ' || g FROM generate_series(1, 
 """
 
 
+def postgres_section(pg: PostgresServer | None) -> dict[str, Any]:
+    """``az-service.config.postgres`` for an agent of a local stack: its zone's throwaway
+    server (password secret ``postgres``), or no databases without one."""
+    if pg is None:
+        return {"databases": []}
+    return {
+        "host": pg.host,
+        "port": pg.port,
+        "user": pg.user,
+        "passwordSecret": "postgres",
+        "databases": DATABASES,
+        "binDir": str(PG_BIN),
+        "sslmode": "disable",
+    }
+
+
 @dataclass(frozen=True)
 class SandboxOptions:
     base_dir: Path = Path("./az-agent-sandbox")
@@ -73,17 +89,7 @@ def agent_config(
     pg: PostgresServer | None,
 ) -> AgentConfig:
     base = options.base_dir.resolve()
-    postgres: dict[str, Any] = {"databases": []}
-    if pg is not None:
-        postgres = {
-            "host": pg.host,
-            "port": pg.port,
-            "user": pg.user,
-            "passwordSecret": "postgres",
-            "databases": DATABASES,
-            "binDir": str(PG_BIN),
-            "sslmode": "disable",
-        }
+    postgres = postgres_section(pg)
     raw = {
         "global": {"cloudStorage": {"type": "file", "file": {"path": str(base / "bucket")}}},
         "az-service": {
