@@ -458,6 +458,52 @@ class Catalog:
                     found.append(record)
         return found
 
+    def newest_segment_seq(self) -> int | None:
+        """The highest ``seq`` of :meth:`segments` (the pause's handover), read from the
+        packed numbers instead of building a million records."""
+        deleted = self._deleted_names()
+        newest: list[int] = []
+        for table in self._names:
+            added = self._added.get(table, {})
+            gone = deleted.get(table, set())
+            newest.extend(vs[-1].seq for name, vs in added.items() if name not in gone)
+            columns = self._columns.get(table)
+            if columns is not None:
+                skip = gone | added.keys() | self._hidden.get(table, set())
+                if (seq := columns.newest_seq(skip)) is not None:
+                    newest.append(seq)
+        return max(newest, default=None)
+
+    def segment_crcs(self, table: str) -> dict[str, str]:
+        """Name -> CRC of ``table``'s segments live now: what :meth:`segment` answers for each
+        name, built a chunk at a time (a discovery scan compares a whole table at once)."""
+        columns = self._columns.get(table)
+        crcs = dict(columns.current_crcs()) if columns is not None else {}
+        for name in self._hidden.get(table, ()):
+            crcs.pop(name, None)
+        for name, versions in self._added.get(table, {}).items():
+            crcs[name] = versions[-1].crc
+        for name in self._deleted_names().get(table, ()):
+            crcs.pop(name, None)
+        return crcs
+
+    def live_tables(self, as_of: datetime | None = None) -> list[str]:
+        """Tables with a segment live as of ``as_of``: :meth:`segments`' tables, without
+        building them all (usually the first record of a table says so)."""
+        cutoff = _cutoff(as_of)
+        return [
+            table
+            for table in sorted(self._names)
+            if any(self._version_at(r, cutoff) is not None for r in self._currents(table))
+        ]
+
+    def _deleted_names(self) -> dict[str, set[str]]:
+        """Per table, the names deleted from Pinot and not purged yet."""
+        names: dict[str, set[str]] = {}
+        for table, name in self._deleted:
+            names.setdefault(table, set()).add(name)
+        return names
+
     def _currents(self, table: str) -> Iterator[SegmentRecord]:
         """The newest version of each segment of ``table``: packed ones (by name), then the
         ones added since."""

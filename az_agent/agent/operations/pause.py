@@ -198,7 +198,7 @@ class Pause:
     async def _write_handover(self) -> str:
         session = self._session()
         catalog = session.catalog
-        newest_segment = max((r.seq for r in catalog.segments()), default=None)
+        newest_segment = catalog.newest_segment_seq()
         dump_seqs: dict[str, int] = {}
         checksums: dict[str, str] = {}
         for database in catalog.databases():

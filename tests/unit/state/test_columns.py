@@ -115,12 +115,30 @@ def versions(catalog: Catalog, record: SegmentRecord) -> list[SegmentRecord]:
     return catalog.versions(record.table, record.name)
 
 
+def fast_answers(catalog: Catalog) -> object:
+    """The answers read from the columns without records, checked against the records'."""
+    as_of = T0 + timedelta(minutes=40)
+    records = catalog.segments()
+    newest = catalog.newest_segment_seq()
+    assert newest == max((r.seq for r in records), default=None)
+    crcs = {t: catalog.segment_crcs(t) for t in catalog.tables()}
+    assert crcs == {t: {r.name: r.crc for r in catalog.segments(table=t)} for t in catalog.tables()}
+    for table in catalog.tables():
+        for name in catalog.segment_names(table):
+            record = catalog.segment(table, name)
+            assert crcs[table].get(name) == (None if record is None else record.crc)
+    for when in (None, as_of, T0):
+        assert catalog.live_tables(when) == sorted({r.table for r in catalog.segments(when)})
+    return newest, crcs
+
+
 def answers(catalog: Catalog) -> object:
     """Everything a caller can ask about segments."""
     as_of = T0 + timedelta(minutes=40)
     tables = catalog.tables()
     current = sorted(catalog.segments(), key=lambda r: (r.table, r.name))
     return (
+        fast_answers(catalog),
         list(catalog.rows()),
         catalog.segment_count,
         tables,
@@ -253,3 +271,32 @@ async def test_a_following_catalog_packs_its_new_segments(
     loaded = await load_catalog(store, ZONE)  # no checkpoint: the raw log, then packed
     assert loaded.loose == 0
     assert answers(loaded) == answers(history.catalog())
+
+
+async def test_the_newest_seq_skips_what_segments_leaves_out(store: FaultyStore) -> None:
+    """Packed rows deleted, purged (hidden) or refreshed since the checkpoint are not the
+    newest, whichever chunk they sit in; segments added since are."""
+    history = History()
+    for n in range(600):  # three chunks; names in another order than seqs
+        history.add(plain_segment(n * 37 % 600))
+    catalog = history.catalog()
+    await write_checkpoint(store, catalog)
+    assert not catalog._added
+
+    def step(payload: object, expected: int) -> None:
+        catalog.apply(history.add(payload))
+        assert catalog.newest_segment_seq() == expected
+        assert max(r.seq for r in catalog.segments()) == expected
+
+    def name(seq: int) -> str:
+        return f"s{(seq - 1) * 37 % 600:04d}"
+
+    assert len({int(name(seq)[1:]) // 256 for seq in (597, 598, 599, 600)}) > 1
+    step(SegmentDeletedPayload(table="metrics_OFFLINE", segment=name(600)), 599)
+    step(SegmentsPurgedPayload(segments=[("metrics_OFFLINE", name(600))]), 599)
+    step(SegmentDeletedPayload(table="metrics_OFFLINE", segment=name(599)), 598)
+    step(SegmentsPurgedPayload(segments=[("metrics_OFFLINE", name(599))]), 598)
+    key = segment_key(ZONE, "metrics_OFFLINE", "s0003", "99")
+    step(plain_segment(3).model_copy(update={"crc": "99", "key": key}), 605)  # a refresh
+    step(SegmentDeletedPayload(table="metrics_OFFLINE", segment="s0003"), 598)
+    assert answers(catalog) == answers(history.catalog())
