@@ -1,13 +1,19 @@
 """Catalog load time and peak memory: from a checkpoint vs. from the raw commit log.
 
-    python -m benchmarks.catalog_load [--count 1000000] [--dir DIR] [--keep]
-                                      [--tail 10000] [--s3 seaweedfs|moto|none]
+    python -m benchmarks.catalog_load [--count 1000000] [--dir DIR] [--keep] [--no-raw]
+                                      [--tail 10000] [--s3 seaweedfs|moto|none] [--no-costs]
 
 Builds a zone whose log holds one fence and ``count - 1`` segment entries in a ``file`` store
 (the objects are written straight in the file driver's on-disk format by a thread pool, since
 a million ``put`` calls would take far longer than what is being measured), then loads the
 catalog in fresh subprocesses, so that each peak RSS belongs to one load only: once from the raw
 log, then, after writing a checkpoint, from the checkpoint. Prints both side by side.
+
+In the process loaded from the checkpoint, the costs that must not grow with the catalog: the
+newest segment's seq for the pause's handover (from the records vs. from the packed columns),
+a discovery scan's reconcile of every table (one lookup per name vs. one pass per table) and a
+checkpoint's rebuild of the tables after 100 new segments; each with its time and its peak
+RSS over what the process held before it (VmHWM, reset through ``/proc/self/clear_refs``).
 
 Then, on a local S3 server (SeaweedFS by default, moto with ``--s3 moto``, started here), a
 zone whose newest checkpoint (1,000 entries) is followed by ``--tail`` log entries: the time
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -28,15 +35,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from az_agent.agent.backup import discovery
+from az_agent.drivers.pinot.models import SegmentMetadata, SegmentStatus, TableRef
 from az_agent.drivers.storage.file import FileObjectStore
-from az_agent.state import Catalog, LogEntry, load_catalog, write_checkpoint
+from az_agent.state import Catalog, LogEntry, SystemClock, load_catalog, write_checkpoint
 from az_agent.state.keys import log_key, log_prefix, segment_key
 
 ZONE = "az1"
+T = TypeVar("T")
 TABLES = 20
 CHUNK = 10_000
 
@@ -88,6 +99,95 @@ def build_log(root: Path, count: int, workers: int) -> float:
     return time.perf_counter() - began
 
 
+def _hwm_mib() -> float:
+    """Peak RSS since the last :func:`_reset_peak` (VmHWM), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
+class _Cost:
+    """Time and peak RSS (over the RSS at its start) of one or more timed calls."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.peak_mib = 0.0
+
+    def time(self, call: Callable[[], T]) -> T:
+        gc.collect()
+        base = _rss_mib()
+        _reset_peak()
+        began = time.perf_counter()
+        value = call()
+        self.seconds += time.perf_counter() - began
+        self.peak_mib = max(self.peak_mib, _hwm_mib() - base)
+        return value
+
+    def result(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "peak_mib": self.peak_mib}
+
+
+def _meta(table: TableRef, name: str, crc: int) -> SegmentMetadata:
+    """A backed-up segment as a scan lists it."""
+    return SegmentMetadata(
+        table, name, SegmentStatus.UPLOADED, crc, None, None, None, None, None, None, None,
+        None, "http://pinot/x", None, None, {},
+    )  # fmt: skip
+
+
+def _scan(catalog: Catalog, bulk: bool) -> dict[str, float]:
+    """A discovery scan's reconcile of every table, every segment listed as backed up."""
+    cost, clock = _Cost(), SystemClock()
+    saved = discovery.BULK_RATIO
+    discovery.BULK_RATIO = 10**9 if bulk else 0
+    try:
+        for typed in catalog.tables():
+            table = TableRef.parse(typed)
+            crcs = sorted(catalog.segment_crcs(typed).items())
+            ready = [_meta(table, name, int(crc)) for name, crc in crcs]
+            pending: dict[tuple[str, str], discovery.Pending] = {}
+            call = functools.partial(discovery.reconcile, pending, table, ready, catalog, (), clock)
+            cost.time(call)
+            assert not pending, f"{len(pending)} segments of {typed} not recognised"
+    finally:
+        discovery.BULK_RATIO = saved
+    return cost.result()
+
+
+def _merge_after(catalog: Catalog, count: int, changes: int) -> dict[str, float]:
+    """A checkpoint's rebuild of the changed tables after ``changes`` new segments."""
+    for seq in range(count + 1, count + changes + 1):
+        catalog.apply(LogEntry.model_validate(_entry(seq)))
+    snapshot = catalog.snapshot()
+    cost = _Cost()
+    for table in snapshot.tables:
+        if table.added or table.hidden:
+            cost.time(table.merged)
+    return cost.result()
+
+
+def _costs(catalog: Catalog, count: int) -> dict[str, Any]:
+    """What the pause, a discovery scan and a checkpoint cost on the catalog loaded."""
+    records, packed = _Cost(), _Cost()
+    slow = records.time(lambda: max((r.seq for r in catalog.segments()), default=None))
+    fast = packed.time(catalog.newest_segment_seq)
+    assert slow == fast, (slow, fast)
+    return {
+        "newest_seq_records": records.result(),
+        "newest_seq_packed": packed.result(),
+        "scan_bulk": _scan(catalog, bulk=True),
+        "scan_lookups": _scan(catalog, bulk=False),
+        "merge_100": _merge_after(catalog, count, 100),
+    }
+
+
 def _rss_mib() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -97,7 +197,7 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _measure(root: Path, phase: str, count: int) -> dict[str, Any]:
+async def _measure(root: Path, phase: str, count: int, costs: bool = False) -> dict[str, Any]:
     store = FileObjectStore(root)
     result: dict[str, Any] = {"baseline_mib": _rss_mib()}
     if phase == "baseline":
@@ -117,6 +217,8 @@ async def _measure(root: Path, phase: str, count: int) -> dict[str, Any]:
     gc.collect()
     result |= {"segments": catalog.segment_count, "seq": catalog.last_seq}
     result |= {"peak_mib": _peak_mib(), "retained_mib": _rss_mib()}
+    if phase == "checkpoint" and costs:
+        result["costs"] = _costs(catalog, catalog.last_seq)
     if phase == "raw":
         began = time.perf_counter()
         info = await write_checkpoint(store, catalog)
@@ -125,10 +227,10 @@ async def _measure(root: Path, phase: str, count: int) -> dict[str, Any]:
     return result
 
 
-def run_phase(root: Path, phase: str, count: int = 0) -> dict[str, Any]:
+def run_phase(root: Path, phase: str, count: int = 0, costs: bool = False) -> dict[str, Any]:
     """One measurement in a fresh interpreter, so peak RSS is that load's alone."""
     command = [sys.executable, "-m", "benchmarks.catalog_load", "--phase", phase, str(root)]
-    command += ["--count", str(count)]
+    command += ["--count", str(count)] + (["--costs"] if costs else [])
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -162,6 +264,24 @@ def report_checkpoint(count: int, built: dict[str, Any], cp: dict[str, Any]) -> 
     print(f"RSS after load {cp['retained_mib']:.1f} MiB")
     per_segment = (cp["retained_mib"] - base) * 2**20 / max(cp["segments"], 1)
     print(f"catalog memory: about {per_segment:.0f} bytes per segment (RSS over the baseline)")
+
+
+def report_costs(costs: dict[str, Any]) -> None:
+    rows = [
+        ("pause: newest seq", "newest_seq_records", "newest_seq_packed", "records", "packed"),
+        ("discovery scan, all tables", "scan_lookups", "scan_bulk", "lookups", "bulk"),
+    ]
+    for label, before, after, name_before, name_after in rows:
+        a, b = costs[before], costs[after]
+        print(
+            f"{label}: {name_before} {a['seconds']:.2f} s (+{a['peak_mib']:.0f} MiB peak), "
+            f"{name_after} {b['seconds']:.3f} s (+{b['peak_mib']:.0f} MiB peak)"
+        )
+    merge = costs["merge_100"]
+    print(
+        f"checkpoint rebuild after 100 new segments: {merge['seconds']:.2f} s "
+        f"(+{merge['peak_mib']:.0f} MiB peak)"
+    )
 
 
 async def _tail(kind: str, tail: int, base: int = 1_000) -> dict[str, Any]:
@@ -223,23 +343,34 @@ def main() -> None:
         help="skip the raw-log baseline (minutes at 1,000,000): build the catalog in memory "
         "and time only the load from its checkpoint",
     )
+    parser.add_argument(
+        "--no-costs",
+        dest="costs",
+        action="store_false",
+        help="skip the pause, scan and rebuild costs measured on the catalog loaded",
+    )
+    parser.add_argument("--costs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("root", nargs="?", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        print(json.dumps(asyncio.run(_measure(args.root, args.phase, args.count))))
+        measured = _measure(args.root, args.phase, args.count, args.costs)
+        print(json.dumps(asyncio.run(measured)))
         return
     root = args.dir or Path(tempfile.mkdtemp(prefix="az-catalog-bench-"))
     try:
         if args.no_raw:
             built = run_phase(root, "direct", args.count)
-            cp = run_phase(root, "checkpoint") | {"baseline_mib": built["baseline_mib"]}
+            cp = run_phase(root, "checkpoint", costs=args.costs)
+            cp["baseline_mib"] = built["baseline_mib"]
             report_checkpoint(args.count, built, cp)
         else:
             build_seconds = build_log(root, args.count, args.workers)
             raw = run_phase(root, "raw")
             raw["baseline_mib"] = run_phase(root, "baseline")["baseline_mib"]
-            cp = run_phase(root, "checkpoint")
+            cp = run_phase(root, "checkpoint", costs=args.costs)
             report(args.count, build_seconds, raw, cp)
+        if "costs" in cp:
+            report_costs(cp["costs"])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
