@@ -270,7 +270,7 @@ class Drill:
             catalog = await load_catalog(store, zone.name)
         finally:
             await store.close()
-        held = {(r.name, r.crc) for r in catalog.segments()}
+        held = {pair for table in catalog.tables() for pair in catalog.segment_crcs(table).items()}
         if not set(committed.items()) <= held:
             return False
         if zone.postgres is None:

@@ -111,8 +111,7 @@ async def restore_table_configs(
     existing = set(await pinot.list_tables())
     for name, record in sorted(catalog.schemas(as_of).items()):
         await _restore_schema(pinot, store, name, record)
-    segments = catalog.segments(as_of)
-    receiving = {record_table(r) for r in segments}
+    receiving = _receiving(catalog, as_of)
     created: list[TableRef] = []
     for name, record in sorted(catalog.table_configs(as_of).items()):
         table = _typed(name)
@@ -130,9 +129,24 @@ async def restore_table_configs(
     ours = await _pause_for_restore(pinot, [t for t in realtime if t in present])
     await wait_flushed(pinot, [t for t in realtime if t in present], flush_timeout_seconds)
     for table in ours:
-        names = {r.name for r in segments if record_table(r) == table}
+        names = {
+            r.name
+            for source in receiving[table]
+            for r in catalog.segments(as_of, table=source)
+            if record_table(r) == table
+        }
         await _remove_strays(pinot, table, names)
     return created
+
+
+def _receiving(catalog: Catalog, as_of: datetime | None) -> dict[TableRef, list[str]]:
+    """The Pinot tables that get segments as of ``as_of``, each with the catalog's tables
+    they come from: one table's records at a time, not the whole catalog's."""
+    receiving: dict[TableRef, list[str]] = {}
+    for source in catalog.tables():
+        for table in {record_table(r) for r in catalog.segments(as_of, table=source)}:
+            receiving.setdefault(table, []).append(source)
+    return receiving
 
 
 async def _restore_schema(
