@@ -453,7 +453,7 @@ class Activation:
 
     async def _resume_consumption(self) -> str:
         catalog = await self._load_catalog()
-        tables = sorted({r.table for r in catalog.segments(as_of=self.request.latest_time)})
+        tables = catalog.live_tables(as_of=self.request.latest_time)
         resumed = await resume_after_restore(self.agent.deps.pinot, tables)
         return f"consumption resumed on {len(resumed)} realtime tables"
 
