@@ -56,6 +56,12 @@ class PrefixedObjectStore(ObjectStore):
     ) -> AbstractAsyncContextManager[ObjectReader]:
         return self._open(key, chunk_size)
 
+    async def get(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """The inner store's own ``get``: a driver may read a whole object cheaper than its
+        streamed :meth:`open` (S3)."""
+        data, info = await self._inner.get(self._full(key))
+        return data, self._strip(info)
+
     async def head(self, key: str) -> ObjectInfo:
         return self._strip(await self._inner.head(self._full(key)))
 
