@@ -31,6 +31,7 @@ from az_agent.drivers.storage.config import (
     StorageSecrets,
 )
 from az_agent.drivers.storage.s3 import SINGLE_PUT_LIMIT, S3ObjectStore, connect
+from az_agent.drivers.storage.spool import SpoolBudget
 from az_agent.drivers.storage.streams import SizedBody
 from tests.conftest import BackendPool
 from tests.servers.moto import MotoBackend
@@ -124,6 +125,66 @@ async def test_a_sized_body_longer_than_it_said_is_stored_whole(
     assert (await s3.get("liar.bin"))[0] == data
     assert (await s3.head("liar.bin")).sha256 == hashlib.sha256(data).hexdigest()
     assert await _open_uploads(moto, s3) == []
+
+
+async def test_a_sized_body_above_the_threshold_is_spooled_and_not_copied(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spooled to a temporary file, a segment's SHA-256 is known before its upload starts:
+    recorded at ``CreateMultipartUpload``, with no copy of the object onto itself after."""
+    assert s3.spool_budget is not None
+    data = os.urandom(SINGLE_PUT_LIMIT + 9 * MiB)  # parts of 8 MiB, the last one of 1
+    operations = _record_operations(s3, monkeypatch)
+    written = await s3.put("spooled.bin", SizedBody(_stream(data), len(data)))
+    assert operations == [
+        "create_multipart_upload",
+        *["upload_part"] * 5,
+        "complete_multipart_upload",
+    ]
+    head = await s3.head("spooled.bin")
+    assert (head.version, head.sha256) == (written.version, hashlib.sha256(data).hexdigest())
+    assert (await s3.get("spooled.bin"))[0] == data
+    assert s3.spool_budget.used == 0
+
+
+async def test_a_body_the_spool_cannot_hold_is_streamed(
+    s3: S3ObjectStore, moto: MotoBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No room in the budget: streamed as before (its SHA-256 attached by a copy); a body
+    that outgrows its room part-way goes on streamed from what was spooled."""
+    s3.spool_budget = SpoolBudget(40 * MiB)
+    operations = _record_operations(s3, monkeypatch)
+    big = os.urandom(41 * MiB)
+    await s3.put("too-big.bin", SizedBody(_stream(big), len(big)))
+    assert "copy_object" in operations
+    liar = os.urandom(45 * MiB)
+    operations.clear()
+    await s3.put("liar.bin", SizedBody(_stream(liar), 30 * MiB))
+    assert "copy_object" in operations
+    for key, data in (("too-big.bin", big), ("liar.bin", liar)):
+        assert (await s3.get(key))[0] == data
+        assert (await s3.head(key)).sha256 == hashlib.sha256(data).hexdigest()
+    assert s3.spool_budget.used == 0
+    assert await _open_uploads(moto, s3) == []
+
+
+async def test_a_spooled_body_that_fails_uploads_nothing(
+    s3: S3ObjectStore, moto: MotoBackend
+) -> None:
+    """A segment whose check fails at its end (a wrong CRC) fails before any request."""
+
+    async def failing() -> AsyncIterator[bytes]:
+        for _ in range(30):
+            yield os.urandom(MiB)
+        raise RuntimeError("creation.meta disagrees")
+
+    with pytest.raises(RuntimeError, match=r"creation\.meta"):
+        await s3.put("failed.bin", SizedBody(failing(), 30 * MiB))
+    with pytest.raises(NotFound):
+        await s3.head("failed.bin")
+    assert await _open_uploads(moto, s3) == []
+    assert s3.spool_budget is not None
+    assert s3.spool_budget.used == 0
 
 
 async def test_failed_stream_aborts_the_multipart_upload(

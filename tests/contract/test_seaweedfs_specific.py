@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from az_agent.drivers.errors import PreconditionFailed
+from az_agent.drivers.errors import DriverError, NotFound, PreconditionFailed
 from az_agent.drivers.storage.s3 import S3ObjectStore, connect
+from az_agent.drivers.storage.streams import SizedBody
 from tests.servers.seaweedfs import SeaweedFSBackend
 
 MiB = 1 << 20
@@ -163,7 +165,7 @@ async def test_a_put_whose_body_never_arrives_leaves_nothing(
     seaweedfs: SeaweedFSBackend,
 ) -> None:
     """SeaweedFS stores a PUT cut after its headers as an empty object with the headers'
-    metadata; the driver's Content-MD5 makes it refuse instead, so the retried create-only
+    metadata; the driver's request checksum makes it refuse instead, so the retried create-only
     put of a log entry lands whole rather than losing to garbage."""
     settings, secrets = await seaweedfs.new_bucket()
     key = f"{settings.s3.bucket}/az1/log/00000000000000000001.json"
@@ -178,3 +180,24 @@ async def test_a_put_whose_body_never_arrives_leaves_nothing(
     finally:
         await store.close()
         await relay.stop()
+
+
+async def test_a_single_put_whose_bytes_change_on_the_way_is_refused(
+    stores: tuple[S3ObjectStore, S3ObjectStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single ``PutObject`` carries the SHA-256 it records as its request checksum (no
+    Content-MD5 any more): the server must refuse bytes that differ from it, and store nothing."""
+    ours, _ = stores
+    original = ours._client.put_object
+
+    async def altering(**params: Any) -> Any:
+        sent = bytearray(params["Body"].read())
+        sent[len(sent) // 2] ^= 0xFF  # one byte flipped after the digest was taken
+        params["Body"] = io.BytesIO(bytes(sent))
+        return await original(**params)
+
+    monkeypatch.setattr(ours._client, "put_object", altering)
+    with pytest.raises(DriverError, match="BadDigest"):
+        await ours.put("altered.bin", SizedBody(_stream(os.urandom(3 * MiB)), 3 * MiB))
+    with pytest.raises(NotFound):
+        await ours.head("altered.bin")

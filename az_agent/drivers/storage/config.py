@@ -23,6 +23,18 @@ class S3Settings(_Model):
     addressing_style: Literal["auto", "path", "virtual"] = Field(
         default="auto", description="Bucket addressing; S3-compatible stores usually need 'path'."
     )
+    spool_dir: str = Field(
+        default="",
+        description="Directory of the temporary files that hold a segment larger than one "
+        "PutObject (24 MiB) while it is hashed and uploaded in parallel parts; empty: the "
+        "system's temporary directory ($TMPDIR, else /tmp).",
+    )
+    spool_mib: int = Field(
+        default=1024,
+        ge=0,
+        description="Disk those temporary files may take together, MiB; a segment that does "
+        "not fit is streamed, then copied onto itself to record its SHA-256. 0: never spool.",
+    )
 
 
 class GcsSettings(_Model):

@@ -6,11 +6,16 @@ Choices that are not obvious from the interface:
   attempts do not multiply; every vendor error goes through :func:`translate_error`.
 * A body that fits in one part is one ``PutObject`` carrying its SHA-256 in user metadata and its
   condition (``If-None-Match: *`` / ``If-Match``). A larger body is a multipart upload whose
-  condition sits on ``CompleteMultipartUpload``; its SHA-256 is known only at the end, so it is
-  then attached by a server-side copy of the object onto itself, guarded by
+  condition sits on ``CompleteMultipartUpload``. A body of known size is spooled to a temporary
+  file first (:mod:`~az_agent.drivers.storage.spool`), so its SHA-256 goes in at
+  ``CreateMultipartUpload`` and its parts are sent from the file several at a time. A stream of
+  unknown length (a dump), or one the spool budget cannot hold, learns its SHA-256 only at the
+  end: it is then attached by a server-side copy of the object onto itself, guarded by
   ``x-amz-copy-source-if-match`` (a multipart copy above S3's 5 GiB single-copy limit).
 * Request checksums are sent only when an operation requires them: S3-compatible stores often
-  reject botocore's default CRC trailers, and we verify SHA-256 end to end ourselves.
+  reject botocore's default CRC trailers, and we verify SHA-256 end to end ourselves. A single
+  ``PutObject`` carries the SHA-256 it records as ``x-amz-checksum-sha256`` (S3 and SeaweedFS
+  refuse a body that does not match it), each part its ``Content-MD5``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from az_agent.drivers.storage.base import (
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
 from az_agent.drivers.storage.retry import RetryPolicy
-from az_agent.drivers.storage.s3_small import SmallObjectGetter, verify_whole
+from az_agent.drivers.storage.spool import SpoolBudget, SpooledBody, spooled
 from az_agent.drivers.storage.streams import BodyDigest, PartReader, SizedBody
 
 log = logging.getLogger(__name__)
@@ -66,6 +71,9 @@ SINGLE_PUT_LIMIT = 24 << 20
 PARTS_IN_FLIGHT = 1
 """Parts of one multipart upload sent while the next is read: one keeps the source flowing
 during each upload within two parts of memory (the contract's bound for a streamed put)."""
+SPOOLED_PARTS_IN_FLIGHT = 2
+"""Parts of a spooled body sent at once, each read from the file (and its MD5 taken) in a
+thread into a buffer of its own: two parts of memory per upload, as a streamed one holds."""
 
 # fmt: off
 _UNAVAILABLE_CODES = frozenset({
@@ -179,7 +187,10 @@ class _S3Reader(ObjectReader):
 class S3ObjectStore(ObjectStore):
     """One S3 bucket; see the module docstring for how writes and checksums work.
 
-    ``single_copy_limit`` is S3's; tests lower it to exercise the multipart copy.
+    ``single_copy_limit`` is S3's; tests lower it to exercise the multipart copy. Bodies of
+    known size above :data:`SINGLE_PUT_LIMIT` are spooled in ``spool_dir`` (the system's
+    temporary directory when ``None``) while ``spool_budget`` has room; without a budget they
+    are streamed.
     """
 
     def __init__(
@@ -191,6 +202,8 @@ class S3ObjectStore(ObjectStore):
         part_size: int,
         resources: AsyncExitStack | None = None,
         single_copy_limit: int = SINGLE_COPY_LIMIT,
+        spool_dir: str | None = None,
+        spool_budget: SpoolBudget | None = None,
     ) -> None:
         self._client = client
         self._bucket = bucket
@@ -198,7 +211,8 @@ class S3ObjectStore(ObjectStore):
         self._part_size = part_size
         self._resources = resources or AsyncExitStack()
         self.single_copy_limit = single_copy_limit
-        self._small = SmallObjectGetter(client, bucket)
+        self.spool_dir = spool_dir
+        self.spool_budget = spool_budget
 
     def _errors(self, subject: str) -> contextlib.AbstractContextManager[None]:
         return _vendor_errors(subject, self._bucket)
@@ -239,33 +253,50 @@ class S3ObjectStore(ObjectStore):
         condition = {"IfNoneMatch": "*"} if if_none_match else {}
         if if_match is not None:
             condition = {"IfMatch": if_match}
-        sized = isinstance(body, SizedBody) and body.size <= SINGLE_PUT_LIMIT
-        reader = PartReader(body, SINGLE_PUT_LIMIT if sized else self._part_size)
         try:
-            if sized:
-                buffer = _Buffer()
-                await reader.write_to(buffer, SINGLE_PUT_LIMIT)
-                if not await reader.has_more():
-                    return await self._put_single(key, reader.digest, buffer, condition)
-                head = [buffer.getvalue()]  # longer than it said: rare, a copy is fine
-                del buffer
-            else:
-                await reader.advance()
-                head = [reader.part]
-                reader.part = b""
-                if not await reader.has_more():
-                    return await self._put_single(key, reader.digest, head[0], condition)
-            return await self._put_multipart(key, reader, head, condition)
+            if isinstance(body, SizedBody) and body.size <= SINGLE_PUT_LIMIT:
+                return await self._put_buffered(key, body, condition)
+            if isinstance(body, SizedBody) and self.spool_budget is not None:
+                return await self._put_spooled(key, body, self.spool_budget, condition)
+            return await self._put_streamed(key, body, condition)
         except NotFound as exc:
             if if_match is None:
                 raise
             raise PreconditionFailed(f"{key}: does not exist, expected version {if_match}") from exc
 
+    async def _put_buffered(
+        self, key: str, body: SizedBody, condition: dict[str, str]
+    ) -> ObjectInfo:
+        """A body that says it fits in one ``PutObject``, built in place as it is read."""
+        reader = PartReader(body, SINGLE_PUT_LIMIT)
+        buffer = _Buffer()
+        await reader.write_to(buffer, SINGLE_PUT_LIMIT)
+        if not await reader.has_more():
+            return await self._put_single(key, reader.digest, buffer, condition)
+        head = [buffer.getvalue()]  # longer than it said: rare, a copy is fine
+        del buffer
+        return await self._put_multipart(key, reader, head, condition)
+
+    async def _put_streamed(self, key: str, body: Body, condition: dict[str, str]) -> ObjectInfo:
+        """A body of unknown length: one ``PutObject`` if it ends within a part, else parts
+        sent as they are read and the SHA-256 attached afterwards."""
+        reader = PartReader(body, self._part_size)
+        await reader.advance()
+        head = [reader.part]
+        reader.part = b""
+        if not await reader.has_more():
+            return await self._put_single(key, reader.digest, head[0], condition)
+        return await self._put_multipart(key, reader, head, condition)
+
     async def _put_single(
         self, key: str, digest: BodyDigest, body: bytes | _Buffer, condition: dict[str, str]
     ) -> ObjectInfo:
         """One ``PutObject``: below the threshold a multipart upload's three extra requests and
-        the copy that records the SHA-256 cost more than overlapping its parts gains."""
+        the copy that records the SHA-256 cost more than overlapping its parts gains.
+
+        The SHA-256 already computed goes as the request's checksum, so the server refuses a
+        body cut short or altered on the way (see :func:`content_md5`) without a second hash
+        of every byte for ``Content-MD5``."""
         sha256 = digest.hexdigest()
         metadata = {SHA256_METADATA_KEY: sha256}
         reply = await self._call(
@@ -274,10 +305,81 @@ class S3ObjectStore(ObjectStore):
             body,
             Key=key,
             Metadata=metadata,
-            ContentMD5=await content_md5(body),
+            ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
             **condition,
         )
         return ObjectInfo(key, digest.size, reply["ETag"], sha256)
+
+    async def _put_spooled(
+        self, key: str, body: SizedBody, budget: SpoolBudget, condition: dict[str, str]
+    ) -> ObjectInfo:
+        """Spool ``body``, then upload it with its SHA-256 known from the start; streamed as
+        before when the budget has no room for it, or from where it outgrew its room."""
+        source = aiter(body)
+        try:
+            async with spooled(source, body.size, self.spool_dir, budget) as spool:
+                if spool is None:
+                    return await self._put_streamed(key, source, condition)
+                if not spool.complete:
+                    return await self._put_streamed(key, _chain(spool.chunks(), source), condition)
+                return await self._put_from_spool(key, spool, condition)
+        except OSError as exc:  # the requests' own are translated: this is the temporary file
+            raise Unavailable(f"{key}: could not spool the body: {exc}") from exc
+
+    async def _put_from_spool(
+        self, key: str, spool: SpooledBody, condition: dict[str, str]
+    ) -> ObjectInfo:
+        sha256 = spool.digest.hexdigest()
+        if spool.size <= self._part_size:  # shorter than it said
+            data = await spool.read_part(0, spool.size)
+            return await self._put_single(key, spool.digest, data, condition)
+        metadata = {SHA256_METADATA_KEY: sha256}
+        created = await self._call(key, "create_multipart_upload", Key=key, Metadata=metadata)
+        upload_id: str = created["UploadId"]
+        try:
+            parts = await self._upload_spooled_parts(key, upload_id, spool)
+            done = await self._complete(key, upload_id, parts, condition)
+        except BaseException:
+            await _shielded(self._abort(key, upload_id))
+            raise
+        return ObjectInfo(key, spool.size, _quoted(done["ETag"]), sha256)
+
+    async def _upload_spooled_parts(
+        self, key: str, upload_id: str, spool: SpooledBody
+    ) -> list[dict[str, Any]]:
+        """:data:`SPOOLED_PARTS_IN_FLIGHT` parts at a time, in parts large enough to stay
+        within :data:`MAX_PARTS`; the first failure cancels the others."""
+        part_size = max(self._part_size, -(-spool.size // MAX_PARTS))
+        etags: dict[int, str] = {}
+        buffers: asyncio.Queue[_Buffer] = asyncio.Queue()
+        for _ in range(SPOOLED_PARTS_IN_FLIGHT):
+            buffers.put_nowait(_Buffer())
+
+        async def send(number: int, offset: int, buffer: _Buffer) -> None:
+            try:
+                size = min(part_size, spool.size - offset)
+                md5 = await spool.read_into(buffer, offset, size)
+                reply = await self._call(
+                    key,
+                    "upload_part",
+                    buffer,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    ContentMD5=md5,
+                )
+                etags[number] = reply["ETag"]
+            finally:
+                buffers.put_nowait(buffer)
+
+        try:
+            async with asyncio.TaskGroup() as sending:
+                for number, offset in enumerate(range(0, spool.size, part_size), 1):
+                    sent = send(number, offset, await buffers.get())
+                    sending.create_task(sent, name=f"part {number} of {key}")
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
 
     async def _put_multipart(
         self, key: str, reader: PartReader, head: list[bytes], condition: dict[str, str]
@@ -444,21 +546,6 @@ class S3ObjectStore(ObjectStore):
             raise Unavailable(f"{info.key}: replaced while being read; read it again") from exc
         return reply["Body"]
 
-    async def get(self, key: str) -> tuple[bytes, ObjectInfo]:
-        """One request through :class:`SmallObjectGetter` (a fraction of the client CPU of the
-        streamed read: a log replay is one GET per entry), retried and translated as any
-        request, its SHA-256 checked as every read's. A connection lost mid-body starts the
-        whole GET again: there is little to resume in a small object."""
-        validate_key(key)
-
-        async def attempt() -> tuple[bytes, ObjectInfo]:
-            with self._errors(f"s3://{self._bucket}/{key}"):
-                return await self._small.get(key)
-
-        data, info = await self.retry.run(f"s3 get_object {key}", attempt)
-        await verify_whole(data, info)
-        return data, info
-
     async def head(self, key: str) -> ObjectInfo:
         validate_key(key)
         return _info(key, await self._call(key, "head_object", Key=key))
@@ -503,6 +590,12 @@ def _info(key: str, reply: dict[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key, reply["ContentLength"], reply["ETag"], metadata.get(SHA256_METADATA_KEY), modified
     )
+
+
+async def _chain(*streams: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for stream in streams:
+        async for chunk in stream:
+            yield chunk
 
 
 def _quoted(etag: str) -> str:
@@ -589,6 +682,8 @@ async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None
         retry=policy,
         part_size=settings.part_size_mib << 20,
         resources=resources,
+        spool_dir=settings.s3.spool_dir or None,
+        spool_budget=SpoolBudget(settings.s3.spool_mib << 20) if settings.s3.spool_mib else None,
     )
 
 
