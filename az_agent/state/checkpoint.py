@@ -2,10 +2,13 @@
 
 A checkpoint is one object, ``<zone>/checkpoints/<seq:020d>.jsonl.gz``: gzip-compressed JSON
 lines, a header line (format, version, zone, seq, epoch, term), then the catalog, and a trailer
-line with the number of lines between and the SHA-256 of every line before it. Version 3 writes
+line with the number of lines between and the SHA-256 of every line before it. Version 4 writes
 segments as blocks of packed columns (``["S", table, ...]``, see ``columns.py``: base64 arrays,
-loaded without a Python object per segment), the other records one line each; version 1 (one
-line per segment version, ``["s", ...]``) is still read. It is valid only if
+loaded without a Python object per segment), the other records one line each. Version 3 is the
+same but for its blocks, all of :data:`~.columns.CHUNK` rows but a table's last, which version
+4 does not promise (a checkpoint copies the chunks no change touched whole): a reader of
+version 3 would refuse such blocks, hence the new number. Versions 3 and 1 (one line per
+segment version, ``["s", ...]``) are still read. It is valid only if
 the trailer is there and agrees, so a truncated or corrupt object (or one cut short by any
 means) is ignored with a warning and the loader falls back to the previous checkpoint, or to
 the raw log. Object writes are atomic on every backend, so a checkpoint being written while a
@@ -39,8 +42,8 @@ from az_agent.state.log import checkpoint_seqs, entry_exists
 log = logging.getLogger(__name__)
 
 FORMAT = "az-agent-checkpoint"
-VERSION = 3
-READABLE_VERSIONS = (1, 3)
+VERSION = 4
+READABLE_VERSIONS = (1, 3, 4)
 """Version 2 (columns without name separators) lived for an hour in development: refused."""
 BATCH_ROWS = 5000
 KEEP_CHECKPOINTS = 3

@@ -3,8 +3,9 @@
 A :class:`SegmentColumns` holds the versions of one table as they stood at a checkpoint (or at
 the last compaction): raw SHA-256 digests and CRCs as integers in flat arrays; names (UTF-8,
 each followed by a line end) and the row-major packed numbers (the 64 bytes
-:class:`SegmentRecord` keeps) zlib-compressed in chunks of :data:`CHUNK` rows, the unit a
-checkpoint stores them in too, so loading copies them without recompressing. Neighbouring rows
+:class:`SegmentRecord` keeps) zlib-compressed in chunks of :data:`CHUNK` rows (fewer where a
+merge copied untouched chunks whole around a change), the unit a checkpoint stores them in
+too, so loading copies them without recompressing. Neighbouring rows
 are alike (names sorted, times and sequence numbers close), so these compress about 4x; reading
 a row inflates its chunk (tens of microseconds; the last chunk read is kept). There is no
 Python object per segment; a :class:`SegmentRecord` is built when asked for. Rows are sorted by
@@ -19,6 +20,7 @@ catalog keeps later changes beside them and folds them in by building new column
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import sys
 import zlib
@@ -73,8 +75,8 @@ class SegmentColumns:
     """The packed versions of one table; see the module docstring."""
 
     __slots__ = (
-        "_index", "_mask", "_names", "_numbers", "crcs", "digests", "ends", "extras", "ints",
-        "last", "name_chunks", "name_count", "number_chunks", "table", "types",
+        "_aligned", "_index", "_mask", "_names", "_numbers", "crcs", "digests", "ends", "extras",
+        "ints", "last", "name_chunks", "name_count", "number_chunks", "starts", "table", "types",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +91,7 @@ class SegmentColumns:
         last: bytearray,
         ints: array[int] | None,
         extras: dict[int, dict[str, Any]],
+        starts: array[int] | None = None,
     ) -> None:
         self.table = table
         self.name_chunks = name_chunks
@@ -100,6 +103,11 @@ class SegmentColumns:
         self.last = last
         self.ints = ints
         self.extras = extras
+        if starts is None:
+            starts = array("q", range(0, len(crcs), CHUNK))
+            starts.append(len(crcs))
+        self.starts = starts  # each chunk's first row, then the row count
+        self._aligned = all(b - a == CHUNK for a, b in itertools.pairwise(starts[:-1]))
         self.name_count = last.count(1)
         self._index: array[int] | None = None
         self._mask = 0
@@ -110,6 +118,14 @@ class SegmentColumns:
     def __len__(self) -> int:
         return len(self.crcs)
 
+    def chunk_of(self, row: int) -> int:
+        """The chunk holding ``row``: chunks have :data:`CHUNK` rows but where a merge copied
+        its neighbours whole around a change (see :func:`merge`)."""
+        return row // CHUNK if self._aligned else bisect.bisect_right(self.starts, row) - 1
+
+    def rows(self, chunk: int) -> range:
+        return range(self.starts[chunk], self.starts[chunk + 1])
+
     def _chunk_names(self, chunk: int) -> bytes:
         cached = self._names
         if cached[0] != chunk:
@@ -117,15 +133,17 @@ class SegmentColumns:
         return cached[1]
 
     def number_bytes(self, row: int) -> bytes:
-        chunk, position = divmod(row, CHUNK)
+        chunk = self.chunk_of(row)
+        position = row - self.starts[chunk]
         cached = self._numbers
         if cached[0] != chunk:
             cached = self._numbers = (chunk, zlib.decompress(self.number_chunks[chunk]))
         return cached[1][position * NUMBERS_SIZE : (position + 1) * NUMBERS_SIZE]
 
     def name_bytes(self, row: int) -> bytes:
-        names = self._chunk_names(row // CHUNK)
-        return names[self.ends[row - 1] + 1 if row % CHUNK else 0 : self.ends[row]]
+        chunk = self.chunk_of(row)
+        names = self._chunk_names(chunk)
+        return names[self.ends[row - 1] + 1 if row != self.starts[chunk] else 0 : self.ends[row]]
 
     def name(self, row: int) -> str:
         return self.name_bytes(row).decode()
@@ -200,21 +218,21 @@ class SegmentColumns:
         """Every current name, a chunk at a time at C speed (a poll sets 100,000 of them
         against a listing): a chunk's names are separated by line ends."""
         for chunk in range(len(self.name_chunks)):
-            start = chunk * CHUNK
+            rows = self.rows(chunk)
             names = self._chunk_names(chunk).decode().split("\n")
-            yield from itertools.compress(names, self.last[start : start + CHUNK])
+            yield from itertools.compress(names, self.last[rows.start : rows.stop])
 
     def current_crcs(self) -> Iterator[tuple[str, str]]:
         """``(name, CRC)`` of every current version, by name, a chunk at a time at C speed (a
         discovery scan sets a whole table's against the controller's): the CRC as
         :meth:`record` gives it, extras honoured."""
-        odd = {row // CHUNK for row, extra in self.extras.items() if "crc" in extra}
+        odd = {self.chunk_of(row) for row, extra in self.extras.items() if "crc" in extra}
         for chunk in range(len(self.name_chunks)):
-            start = chunk * CHUNK
-            flags = self.last[start : start + CHUNK]
+            start, stop = self.starts[chunk], self.starts[chunk + 1]
+            flags = self.last[start:stop]
             names = self._chunk_names(chunk).decode().split("\n")
             if chunk not in odd:  # then no CRC of the chunk is NONE either (see add)
-                crcs = map(str, self.crcs[start : start + CHUNK])
+                crcs = map(str, self.crcs[start:stop])
                 yield from itertools.compress(zip(names, crcs, strict=False), flags)
                 continue
             for position in itertools.compress(range(len(flags)), flags):
@@ -229,7 +247,7 @@ class SegmentColumns:
         it, rows by seq, until one is not skipped."""
         tops: list[tuple[int, int]] = []
         for chunk in range(len(self.number_chunks)):
-            flags = self.last[chunk * CHUNK : (chunk + 1) * CHUNK]
+            flags = self.last[self.starts[chunk] : self.starts[chunk + 1]]
             top = max(itertools.compress(self._seqs(chunk), flags), default=None)
             if top is not None:
                 tops.append((top, chunk))
@@ -239,9 +257,9 @@ class SegmentColumns:
         for top, chunk in sorted(tops, reverse=True):
             if best is not None and top <= best:
                 break
-            start = chunk * CHUNK
+            start = self.starts[chunk]
             rows = zip(self._seqs(chunk), itertools.count(start), strict=False)
-            flags = self.last[start : start + CHUNK]
+            flags = self.last[start : self.starts[chunk + 1]]
             for seq, row in sorted(itertools.compress(rows, flags), reverse=True):
                 if best is not None and seq <= best:
                     break
@@ -269,8 +287,7 @@ class SegmentColumns:
         (little-endian name ends, CRCs, digests, types, last flags, partition/offsets when
         ``has_ints``, then the compressed names and numbers as kept), read back by
         :meth:`ColumnsBuilder.add_block`."""
-        start = chunk * CHUNK
-        stop = min(start + CHUNK, len(self))
+        start, stop = self.starts[chunk], self.starts[chunk + 1]
         extras = {
             str(row - start): extra for row, extra in self.extras.items() if start <= row < stop
         }
@@ -302,19 +319,38 @@ class ColumnsBuilder:
         self._last = bytearray()
         self._ints: array[int] | None = None
         self._extras: dict[int, dict[str, Any]] = {}
+        self._starts = array("q")
+        self.limit = CHUNK
+        """Rows at which the chunk being filled is closed (:func:`merge` splits evenly)."""
 
     def __len__(self) -> int:
         return len(self._crcs)
 
+    @property
+    def partial(self) -> int:
+        """Rows of the chunk being filled."""
+        return len(self._crcs) - (self._starts[-1] if self._names else len(self._crcs))
+
     def _row_done(self) -> None:
-        if len(self._crcs) % CHUNK == 0:
+        if self.partial >= self.limit:
             self._flush()
+
+    def _begin_row(self) -> None:
+        if not self._names:
+            self._starts.append(len(self._crcs))
 
     def _flush(self) -> None:
         if self._names or self._numbers:
             self._name_chunks.append(zlib.compress(self._names, _LEVEL))
             self._number_chunks.append(zlib.compress(self._numbers, _LEVEL))
             self._names, self._numbers = bytearray(), bytearray()
+
+    def _extend_ints(self, values: array[int] | None, rows: int) -> None:
+        """Partition/offsets of ``rows`` rows appended (None: all NONE)."""
+        if self._ints is None and values is not None and values.count(NONE) != len(values):
+            self._ints = array("q", [NONE]) * (3 * (len(self._crcs) - rows))
+        if self._ints is not None:
+            self._ints.extend(values if values is not None else array("q", [NONE]) * (3 * rows))
 
     def add(self, record: SegmentRecord, *, last: bool) -> None:
         """Append one version (a name's versions oldest first, ``last`` on the current one)."""
@@ -323,6 +359,7 @@ class ColumnsBuilder:
         name = record.name.encode()
         if b"\n" in name:  # never in a valid key, and the separator of a chunk's names
             raise ValueError(f"segment name {record.name!r} has a line end")
+        self._begin_row()
         self._names += name
         self._ends.append(len(self._names))
         self._names += b"\n"
@@ -362,6 +399,7 @@ class ColumnsBuilder:
     def copy_row(self, columns: SegmentColumns, row: int, *, last: bool) -> None:
         """Append ``columns``' row as it is, without building a record."""
         here = len(self._crcs)
+        self._begin_row()
         self._names += columns.name_bytes(row)
         self._ends.append(len(self._names))
         self._names += b"\n"
@@ -379,6 +417,25 @@ class ColumnsBuilder:
             self._extras[here] = extra
         self._row_done()
 
+    def copy_chunk(self, columns: SegmentColumns, chunk: int, extras: Iterable[int]) -> None:
+        """Append ``columns``' chunk as it is, compressed bytes shared, after the chunk being
+        filled (``extras``: the chunk's rows that have extras)."""
+        self._flush()
+        start, stop = columns.starts[chunk], columns.starts[chunk + 1]
+        here = len(self._crcs)
+        self._starts.append(here)
+        self._name_chunks.append(columns.name_chunks[chunk])
+        self._number_chunks.append(columns.number_chunks[chunk])
+        self._ends.extend(columns.ends[start:stop])
+        self._crcs.extend(columns.crcs[start:stop])
+        self._digests += columns.digests[start * 32 : stop * 32]
+        self._types += columns.types[start:stop]
+        self._last += columns.last[start:stop]
+        ints = None if columns.ints is None else columns.ints[start * 3 : stop * 3]
+        self._extend_ints(ints, stop - start)
+        for row in extras:
+            self._extras[here + row - start] = columns.extras[row]
+
     def add_versions(self, versions: Iterable[SegmentRecord]) -> None:
         """Append one name's versions, oldest first."""
         listed = list(versions)
@@ -388,11 +445,10 @@ class ColumnsBuilder:
     def add_block(self, header: list[Any], raw: memoryview) -> None:
         """Append a block written by :meth:`SegmentColumns.block` (ValueError if malformed)."""
         (_, _, count, size, has_ints, extras, names_size) = header
-        row = len(self._crcs)
         if not isinstance(count, int) or not 1 <= count <= CHUNK or len(raw) != size:
             raise ValueError(f"a block of {len(raw)} bytes for {count} rows, {size} announced")
-        if row % CHUNK or self._names:
-            raise ValueError("a block after a short one: chunks out of line")
+        self._flush()
+        row = len(self._crcs)
         widths = [4 * count, 8 * count, 32 * count, count, count]
         if has_ints:
             widths.append(24 * count)
@@ -414,6 +470,7 @@ class ColumnsBuilder:
             self._ints.extend(_ints(raw[offsets[5] : offsets[6]]))
         elif self._ints is not None:
             self._ints.extend(array("q", [NONE]) * (3 * count))
+        self._starts.append(row)
         self._name_chunks.append(bytes(raw[offsets[-2] : offsets[-1]]))
         self._number_chunks.append(bytes(raw[offsets[-1] :]))
         if not isinstance(extras, dict):
@@ -425,9 +482,11 @@ class ColumnsBuilder:
 
     def build(self) -> SegmentColumns:
         self._flush()
+        starts = array("q", self._starts)
+        starts.append(len(self._crcs))
         return SegmentColumns(
             self.table, self._name_chunks, self._ends, self._crcs, self._digests,
-            self._number_chunks, self._types, self._last, self._ints, self._extras,
+            self._number_chunks, self._types, self._last, self._ints, self._extras, starts,
         )  # fmt: skip
 
 
@@ -438,26 +497,80 @@ def merge(
     hidden: Collection[str],
 ) -> SegmentColumns | None:
     """New columns: ``columns`` without the ``hidden`` names, with the ``added`` versions
-    (name -> versions newer than the columns', oldest first). None when nothing is left."""
+    (name -> versions newer than the columns', oldest first). None when nothing is left.
+
+    Only the chunks a change falls in are rebuilt row by row; the others are copied whole,
+    compressed bytes shared, so a checkpoint costs what changed, not the table's size. A
+    rebuilt chunk that overflows is split in even pieces (so the next insertions there do not
+    split it again), and one that comes out short is topped up with its untouched neighbour's
+    rows when both fit in one chunk.
+    """
     if columns is not None and not added and not hidden:
         return columns
     builder = ColumnsBuilder(table)
-    pending = sorted(added)
-    position = 0
-    for row in columns.current_rows() if columns is not None else ():
-        assert columns is not None
-        name = columns.name(row)
-        while position < len(pending) and pending[position] < name:
-            builder.add_versions(added[pending[position]])
-            position += 1
-        newer = added.get(name)
-        if newer:
-            position += 1
-        if name not in hidden:
-            for version in columns.version_rows(row):
-                builder.copy_row(columns, version, last=version == row and not newer)
-        if newer:
-            builder.add_versions(newer)
-    for name in pending[position:]:
-        builder.add_versions(added[name])
+    if columns is None or not len(columns):
+        for name in sorted(added):
+            builder.add_versions(added[name])
+        return builder.build() if len(builder) else None
+    firsts = [_first_name(columns, chunk) for chunk in range(len(columns.name_chunks))]
+    placed: dict[int, list[str]] = {}  # chunk -> the added names it gets, sorted
+    for name in sorted(added):
+        placed.setdefault(max(0, bisect.bisect_right(firsts, name) - 1), []).append(name)
+    touched = set(placed)
+    for name in hidden:
+        chunk = bisect.bisect_right(firsts, name) - 1
+        touched.add(max(chunk, 0))
+        while chunk > 0 and firsts[chunk] == name:  # its older versions end the chunk before
+            chunk -= 1
+            touched.add(chunk)
+    extras: dict[int, list[int]] = {}
+    for row in sorted(columns.extras):
+        extras.setdefault(columns.chunk_of(row), []).append(row)
+    for chunk in range(len(columns.name_chunks)):
+        rows = columns.rows(chunk)
+        if chunk in touched:
+            names = placed.get(chunk, [])
+            rows_out = builder.partial + len(rows) + sum(len(added[name]) for name in names)
+            builder.limit = -(-rows_out // -(-rows_out // CHUNK))  # in even pieces
+            _rebuild(builder, columns, chunk, names, added, hidden)
+            builder.limit = CHUNK
+        elif builder.partial and builder.partial + len(rows) <= CHUNK:
+            for row in rows:  # a short chunk and this one fit in one
+                builder.copy_row(columns, row, last=bool(columns.last[row]))
+        else:
+            builder.copy_chunk(columns, chunk, extras.get(chunk, ()))
     return builder.build() if len(builder) else None
+
+
+def _first_name(columns: SegmentColumns, chunk: int) -> str:
+    """The first name of ``chunk``, inflating only its start when that holds it."""
+    start = zlib.decompressobj().decompress(columns.name_chunks[chunk], 512)
+    end = start.find(b"\n")
+    return (start[:end] if end != -1 else columns.name_bytes(columns.starts[chunk])).decode()
+
+
+def _rebuild(
+    builder: ColumnsBuilder,
+    columns: SegmentColumns,
+    chunk: int,
+    placed: list[str],
+    added: dict[str, list[SegmentRecord]],
+    hidden: Collection[str],
+) -> None:
+    """Copy ``chunk`` row by row: without the ``hidden`` names' rows, with the ``placed``
+    names' versions after their current row, or where they sort when the chunk lacks them."""
+    position = 0
+    for row in columns.rows(chunk):
+        name = columns.name(row)
+        while position < len(placed) and placed[position] < name:
+            builder.add_versions(added[placed[position]])  # a new name
+            position += 1
+        current = bool(columns.last[row])
+        newer = current and position < len(placed) and placed[position] == name
+        if name not in hidden:
+            builder.copy_row(columns, row, last=current and not newer)
+        if newer:
+            builder.add_versions(added[name])
+            position += 1
+    for name in placed[position:]:
+        builder.add_versions(added[name])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import random
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from az_agent.state import (
     write_checkpoint,
 )
 from az_agent.state.checkpoint import FORMAT
+from az_agent.state.columns import CHUNK
 from az_agent.state.keys import checkpoint_key, log_key, segment_key
 from tests.unit.state.helpers import FaultyStore, file_store
 
@@ -300,3 +302,86 @@ async def test_the_newest_seq_skips_what_segments_leaves_out(store: FaultyStore)
     step(plain_segment(3).model_copy(update={"crc": "99", "key": key}), 605)  # a refresh
     step(SegmentDeletedPayload(table="metrics_OFFLINE", segment="s0003"), 598)
     assert answers(catalog) == answers(history.catalog())
+
+
+def named_segment(name: str, crc: int | str) -> SegmentPayload:
+    key = segment_key(ZONE, "metrics_OFFLINE", name, str(crc))
+    return plain_segment(0).model_copy(update={"segment": name, "crc": str(crc), "key": key})
+
+
+async def test_a_checkpoint_rebuilds_only_the_chunks_a_change_falls_in(
+    store: FaultyStore,
+) -> None:
+    """Checkpoints after a few changes each: untouched chunks are copied whole (the same
+    compressed bytes, extras carried along), the answers stay those of the raw log, chunks
+    stay mostly full. A name's 300 versions span chunks; it is purged in the first round."""
+    history = History()
+    for n in range(4000):  # every 50th with a CRC kept in extras
+        history.add(named_segment(f"s{n * 2:05d}", f"0{n}" if n % 50 == 7 else n))
+    for n in range(300):
+        history.add(named_segment("s01001", n))
+    catalog = history.catalog()
+    await write_checkpoint(store, catalog)
+    rng = random.Random(4)
+    short = False
+    for purged in ("s01001", *(f"s{rng.randrange(4000) * 2:05d}" for _ in range(4))):
+        before = catalog._columns["metrics_OFFLINE"]
+        for _ in range(3):
+            n = rng.randrange(8000)
+            history.add(named_segment(f"s{n:05d}", rng.randrange(10**6)))  # new or refreshed
+        first = before.name(before.starts[rng.randrange(1, len(before.number_chunks))])
+        history.add(named_segment(first, rng.randrange(10**6)))  # a chunk's first, refreshed
+        history.add(SegmentDeletedPayload(table="metrics_OFFLINE", segment=purged))
+        history.add(SegmentsPurgedPayload(segments=[("metrics_OFFLINE", purged)]))
+        history.add(odd_segment(3).model_copy(update={"table": "metrics_OFFLINE"}))
+        for entry in history.entries[catalog.last_seq :]:
+            catalog.apply(entry)
+        await write_checkpoint(store, catalog)
+        after = catalog._columns["metrics_OFFLINE"]
+        short |= not after._aligned
+        shared = {id(chunk) for chunk in before.number_chunks}
+        kept = sum(id(chunk) in shared for chunk in after.number_chunks)
+        assert kept >= len(before.number_chunks) - 2 * 7
+        assert len(after) / len(after.number_chunks) >= CHUNK / 2
+        raw = history.catalog()
+        assert list(catalog.rows()) == list(raw.rows())
+        assert list((await load_catalog(store, ZONE)).rows()) == list(raw.rows())
+    assert answers(catalog) == answers(raw)
+    assert short  # chunks of fewer rows in the middle were written and loaded
+
+
+async def test_a_version_3_checkpoint_still_loads(
+    store: FaultyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 3 (blocks of CHUNK rows but the last) is read by the same code."""
+    history = History()
+    for n in range(300):
+        history.add(odd_segment(n) if n % 5 == 0 else plain_segment(n))
+    monkeypatch.setattr("az_agent.state.checkpoint.VERSION", 3)
+    await write_checkpoint(store, history.catalog())
+    monkeypatch.undo()
+    loaded = await read_checkpoint(store, ZONE, 300)
+    assert answers(loaded) == answers(history.catalog())
+
+
+async def test_a_short_chunk_is_topped_up_by_its_neighbour(store: FaultyStore) -> None:
+    """A chunk emptied by purges, then the rest of a split neighbour: one chunk, not two."""
+    history = History()
+    for n in range(4 * CHUNK):
+        history.add(named_segment(f"s{n:05d}", n))
+    catalog = history.catalog()
+    await write_checkpoint(store, catalog)
+    purged = [("metrics_OFFLINE", f"s{n:05d}") for n in range(2 * CHUNK, 2 * CHUNK + 200)]
+    for table, name in purged:
+        history.add(SegmentDeletedPayload(table=table, segment=name))
+    history.add(SegmentsPurgedPayload(segments=purged))
+    history.add(named_segment("s00300x", 1))  # one more row in the chunk before: split
+    for upto in (len(history.entries) - 1, len(history.entries)):
+        for entry in history.entries[catalog.last_seq : upto]:
+            catalog.apply(entry)
+        await write_checkpoint(store, catalog)
+    columns = catalog._columns["metrics_OFFLINE"]
+    sizes = [b - a for a, b in itertools.pairwise(columns.starts)]
+    assert sizes == [CHUNK, CHUNK // 2 + 1, CHUNK // 2 + CHUNK - 200, CHUNK]
+    assert all(a + b > CHUNK for a, b in itertools.pairwise(sizes))
+    assert list(catalog.rows()) == list(history.catalog().rows())
