@@ -201,3 +201,30 @@ async def test_a_single_put_whose_bytes_change_on_the_way_is_refused(
         await ours.put("altered.bin", SizedBody(_stream(os.urandom(3 * MiB)), 3 * MiB))
     with pytest.raises(NotFound):
         await ours.head("altered.bin")
+
+
+async def test_a_spooled_part_whose_bytes_change_on_the_way_is_refused(
+    stores: tuple[S3ObjectStore, S3ObjectStore],
+    seaweedfs: SeaweedFSBackend,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each part of a spooled body carries its CRC32 (no Content-MD5), on the part and again in
+    the completion's list: the server must refuse a part that differs from it (SeaweedFS checks
+    either), and the upload is aborted with nothing stored."""
+    ours, _ = stores
+    original = ours._client.upload_part
+
+    async def altering(**params: Any) -> Any:
+        if params["PartNumber"] == 2:
+            sent = bytearray(params["Body"].read())
+            sent[-1] ^= 0xFF
+            params["Body"] = io.BytesIO(bytes(sent))
+        return await original(**params)
+
+    monkeypatch.setattr(ours._client, "upload_part", altering)
+    size = 4 * PART
+    with pytest.raises(DriverError, match="BadDigest"):
+        await ours.put("altered-part.bin", SizedBody(_stream(os.urandom(size)), size))
+    with pytest.raises(NotFound):
+        await ours.head("altered-part.bin")
+    assert await _open_uploads(seaweedfs, ours) == []

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import io
 import os
 import tempfile
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import BinaryIO
@@ -81,9 +81,10 @@ class SpooledBody:
         return await asyncio.to_thread(self._pread, offset, size)
 
     async def read_into(self, buffer: io.BytesIO, offset: int, size: int) -> str:
-        """Make ``buffer`` the ``size`` bytes from ``offset``; their base64 MD5 (a part's
-        ``Content-MD5``). In a thread; a buffer reused for every part holds its memory once,
-        where a fresh ``bytes`` per part left the allocator holding several parts' worth."""
+        """Make ``buffer`` the ``size`` bytes from ``offset``; their CRC32, big-endian in
+        base64 (a part's ``x-amz-checksum-crc32``). In a thread; a buffer reused for every part
+        holds its memory once, where a fresh ``bytes`` per part left the allocator holding
+        several parts' worth."""
 
         def read() -> str:
             if buffer.seek(0, io.SEEK_END) < size:
@@ -97,8 +98,8 @@ class SpooledBody:
                     if not got:
                         raise OSError(f"spool file ends {size - filled} bytes early")
                     filled += got
-                md5 = hashlib.md5(view, usedforsecurity=False).digest()
-            return base64.b64encode(md5).decode()
+                crc32 = zlib.crc32(view)
+            return base64.b64encode(crc32.to_bytes(4, "big")).decode()
 
         return await asyncio.to_thread(read)
 
