@@ -1,9 +1,11 @@
 """One segment from the controller to the bucket, then its log entry: the copy itself.
 
 The segment streams through (at most two upload parts in memory; a segment of up to 24 MiB whole,
-for one PUT, since the download says its size); its ``creation.meta`` CRC is checked
-against ZooKeeper's on the way, so a put only completes for the bytes Pinot committed. An object
-already at its key (copied before a crash, before its entry) is adopted without a second copy.
+for one PUT, since the download says its size; on S3 a larger one goes through a temporary
+file, so it is whole, checked and hashed before its upload starts); its ``creation.meta`` CRC is
+checked against ZooKeeper's on the way, so a put only completes for the bytes Pinot committed.
+An object already at its key (copied before a crash, before its entry) is adopted without a
+second copy.
 """
 
 from __future__ import annotations
