@@ -2,6 +2,7 @@
 
     python -m benchmarks.catalog_load [--count 1000000] [--dir DIR] [--keep] [--no-raw]
                                       [--tail 10000] [--s3 seaweedfs|moto|none] [--no-costs]
+                                      [--repeat 1] [--compare]
 
 Builds a zone whose log holds one fence and ``count - 1`` segment entries in a ``file`` store
 (the objects are written straight in the file driver's on-disk format by a thread pool, since
@@ -17,7 +18,9 @@ RSS over what the process held before it (VmHWM, reset through ``/proc/self/clea
 
 Then, on a local S3 server (SeaweedFS by default, moto with ``--s3 moto``, started here), a
 zone whose newest checkpoint (1,000 entries) is followed by ``--tail`` log entries: the time
-:func:`load_catalog` takes to read it, one GET per entry after the checkpoint.
+:func:`load_catalog` takes to read it, one GET per entry after the checkpoint, with the CPU
+this process and the server's process spent on it (medians of ``--repeat`` loads; with
+``--compare``, each followed by a load through the S3 client's full streamed read).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -284,15 +288,48 @@ def report_costs(costs: dict[str, Any]) -> None:
     )
 
 
-async def _tail(kind: str, tail: int, base: int = 1_000) -> dict[str, Any]:
-    """Load time of a zone with ``tail`` entries after its checkpoint, on a local S3 server."""
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time of process ``pid`` and its reaped children so far (0 when unknown)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return sum(int(tick) for tick in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+async def _timed_load(store: Any, server: int | None) -> dict[str, float]:
+    """One catalog load: wall seconds, this process's CPU, the S3 server's CPU."""
+    server_before, cpu_before = _cpu_seconds(server), time.process_time()
+    began = time.perf_counter()
+    catalog = await load_catalog(store, ZONE)
+    seconds = time.perf_counter() - began
+    agent = time.process_time() - cpu_before
+    return {
+        "seconds": seconds,
+        "agent_cpu": agent,
+        "server_cpu": _cpu_seconds(server) - server_before,
+        "last_seq": catalog.last_seq,
+    }
+
+
+async def _tail(
+    kind: str, tail: int, base: int = 1_000, *, repeat: int = 1, compare: bool = False
+) -> dict[str, Any]:
+    """Load time of a zone with ``tail`` entries after its checkpoint, on a local S3 server
+    (a process of its own, so that its CPU and ours are told apart); ``repeat`` loads, and
+    with ``compare`` each followed by one through the client's full streamed read (the
+    driver's ``get`` before its lean path), so both meet the same conditions."""
     from az_agent.drivers.storage.factory import open_object_store
     from tests.servers.moto import MotoBackend
     from tests.servers.s3server import S3ServerBackend
     from tests.servers.seaweedfs import SeaweedFSBackend
+    from tests.servers.wrapped import WrappedStore
 
     backend: S3ServerBackend = SeaweedFSBackend() if kind == "seaweedfs" else MotoBackend()
     await asyncio.to_thread(backend.start)
+    process = getattr(backend, "_process", None)
+    server = process.pid if process is not None else None
+    runs: dict[str, list[dict[str, float]]] = {"lean": [], "full": []}
     try:
         settings, secrets = await backend.new_bucket()
         async with await open_object_store(settings, secrets) as store:
@@ -308,13 +345,20 @@ async def _tail(kind: str, tail: int, base: int = 1_000) -> dict[str, Any]:
             await write_checkpoint(store, await load_catalog(store, ZONE))
             await asyncio.gather(*(put(seq) for seq in range(base + 1, base + tail + 1)))
             written = time.perf_counter() - began
-            began = time.perf_counter()
-            catalog = await load_catalog(store, ZONE)
-            seconds = time.perf_counter() - began
-            assert catalog.last_seq == base + tail, catalog.last_seq
+            for _ in range(repeat):
+                runs["lean"].append(await _timed_load(store, server))
+                if compare:
+                    runs["full"].append(await _timed_load(WrappedStore(store), server))
+            for run in runs["lean"] + runs["full"]:
+                assert run["last_seq"] == base + tail, run["last_seq"]
     finally:
         await asyncio.to_thread(backend.stop)
-    return {"store": kind, "tail": tail, "base": base, "seconds": seconds, "written": written}
+    result: dict[str, Any] = {"store": kind, "tail": tail, "base": base, "written": written}
+    for name, measured in runs.items():
+        if measured:
+            result[name] = {k: statistics.median(r[k] for r in measured) for k in measured[0]}
+    result |= result["lean"]
+    return result
 
 
 def report_tail(result: dict[str, Any]) -> None:
@@ -324,6 +368,13 @@ def report_tail(result: dict[str, Any]) -> None:
         f"read in {result['seconds']:.2f} s ({per_entry:.2f} ms per entry; written in "
         f"{result['written']:.1f} s)"
     )
+    for name, label in (("lean", "lean get"), ("full", "full client")):
+        if run := result.get(name):
+            print(
+                f"  {label:12} {run['seconds']:6.2f} s, CPU agent {run['agent_cpu']:.2f} s "
+                f"({run['agent_cpu'] / result['tail'] * 1e6:.0f} us per entry), "
+                f"S3 server {run['server_cpu']:.2f} s; load average {os.getloadavg()[0]:.1f}"
+            )
 
 
 def main() -> None:
@@ -334,6 +385,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="threads writing the raw log")
     parser.add_argument("--tail", type=int, default=10_000, help="entries after a checkpoint")
     parser.add_argument("--s3", choices=["seaweedfs", "moto", "none"], default="seaweedfs")
+    parser.add_argument("--repeat", type=int, default=1, help="tail loads (medians reported)")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="after each tail load, one through the S3 client's full streamed read",
+    )
     parser.add_argument(
         "--phase", choices=["baseline", "raw", "checkpoint", "direct"], help=argparse.SUPPRESS
     )
@@ -375,7 +432,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     if args.s3 != "none" and args.tail > 0:
-        report_tail(asyncio.run(_tail(args.s3, args.tail)))
+        tail = _tail(args.s3, args.tail, repeat=args.repeat, compare=args.compare)
+        report_tail(asyncio.run(tail))
 
 
 if __name__ == "__main__":

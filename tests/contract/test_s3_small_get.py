@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import botocore.auth
 import pytest
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from pydantic import SecretStr
 
 from az_agent.drivers.errors import (
@@ -24,6 +29,7 @@ from az_agent.drivers.errors import (
 from az_agent.drivers.storage.base import SHA256_METADATA_KEY
 from az_agent.drivers.storage.config import CloudStorageSettings, S3Settings, StorageSecrets
 from az_agent.drivers.storage.factory import open_object_store
+from az_agent.drivers.storage.s3_small import sign_get
 from tests.contract.test_s3_specific import (
     SECRET,
     CannedS3,
@@ -166,3 +172,23 @@ async def test_get_maps_answers_as_the_full_client(
             await store.close()
     assert len(canned.requests) == requests
     assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("token", [None, "FQoGZXIvYXdzEXAMPLETOKEN=="])
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8333/bucket/a%3Db/c.json", "https://bucket.s3.eu-west-3.amazonaws.com/k"],
+)
+def test_the_signature_is_botocores(
+    url: str, token: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime(2026, 12, 5, 23, 59, 58, tzinfo=UTC)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    credentials = Credentials("AKIDEXAMPLE", SECRET, token).get_frozen_credentials()
+    host = botocore.auth._host_from_url(url)
+    request = AWSRequest("GET", url)
+    S3SigV4Auth(credentials, "s3", "eu-west-3").add_auth(request)
+    ours = sign_get(url, host, credentials, ("eu-west-3", "s3"), now)
+    assert ours["Authorization"] == request.headers["Authorization"]
+    assert ours["x-amz-date"] == request.headers["X-Amz-Date"]
+    assert ours.get("x-amz-security-token") == request.headers.get("X-Amz-Security-Token")
