@@ -118,24 +118,27 @@ def _reset_peak() -> None:
 
 
 class _Cost:
-    """Time and peak RSS (over the RSS at its start) of one or more timed calls."""
+    """Time, CPU time (the figure to compare on a loaded machine) and peak RSS (over the RSS
+    at its start) of one or more timed calls."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
+        self.cpu = 0.0
         self.peak_mib = 0.0
 
     def time(self, call: Callable[[], T]) -> T:
         gc.collect()
         base = _rss_mib()
         _reset_peak()
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.process_time()
         value = call()
         self.seconds += time.perf_counter() - began
+        self.cpu += time.process_time() - cpu
         self.peak_mib = max(self.peak_mib, _hwm_mib() - base)
         return value
 
     def result(self) -> dict[str, float]:
-        return {"seconds": self.seconds, "peak_mib": self.peak_mib}
+        return {"seconds": self.seconds, "cpu": self.cpu, "peak_mib": self.peak_mib}
 
 
 def _meta(table: TableRef, name: str, crc: int) -> SegmentMetadata:
@@ -270,22 +273,18 @@ def report_checkpoint(count: int, built: dict[str, Any], cp: dict[str, Any]) -> 
     print(f"catalog memory: about {per_segment:.0f} bytes per segment (RSS over the baseline)")
 
 
+def _cost(cost: dict[str, float]) -> str:
+    return f"{cost['seconds']:.3f} s (CPU {cost['cpu']:.3f} s, +{cost['peak_mib']:.0f} MiB peak)"
+
+
 def report_costs(costs: dict[str, Any]) -> None:
     rows = [
         ("pause: newest seq", "newest_seq_records", "newest_seq_packed", "records", "packed"),
         ("discovery scan, all tables", "scan_lookups", "scan_bulk", "lookups", "bulk"),
     ]
     for label, before, after, name_before, name_after in rows:
-        a, b = costs[before], costs[after]
-        print(
-            f"{label}: {name_before} {a['seconds']:.2f} s (+{a['peak_mib']:.0f} MiB peak), "
-            f"{name_after} {b['seconds']:.3f} s (+{b['peak_mib']:.0f} MiB peak)"
-        )
-    merge = costs["merge_100"]
-    print(
-        f"checkpoint rebuild after 100 new segments: {merge['seconds']:.2f} s "
-        f"(+{merge['peak_mib']:.0f} MiB peak)"
-    )
+        print(f"{label}: {name_before} {_cost(costs[before])}, {name_after} {_cost(costs[after])}")
+    print(f"checkpoint rebuild after 100 new segments: {_cost(costs['merge_100'])}")
 
 
 def _cpu_seconds(pid: int | None) -> float:
