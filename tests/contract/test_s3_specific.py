@@ -376,3 +376,38 @@ async def test_read_resumes_where_the_connection_dropped() -> None:
     assert "range" not in first.headers
     assert resumed.headers["range"] == f"bytes={MiB + 123}-"
     assert resumed.headers["if-match"] == '"v1"'
+
+
+async def test_a_read_takes_the_connection_s_pieces_without_aiobotocore_s_read(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment's read goes to aiohttp's buffer itself (aiobotocore's ``read(n)`` copies each
+    byte once or twice more), in chunks of at least the size asked for but the last."""
+    from aiobotocore.response import AioStreamingBody
+
+    data = os.urandom(3 * MiB + 5)
+    await s3.put("seg", data)
+
+    async def refuse(*_: Any, **__: Any) -> bytes:
+        raise AssertionError("read through aiobotocore's body")
+
+    monkeypatch.setattr(AioStreamingBody, "read", refuse)
+    async with s3.open("seg", chunk_size=MiB) as reader:
+        chunks = [chunk async for chunk in reader]
+    assert b"".join(chunks) == data
+    assert all(len(chunk) >= MiB for chunk in chunks[:-1])
+
+
+async def test_a_read_falls_back_to_aiobotocore_s_read_without_its_stream(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aiobotocore whose body hides its aiohttp stream is read through ``read(n)``."""
+    import az_agent.drivers.storage.s3 as s3_module
+
+    data = os.urandom(2 * MiB + 7)
+    await s3.put("seg", data)
+    monkeypatch.setattr(s3_module, "_payload_stream", lambda _body: None)
+    async with s3.open("seg", chunk_size=MiB) as reader:
+        chunks = [chunk async for chunk in reader]
+    assert b"".join(chunks) == data
+    assert [len(chunk) for chunk in chunks] == [MiB, MiB, 7]

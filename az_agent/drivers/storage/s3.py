@@ -144,32 +144,59 @@ def _vendor_errors(subject: str, bucket: str) -> Iterator[None]:
         raise translate_error(exc, subject, bucket) from exc
 
 
+def _payload_stream(body: Any) -> aiohttp.StreamReader | None:
+    """The aiohttp stream under an aiobotocore body, ``None`` if this aiobotocore hides it."""
+    stream = getattr(getattr(body, "_raw_stream", None), "content", None)
+    return stream if isinstance(stream, aiohttp.StreamReader) else None
+
+
 class _S3Reader(ObjectReader):
     """Streams a ``GetObject`` body; a connection lost mid-read resumes with a ranged GET."""
 
     def __init__(self, store: S3ObjectStore, info: ObjectInfo, body: Any, chunk_size: int) -> None:
         self._store = store
         self.info = info
-        self._body = body
         self._chunk_size = chunk_size
+        self._use(body)
+
+    def _use(self, body: Any) -> None:
+        self._body = body
+        self._stream = _payload_stream(body)
+
+    async def _received(self, limit: int) -> bytes:
+        """The next bytes as the connection delivered them (through aiobotocore, at most
+        ``limit``), ``b""`` at the end.
+
+        Straight from aiohttp's buffer, each piece as received: aiobotocore's ``read(n)`` joins
+        the pieces buffered (a copy of each byte) and splits the one that crosses ``n`` (a copy
+        of both halves), before the chunk is joined again: one copy is all a chunk needs.
+        """
+        if self._stream is None:
+            data: bytes = await self._body.read(limit)
+            return data
+        while True:
+            data, end_of_http_chunk = await self._stream.readchunk()
+            if data or not end_of_http_chunk:  # a chunked answer marks its chunk ends with b""
+                return data
 
     async def _raw_chunks(self) -> AsyncIterator[bytes]:
-        """Chunks of ``chunk_size`` (the last one shorter): the socket hands out what it has,
-        often a quarter of that, and every chunk costs a hash hand-off and a write downstream."""
+        """Chunks of at least ``chunk_size`` (the last one shorter, any one at most a socket
+        read longer): the socket hands out a quarter of that or less, and every chunk costs a
+        hash hand-off and a write downstream."""
         received, resumes = 0, 0
         pieces: list[bytes] = []
         held = 0
         while True:
             try:
                 with self._store._errors(self.info.key):
-                    chunk: bytes = await self._body.read(self._chunk_size - held)
+                    chunk = await self._received(self._chunk_size - held)
             except Unavailable:
                 resumes += 1
                 if resumes >= self._store.retry.attempts:
                     raise
                 await asyncio.sleep(self._store.retry.delay(resumes - 1))
                 self.release()
-                self._body = await self._store._resume(self.info, received)
+                self._use(await self._store._resume(self.info, received))
                 continue
             received += len(chunk)
             if chunk:
