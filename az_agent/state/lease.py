@@ -30,6 +30,8 @@ from datetime import datetime
 from az_agent.drivers.errors import DriverError, NotFound, PreconditionFailed
 from az_agent.drivers.storage.base import ObjectStore
 from az_agent.state.clock import Clock, SystemClock
+from az_agent.state.concurrent import beside
+from az_agent.state.entries import LogEntry
 from az_agent.state.errors import LeaseHeld, LogCorrupted, StateError
 from az_agent.state.keys import check_zone, lease_key
 from az_agent.state.lease_record import (
@@ -165,7 +167,7 @@ class LeaseKeeper:
                     return self.is_leader  # our own write whose response was lost
                 record = observation.record
                 if record is None or record.state is LeaseState.RELEASED or observation.is_expired:
-                    await self._acquire(observation)
+                    await self._acquire(observation, await last_entry(self._store, self._zone))
                 return self.is_leader
             finally:
                 self._publish()
@@ -184,7 +186,7 @@ class LeaseKeeper:
                 if self._holds() and await self._renew():
                     return self._held_epoch()
                 for attempt in range(1, FORCED_TAKE_OVER_ATTEMPTS + 1):
-                    observation = await self._observe()
+                    observation, newest = await self._observe_with_tail(tail_hint)
                     if self._holds():
                         return self._held_epoch()
                     record = observation.record
@@ -202,7 +204,7 @@ class LeaseKeeper:
                             record.holder,
                             record.epoch,
                         )
-                    if await self._acquire(observation, tail_hint):
+                    if await self._acquire(observation, newest):
                         return self._held_epoch()
                     # Lost the swap. Unforced, to whoever won; forced, most likely to the live
                     # holder's own renewal in between: read again and swap against that.
@@ -370,9 +372,18 @@ class LeaseKeeper:
             self._mine.epoch, self._my_version, self._mine.acquired_at, LeaseState.ACTIVE
         )
 
-    async def _acquire(self, observation: LeaseObservation, tail_hint: int | None = None) -> bool:
+    async def _observe_with_tail(
+        self, tail_hint: int | None
+    ) -> tuple[LeaseObservation, LogEntry | None]:
+        """The lease and the log's newest entry, read together (a take-over needs both; one
+        round trip, not two). Reading the log first is as safe: an entry written after it was
+        read bears an epoch no higher than the lease's, read after, or the lease changed and
+        the swap fails."""
+        return await beside(self._observe(), last_entry(self._store, self._zone, hint=tail_hint))
+
+    async def _acquire(self, observation: LeaseObservation, newest: LogEntry | None) -> bool:
+        """Swap in a lease of an epoch above the observed one's and the log's ``newest``."""
         record = observation.record
-        newest = await last_entry(self._store, self._zone, hint=tail_hint)
         epoch = max(record.epoch if record else 0, newest.epoch if newest else 0) + 1
         won = await self._write(epoch, observation.version, self._clock.now(), LeaseState.ACTIVE)
         if won:

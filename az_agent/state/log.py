@@ -116,23 +116,43 @@ async def find_tail(store: ObjectStore, zone: str, known: int | None = None) -> 
     return low
 
 
-async def checked_hint(store: ObjectStore, zone: str, hint: int | None) -> int | None:
-    """``hint``, an entry number the caller has read, when that entry is still there, else None.
-
-    Retention removes the oldest entries first, so from an entry still there the log is whole
-    up to its tail: :func:`find_tail` may start from it, one HEAD and a few probes instead of
-    a checkpoint listing and a dozen.
-    """
-    if hint is None or hint < 1:
-        return None
-    return hint if await entry_exists(store, zone, hint) else None
-
-
 async def last_entry(store: ObjectStore, zone: str, *, hint: int | None = None) -> LogEntry | None:
     """The newest entry of the log, or None when the log is empty; ``hint`` as for
-    :func:`checked_hint`."""
-    tail = await find_tail(store, zone, known=await checked_hint(store, zone, hint))
-    return None if tail == 0 else await read_entry(store, zone, tail)
+    :func:`newest_entry`."""
+    return (await newest_entry(store, zone, hint=hint))[1]
+
+
+async def newest_entry(
+    store: ObjectStore, zone: str, *, hint: int | None = None
+) -> tuple[int, LogEntry | None]:
+    """The log's tail (0: empty) and its entry (None if it could not be read).
+
+    ``hint``: an entry number the caller has read. Retention removes the oldest entries first,
+    so from an entry still there the log is whole up to its tail: the search may start from
+    it, instead of a checkpoint listing and a dozen HEADs. The hinted entry is read and the
+    next name probed together (both answer, even when one fails: nothing is left running): one
+    round trip when the hint is the tail (an activation's take-over and fence, right after it
+    read the log), where checking the hint, probing, then reading took three.
+    """
+    known: int | None = None
+    if hint is not None and hint >= 1:
+        results = await asyncio.gather(
+            read_entry(store, zone, hint), entry_exists(store, zone, hint + 1),
+            return_exceptions=True,
+        )  # fmt: skip
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        hinted, more = results
+        assert not isinstance(hinted, BaseException)
+        assert isinstance(more, bool)
+        if hinted is not None and not more:
+            return hint, hinted
+        # Past the hint: search on from the entry found; the hint gone (retention): from the
+        # newest checkpoint, as without a hint.
+        known = hint + 1 if more else None
+    tail = await find_tail(store, zone, known=known)
+    return tail, (await read_entry(store, zone, tail) if tail else None)
 
 
 async def read_entries(
@@ -141,9 +161,11 @@ async def read_entries(
     """Entries ``after + 1, after + 2, ...`` in order, up to the first free number.
 
     Reads ahead concurrently, starting with one entry and doubling up to ``window`` reads in
-    flight while entries keep coming, so polling an idle log costs one request and a long
-    replay keeps ``window`` GETs going (a sliding window: a slow read holds back only the
-    entries after it, not a whole batch).
+    flight while entries keep coming (one more per entry read: doubling per round trip), so
+    polling an idle log costs one request, a short log about as many reads past its tail as it
+    had entries (doubling per entry read 16 past a log of 4), and a long replay keeps
+    ``window`` GETs going (a sliding window: a slow read holds back only the entries after
+    it, not a whole batch).
     """
     issued = after + 1
     ahead = 1
@@ -159,7 +181,7 @@ async def read_entries(
                 at_end = True
                 return
             yield entry
-            ahead = min(ahead * 2, window)
+            ahead = min(ahead + 1, window)  # two reads for each one answered
     finally:
         # At the end the reads ahead are past the tail: let them answer (quickly: not found)
         # rather than cancel them, since a cancelled read can leave a store's work running in
@@ -252,11 +274,10 @@ class LogWriter:
             return self._fence
         self._check_usable()
         if self._next_seq is None:
-            known = await checked_hint(self._store, self._zone, self._tail_hint)
+            tail, newest = await newest_entry(self._store, self._zone, hint=self._tail_hint)
         else:
-            known = self._next_seq - 1
-        tail = await find_tail(self._store, self._zone, known=known)
-        newest = await read_entry(self._store, self._zone, tail) if tail else None
+            tail = await find_tail(self._store, self._zone, known=self._next_seq - 1)
+            newest = await read_entry(self._store, self._zone, tail) if tail else None
         if newest is not None:
             self._judge(newest, "", fencing=True)  # a newer epoch already there: Fenced
         self._next_seq = tail + 1

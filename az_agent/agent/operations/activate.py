@@ -29,6 +29,7 @@ An operation journaled by an agent that knew fewer phases runs the phases it lis
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +40,7 @@ from az_agent.agent.errors import InvalidParameter, UnknownTarget, WrongState
 from az_agent.agent.observability.logs import log_context
 from az_agent.agent.operations.context import AgentContext
 from az_agent.agent.operations.journal import Operation
-from az_agent.agent.operations.phases import fail, run_phases
+from az_agent.agent.operations.phases import Step, fail, run_phases
 from az_agent.agent.operations.rehydration import rehydrate_segments
 from az_agent.agent.operations.requests import ActivateRequest
 from az_agent.agent.operations.silences import silence_alerts
@@ -58,6 +59,7 @@ from az_agent.agent.restore.rehydrate import plan_rehydration
 from az_agent.drivers.errors import DriverError, NotFound
 from az_agent.state import (
     Catalog,
+    LeaseHeld,
     LeaseObservation,
     LeaseState,
     LogWriter,
@@ -69,6 +71,7 @@ from az_agent.state import (
     load_catalog,
     refresh_catalog,
 )
+from az_agent.state.concurrent import beside
 from az_agent.state.log import entry_exists
 
 log = logging.getLogger(__name__)
@@ -136,8 +139,7 @@ class Activation:
             raise InvalidParameter(
                 "zone", f"{source!r} is this agent's own zone; name the source zone"
             )
-        keeper = agent.source_keeper(source)
-        observation = await keeper.observe()
+        observation, primary = await self._read_lease_and_primary()
         record = observation.record
         if record is None and await last_entry(agent.deps.store, source) is None:
             agent.forget_source(source)
@@ -145,7 +147,6 @@ class Activation:
         if self.request.namespace is None:  # else after the source's pause, which ends it
             with self.noting_refusal():
                 self._refuse_live(observation)
-        primary = await self._primary_lock().read()
         with self.noting_refusal():
             self._check_primary(primary)
         followed = agent.followed_catalog(source)  # a warm standby's, read incrementally
@@ -158,6 +159,12 @@ class Activation:
             raise UnknownTarget(str(exc)) from exc
         if self.catalog.segment_count == 0 and not self._databases():
             raise UnknownTarget(f"zone {source!r} has nothing backed up")
+
+    async def _read_lease_and_primary(self) -> tuple[LeaseObservation, PrimaryObservation]:
+        """The source's lease and the group's primary record, read together (one round trip,
+        not two); checked in prepare's order all the same."""
+        observing = self.agent.source_keeper(self.request.zone).observe()
+        return await beside(observing, self._primary_lock().read())
 
     @contextlib.contextmanager
     def noting_refusal(self) -> Iterator[None]:
@@ -267,9 +274,11 @@ class Activation:
             request=self.request.describe(),
             source_zone=self.request.zone,
         )
-        await agent.journal.save(op)
+        await agent.journal.save(op)  # the intent, before the claim
         try:
-            await run_phases(agent, op, self._steps(), through="claim-primary")
+            # The claim's end is recorded by run()'s first write: unrecorded, a resumed
+            # activation claims again, which is idempotent for this operation.
+            await run_phases(agent, op, self._work(), through="claim-primary", final_save=False)
         except PrimaryTaken as exc:
             await agent.journal.finish(op, f"{op.phase}: refused: {exc}")
             raise WrongState(
@@ -294,7 +303,7 @@ class Activation:
         assert op is not None
         with log_context(operation=op.id, zone=agent.zone, source=self.request.zone):
             try:
-                await run_phases(agent, op, self._steps())
+                await run_phases(agent, op, self._work(), final_save=False)  # finish() records
             except Exception as exc:  # every failure ends FAILED with its reason, retryable
                 await fail(agent, op, exc, expected=EXPECTED_FAILURES)
                 return
@@ -303,6 +312,24 @@ class Activation:
             agent.deps.metrics.activation_duration.set(total)
             agent.set_state(Request.FINISH)
             log.info("activation from zone %s done in %.1fs", self.request.zone, total)
+
+    def _work(self) -> list[Step]:
+        """:meth:`_steps`, each phase with nothing to do here given as its detail alone (no
+        journal write of its own: see :data:`~.phases.Step`)."""
+        idle = self._idle()
+        return [(name, idle.get(name, step)) for name, step in self._steps()]
+
+    def _idle(self) -> dict[str, str]:
+        """Phases with nothing to do on this agent, and why."""
+        deps = self.agent.deps
+        idle = {"pause-source": self.source_pause}  # done before the operation began
+        if not deps.silences.enabled:
+            idle["silence-alerts"] = "no Alertmanager configured"
+        if deps.cold_standby is None:
+            idle["scale-up"] = "no workloads configured"
+        if deps.dumper is None or not self._databases():
+            idle["restore-postgres"] = "no databases configured"
+        return idle
 
     def _steps(self) -> list[tuple[str, Callable[[], Awaitable[str]]]]:
         steps = [
@@ -368,7 +395,15 @@ class Activation:
             tail_hint=read,
         )
         fence = await writer.write_fence(reason=f"activated by zone {agent.zone}")
-        await keeper.release(LeaseState.PAUSED)
+        # The log is closed from here: the catalog is read to its end while the lease is left
+        # paused (two independent round trips, not one after the other); both answer before
+        # the phase ends or fails.
+        results = await asyncio.gather(
+            keeper.release(LeaseState.PAUSED), self._close_catalog(), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         assert self.op is not None
         self.op.epoch = epoch
         return f"zone {source} fenced at entry {fence.seq} with epoch {epoch}"
@@ -395,17 +430,24 @@ class Activation:
         if self.catalog is None:
             self.catalog = await load_catalog(store, source)
             self._catalog_closed = fenced
-        elif fenced and not self._catalog_closed:
-            catalog = self.catalog
-            # Nothing read: nothing new, or the entries after ours were removed by retention.
-            # It removes the oldest first, so while our last entry is there nothing after it
-            # has gone: one HEAD tells which (finding the tail took a dozen).
-            read = await refresh_catalog(store, catalog)
-            gone = read == 0 and catalog.last_seq > 0
-            if gone and not await entry_exists(store, source, catalog.last_seq):
-                self.catalog = await load_catalog(store, source)
-            self._catalog_closed = True
+        elif fenced:
+            await self._close_catalog()
         return self.catalog
+
+    async def _close_catalog(self) -> None:
+        """Bring the catalog read before the fence to the end of the log, once the fence is
+        written (nothing is read while no catalog was: :meth:`_load_catalog` reads it whole)."""
+        store, source, catalog = self.agent.deps.store, self.request.zone, self.catalog
+        if catalog is None or self._catalog_closed:
+            return
+        # Nothing read: nothing new, or the entries after ours were removed by retention.
+        # It removes the oldest first, so while our last entry is there nothing after it
+        # has gone: one HEAD tells which (finding the tail took a dozen).
+        read = await refresh_catalog(store, catalog)
+        gone = read == 0 and catalog.last_seq > 0
+        if gone and not await entry_exists(store, source, catalog.last_seq):
+            self.catalog = await load_catalog(store, source)
+        self._catalog_closed = True
 
     async def _restore_postgres(self) -> str:
         dumper = self.agent.deps.dumper
@@ -458,18 +500,18 @@ class Activation:
         return f"consumption resumed on {len(resumed)} realtime tables"
 
     async def _take_over_zone(self) -> str:
+        """This zone's lease, unless another agent of the zone holds it live. Not forced: an
+        absent, paused, released or expired lease is taken, ours is renewed (one read of the
+        lease and the log's tail together, then the write; a read to decide beforehand cost
+        a round trip more)."""
         agent = self.agent
-        observation = await agent.keeper.observe()
-        record = observation.record
-        if record is None:
-            await agent.keeper.tick()
-        elif record.state in (LeaseState.PAUSED, LeaseState.RELEASED) or observation.is_expired:
-            await agent.keeper.take_over(force=True)
-        elif record.holder != agent.holder:
+        try:
+            await agent.keeper.take_over()
+        except LeaseHeld as exc:
             raise StateError(
-                f"zone {agent.zone} is held by {record.holder} (live): another agent of this "
-                "zone is active; stop it before activating here"
-            )
+                f"{exc}: another agent of zone {agent.zone} is active; stop it before "
+                "activating here"
+            ) from exc
         if not agent.keeper.is_leader:
             raise StateError(f"could not take zone {agent.zone}'s lease")
         return f"zone {agent.zone} taken with epoch {agent.keeper.epoch}"

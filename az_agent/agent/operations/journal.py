@@ -200,14 +200,20 @@ class OperationJournal:
             await self._save(op)
 
     async def _save(self, op: Operation) -> None:
-        try:
-            body = op.model_dump_json(by_alias=True).encode()
-            await self._store.put(current_key(self._zone), body)
-            if op.status != "running":
-                await self._store.put(history_key(self._zone, op.id), body)
+        body = op.model_dump_json(by_alias=True).encode()
+        keys = [current_key(self._zone)]
+        if op.status != "running":
+            keys.append(history_key(self._zone, op.id))  # written beside it: one round trip
+        results = await asyncio.gather(
+            *(self._store.put(key, body) for key in keys), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, DriverError):
+                raise failure
+            log.warning("could not checkpoint operation %s: %s", op.id, failure)
+        if not failures:
             self._last_save = time.monotonic()
-        except DriverError as exc:
-            log.warning("could not checkpoint operation %s: %s", op.id, exc)
 
     async def load_silences(self) -> list[SilenceRecord]:
         """Silences this zone's agent meant to create and no ``/resume`` has lifted yet (a bare

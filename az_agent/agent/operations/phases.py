@@ -16,8 +16,11 @@ from az_agent.state import StateError
 
 log = logging.getLogger(__name__)
 
-Step = tuple[str, Callable[[], Awaitable[str]]]
-"""A phase: its name in the operation, and the work, which returns a one-line detail."""
+Step = tuple[str, Callable[[], Awaitable[str]] | str]
+"""A phase: its name in the operation, and the work, which returns a one-line detail; or that
+detail alone when the phase has nothing to do here (nothing configured, or done before the
+operation began): it is marked done without a journal write of its own, the next one carries
+it (a write per empty phase cost an activation a round trip to the bucket each)."""
 
 EXPECTED_FAILURES: tuple[type[Exception], ...] = (DriverError, StateError, TimeoutError)
 """Failures an operator can act on from their message alone (logged without a traceback)."""
@@ -29,6 +32,7 @@ async def run_phases(
     steps: Sequence[Step],
     *,
     through: str | None = None,
+    final_save: bool = True,
 ) -> None:
     """Run the phases of ``op`` that are not done, in order; stop after ``through`` if given.
 
@@ -38,10 +42,18 @@ async def run_phases(
     One journal write per phase, made while the phase works (it records the previous phase
     done and this one running), and one at the end: the record is advisory, a phase not yet
     recorded done is redone on resumption, and a write per phase boundary awaited on the way
-    cost an activation about twenty round trips to the bucket.
+    cost an activation about twenty round trips to the bucket. ``final_save=False`` leaves the
+    last phase's end to the caller's next write (:meth:`~.journal.OperationJournal.finish`, or
+    the next phases' run): unrecorded, that phase is redone on resumption like any other.
     """
     for name, step in steps:
-        if not op.is_done(name):
+        if op.is_done(name):
+            pass
+        elif isinstance(step, str):
+            agent.journal.begin_phase(op, name)
+            agent.journal.end_phase(op, name, step)
+            agent.deps.metrics.set_phase_duration(op.kind, name, 0.0)
+        else:
             agent.journal.begin_phase(op, name)
             saving = asyncio.ensure_future(agent.journal.save(op))
             try:
@@ -58,7 +70,8 @@ async def run_phases(
             agent.deps.metrics.set_phase_duration(op.kind, name, seconds)
         if name == through:
             break
-    await agent.journal.save(op)  # the last phase's end (a failure's is the caller's to write)
+    if final_save:
+        await agent.journal.save(op)  # the last phase's end (a failure's is the caller's to write)
 
 
 async def fail(

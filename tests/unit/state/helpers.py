@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,25 @@ Hook = Callable[[str, str], Awaitable[None]]
 
 async def _nothing(op: str, key: str) -> None:
     del op, key
+
+
+class Overlap:
+    """A ``before`` hook that holds each call of ``ops`` a moment and records the most that
+    were in flight at once: 1 means one after the other."""
+
+    def __init__(self, ops: tuple[str, ...] = ("get", "head"), hold: float = 0.02) -> None:
+        self.ops, self.hold = ops, hold
+        self.in_flight = self.peak = 0
+
+    async def __call__(self, op: str, key: str) -> None:
+        if op not in self.ops:
+            return
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.hold)
+        finally:
+            self.in_flight -= 1
 
 
 class FaultyStore(ObjectStore):

@@ -24,7 +24,7 @@ from az_agent.state import (
 )
 from az_agent.state.keys import lease_key
 from tests.fakeclock import FakeClock, Timeline
-from tests.unit.state.helpers import FaultyStore, file_store, segment
+from tests.unit.state.helpers import FaultyStore, Overlap, file_store, segment
 
 ZONE = "az1"
 SETTINGS = LeaseSettings()  # 15 s / 10 s / 2 s
@@ -420,3 +420,16 @@ async def test_renewal_counts_from_when_it_was_sent(store: FaultyStore, timeline
     assert a.is_leader
     timeline.advance(0.1)
     assert not a.is_leader  # 10 s after the renewal was sent, not after it was answered
+
+
+async def test_a_take_over_reads_the_lease_and_the_log_tail_together(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    """An activation's take-overs (the source's, then its own zone's) read the lease and look
+    for the log's newest entry at once: one round trip, not two."""
+    a, b = keeper(store, timeline, "a"), keeper(store, timeline, "b")
+    await a.tick()
+    assert await a.release(LeaseState.PAUSED)
+    store.before = overlap = Overlap(("get", "head", "list"))
+    assert await b.take_over() == 2
+    assert overlap.peak >= 2

@@ -23,8 +23,9 @@ from az_agent.state import (
 )
 from az_agent.state.entries import FencePayload
 from az_agent.state.keys import checkpoint_key, log_key
+from az_agent.state.log import newest_entry
 from tests.fakeclock import FakeClock
-from tests.unit.state.helpers import FaultyStore, file_store, segment
+from tests.unit.state.helpers import FaultyStore, Overlap, file_store, segment
 
 ZONE = "az1"
 
@@ -298,3 +299,35 @@ async def test_a_fence_looks_for_the_tail_from_an_entry_the_caller_read(
     gone = LogWriter(store, ZONE, 3, "c", clock=FakeClock(), tail_hint=99)  # not there
     assert (await gone.write_fence()).seq == 43
     assert store.calls["head"] >= 10  # searched from the checkpoint (none: from the start)
+
+
+async def test_a_hint_at_the_tail_is_read_and_probed_past_in_one_round_trip(
+    store: FaultyStore,
+) -> None:
+    """An activation's take-over and fence start from the entry its catalog read last: that
+    entry is read and the next name probed together, nothing else when it is the tail."""
+    w = writer(store, 1, "a")
+    await w.write_fence()
+    for number in range(5):
+        await w.append(segment(ZONE, f"seg{number}"))
+    store.calls.clear()
+    store.before = overlap = Overlap()
+    tail, newest = await newest_entry(store, ZONE, hint=6)
+    assert (tail, newest.seq if newest else None) == (6, 6)
+    assert (store.calls["get"], store.calls["head"], overlap.peak) == (1, 1, 2)
+    store.calls.clear()
+    assert (await newest_entry(store, ZONE, hint=3))[0] == 6  # past the hint: searched on
+    assert (await newest_entry(store, ZONE, hint=40))[0] == 6  # not there: from the start
+
+
+async def test_a_short_log_is_read_with_few_reads_past_its_tail(store: FaultyStore) -> None:
+    """The read-ahead doubles per round trip, not per entry: an activation reading a log of 4
+    entries waits for about 5 reads past its tail, not 16."""
+    w = writer(store, 1, "a")
+    await w.write_fence()
+    for number in range(3):
+        await w.append(segment(ZONE, f"seg{number}"))
+    store.keys.clear()
+    assert [e.seq for e in await entries(store)] == [1, 2, 3, 4]
+    past = [key for op, key in store.keys if op == "get" and key > log_key(ZONE, 4)]
+    assert 1 <= len(past) <= 5, past
