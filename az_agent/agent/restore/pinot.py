@@ -109,17 +109,26 @@ async def restore_table_configs(
     call that finds segments for them (or for the activation, which creates them consuming).
     """
     existing = set(await pinot.list_tables())
-    for name, record in sorted(catalog.schemas(as_of).items()):
-        await _restore_schema(pinot, store, name, record)
+    schemas = [
+        (name, record)
+        for name, record in sorted(catalog.schemas(as_of).items())
+        if not await _has_schema(pinot, name)
+    ]
     receiving = _receiving(catalog, as_of)
-    created: list[TableRef] = []
+    tables: list[tuple[TableRef, ConfigRecord]] = []
     for name, record in sorted(catalog.table_configs(as_of).items()):
         table = _typed(name)
         if table is None or table in existing:
             continue
         if skip_empty_realtime and table.type is TableType.REALTIME and table not in receiving:
             continue
-        if not await _create_table(pinot, store, record, table):
+        tables.append((table, record))
+    documents = await _load_documents(store, [r for _, r in schemas] + [r for _, r in tables])
+    for name, record in schemas:
+        await _restore_schema(pinot, name, record, documents[record.key])
+    created: list[TableRef] = []
+    for table, record in tables:
+        if not await _create_table(pinot, record, table, documents[record.key]):
             continue
         created.append(table)
         if table.type is TableType.REALTIME and table in receiving:
@@ -149,25 +158,44 @@ def _receiving(catalog: Catalog, as_of: datetime | None) -> dict[TableRef, list[
     return receiving
 
 
-async def _restore_schema(
-    pinot: PinotController, store: ObjectStore, name: str, record: ConfigRecord
-) -> None:
+async def _has_schema(pinot: PinotController, name: str) -> bool:
     try:
         await pinot.schema(name)
-        return
     except NotFound:
-        pass
+        return False
+    return True
+
+
+async def _load_documents(store: ObjectStore, records: list[ConfigRecord]) -> dict[str, JsonObject]:
+    """The documents of ``records`` (what Pinot lacks: none on a warm standby's usual call),
+    read from the bucket together rather than one round trip each; all answer before the
+    first failure is raised."""
+    loaded = await asyncio.gather(
+        *(load_document(store, record) for record in records), return_exceptions=True
+    )
+    for result in loaded:
+        if isinstance(result, BaseException):
+            raise result
+    return {
+        record.key: document
+        for record, document in zip(records, loaded, strict=True)
+        if not isinstance(document, BaseException)
+    }
+
+
+async def _restore_schema(
+    pinot: PinotController, name: str, record: ConfigRecord, schema: JsonObject
+) -> None:
     try:
-        await pinot.create_schema(await load_document(store, record), override=False)
+        await pinot.create_schema(schema, override=False)
     except Conflict:
         return  # created meanwhile
     log.info("restored schema %s (entry %d)", name, record.seq)
 
 
 async def _create_table(
-    pinot: PinotController, store: ObjectStore, record: ConfigRecord, table: TableRef
+    pinot: PinotController, record: ConfigRecord, table: TableRef, config: JsonObject
 ) -> bool:
-    config = await load_document(store, record)
     try:
         await pinot.create_table(config)
     except Conflict:
@@ -193,12 +221,13 @@ async def wait_flushed(
 ) -> None:
     """Wait until every table in ``tables`` is paused with no consuming segment left.
 
-    Polled at 20 ms first, doubling up to ``poll``: a table just created commits its empty
-    consuming segments at once, and a first wait of ``poll`` cost every activation that much.
+    Polled at 5 ms first, doubling up to ``poll``: a table just created commits its empty
+    consuming segments at once, and a first wait of ``poll`` cost every activation that much
+    (20 ms first still cost about 15 ms more than the commit took on the emulator).
     """
 
     async def flushed() -> None:
-        pending, pause = list(tables), min(0.02, poll)
+        pending, pause = list(tables), min(0.005, poll)
         while pending:
             statuses = [await pinot.pause_status(t.name_with_type) for t in pending]
             pending = [t for t, s in zip(pending, statuses, strict=True) if not s.is_flushed]

@@ -16,6 +16,7 @@ from az_agent.emulators.pinot import EmulatorOptions, PinotEmulator
 from az_agent.state import ConfigRecord, Fenced, SchemaPayload, SystemClock, load_catalog
 from tests.integration.agent_pinot.conftest import Bucket, DeletingController, lead
 from tests.integration.pinot.support import RawHttp
+from tests.unit.state.helpers import FaultyStore, Overlap
 
 ZONE = "az1"
 LOGS = TableRef("logs", TableType.OFFLINE)
@@ -101,3 +102,21 @@ async def test_old_flat_keys_stay_readable_and_a_mismatch_is_refused(
     entry = await session.commit(payload)
     with pytest.raises(CorruptObject, match=digest):
         await load_document(store, ConfigRecord.from_entry(entry, payload))
+
+
+async def test_a_restore_reads_the_documents_pinot_lacks_together(
+    any_bucket: Bucket, pinot: DeletingController, tmp_path: Any
+) -> None:
+    """An activation into an empty Pinot reads the schema and the table config from the
+    bucket at once: one round trip, not one each."""
+    leader = await lead(any_bucket.store, ZONE)
+    await save_table_documents(leader, pinot, LOGS)
+    catalog = await load_catalog(any_bucket.store, ZONE)
+    watched = FaultyStore(any_bucket.store)  # counts and holds; closing stays the fixture's
+    watched.before = overlap = Overlap(("get",))
+    async with (
+        PinotEmulator(tmp_path / "zone2", options=EmulatorOptions()) as target,
+        DeletingController(target.url) as restored,
+    ):
+        assert await restore_table_configs(restored, watched, catalog) == [LOGS]
+    assert (watched.calls["get"], overlap.peak) == (2, 2)
