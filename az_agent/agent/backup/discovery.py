@@ -154,9 +154,10 @@ def reconcile(
     they are still in ``pending``.
     """
     listed: set[Key] = set()
-    held = held_crcs(catalog, table.name_with_type, ready)
+    typed = table.name_with_type  # a property: once, not per segment of a scan
+    held = held_crcs(catalog, typed, ready)
     for meta in ready:
-        key = (table.name_with_type, meta.name)
+        key = (typed, meta.name)
         listed.add(key)
         current = pending.get(key)
         if held(meta.name) == str(meta.crc):
@@ -167,7 +168,7 @@ def reconcile(
     return [
         item
         for key, item in pending.items()
-        if key[0] == table.name_with_type
+        if key[0] == typed
         and key not in listed
         and key not in claimed
         and (present is None or key[1] not in present)
