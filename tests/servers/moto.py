@@ -1,4 +1,5 @@
-"""The ``s3`` backend: ``moto_server`` in a subprocess on 127.0.0.1.
+"""The ``s3`` backend: ``moto_server`` in a subprocess on 127.0.0.1, its conditional writes
+made atomic (:mod:`tests.servers.moto_atomic`).
 
 A subprocess rather than moto's in-process ``ThreadedMotoServer``: the contract's memory test
 traces this interpreter's allocations, and the server's stored objects must not count.
@@ -17,6 +18,7 @@ from tests.servers.process import free_port, stop_process
 from tests.servers.s3server import S3ServerBackend, answers
 
 START_TIMEOUT = 30.0
+ATOMIC_MOTO = "tests.servers.moto_atomic"
 
 
 class MotoBackend(S3ServerBackend):
@@ -32,13 +34,13 @@ class MotoBackend(S3ServerBackend):
         self._port = free_port()
         handle, name = tempfile.mkstemp(prefix="moto-", suffix=".log")
         self._log = Path(name)
-        executable = Path(sys.executable).with_name("moto_server")
         with os.fdopen(handle, "wb") as log:  # the server writes its access log here
             self._process = subprocess.Popen(
-                [str(executable), "-H", "127.0.0.1", "-p", str(self._port)],
+                [sys.executable, "-m", ATOMIC_MOTO, "-H", "127.0.0.1", "-p", str(self._port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                cwd=Path(__file__).parents[2],  # where ``tests`` is importable
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not answers(self._port):
