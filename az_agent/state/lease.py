@@ -87,7 +87,8 @@ class LeaseKeeper:
         self._my_version: str | None = None
         self._renewed_at: float | None = None  # start of our last confirmed write
         self._epoch: int | None = None
-        self._pending: dict[str, float] = {}  # nonce -> start, writes of unknown outcome
+        self._pending: dict[str, tuple[float, int]] = {}  # nonce -> (start, abdications)
+        self._abdications = 0  # a write sent before the last abdication makes no leader
         self._last_write: float | None = None
         self._published = False
         self._up, self._down = asyncio.Event(), asyncio.Event()
@@ -228,6 +229,7 @@ class LeaseKeeper:
         A later :meth:`tick` or :meth:`take_over` may lead again.
         """
         self._renewed_at = None
+        self._abdications += 1  # a renewal already on its way must not make us leader again
         self._publish()
 
     async def release(self, state: LeaseState = LeaseState.RELEASED) -> bool:
@@ -345,10 +347,10 @@ class LeaseKeeper:
     def _settle(self, record: LeaseRecord | None, version: str | None) -> None:
         """Reconcile what we believe with what the bucket says."""
         if record is not None and record.holder == self._holder_id:
-            start = self._pending.pop(record.nonce, None)
-            if start is not None:
+            sent = self._pending.pop(record.nonce, None)
+            if sent is not None:
                 self._pending.clear()
-                self._confirm(record, version, start)
+                self._confirm(record, version, *sent)
                 return
         if self._mine is None or version == self._my_version:
             return
@@ -356,10 +358,14 @@ class LeaseKeeper:
         log.warning("zone %s: lost the lease, now held by %s", self._zone, holder)
         self._mine, self._my_version, self._renewed_at = None, None, None
 
-    def _confirm(self, record: LeaseRecord, version: str | None, start: float) -> None:
+    def _confirm(
+        self, record: LeaseRecord, version: str | None, start: float, abdications: int
+    ) -> None:
+        """Our write ``record`` is stored; it counts for leadership unless an abdication came
+        after it was sent (the holder was fenced meanwhile: it holds the record, not the lead)."""
         same_term = self._mine is not None and self._mine.epoch == record.epoch
         self._mine, self._my_version, self._epoch = record, version, record.epoch
-        if record.state is not LeaseState.ACTIVE:
+        if record.state is not LeaseState.ACTIVE or abdications != self._abdications:
             self._renewed_at = None
         elif same_term and self._renewed_at is not None:
             self._renewed_at = max(self._renewed_at, start)
@@ -415,7 +421,7 @@ class LeaseKeeper:
             nonce=nonce,
         )
         start = self._last_write = self._clock.monotonic()
-        self._pending[nonce] = start
+        sent = self._pending[nonce] = (start, self._abdications)
         while len(self._pending) > _MAX_PENDING:
             del self._pending[next(iter(self._pending))]
         try:
@@ -427,7 +433,7 @@ class LeaseKeeper:
             return observation.record is not None and observation.record.nonce == nonce
         self._pending.clear()
         self._record, self._seen = record, (info.version, self._clock.monotonic())
-        self._confirm(record, info.version, start)
+        self._confirm(record, info.version, *sent)
         return True
 
     async def _pace(self) -> None:

@@ -78,6 +78,28 @@ async def test_abdicate_stops_leading_at_once_and_writes_nothing(
     assert (await store.head(lease_key(ZONE))).version == before.version
 
 
+async def test_a_renewal_on_its_way_when_fenced_does_not_lead_again(
+    store: FaultyStore, timeline: Timeline
+) -> None:
+    """Fenced (abdicate) while a renewal is in flight: the renewal lands, but the holder must
+    not count as leader again (``/status`` showed ``leader`` true on a FENCED agent)."""
+    a = keeper(store, timeline, "a")
+    assert await a.tick()
+    timeline.advance(2)
+
+    async def fenced_meanwhile(op: str, key: str) -> None:
+        if op == "put" and key.endswith("lease.json"):
+            a.abdicate()
+
+    store.after = fenced_meanwhile
+    await a.tick()  # the renewal is stored
+    store.after = _nothing_hook
+    assert (await stored(store)).holder == "a"
+    assert not a.is_leader
+    timeline.advance(2)
+    assert await a.tick()  # a renewal sent after the abdication leads again, as documented
+
+
 async def test_acquire_absent_lease_with_epoch_one(store: FaultyStore, timeline: Timeline) -> None:
     a = keeper(store, timeline, "a")
     assert await a.tick()
