@@ -30,7 +30,8 @@ from az_agent.drivers.storage.config import (
     S3Settings,
     StorageSecrets,
 )
-from az_agent.drivers.storage.s3 import SINGLE_PUT_LIMIT, S3ObjectStore, connect
+from az_agent.drivers.storage.s3 import S3ObjectStore, connect
+from az_agent.drivers.storage.s3_upload import SINGLE_PUT_LIMIT
 from az_agent.drivers.storage.spool import SpoolBudget
 from az_agent.drivers.storage.streams import SizedBody
 from tests.conftest import BackendPool
@@ -402,11 +403,11 @@ async def test_a_read_falls_back_to_aiobotocore_s_read_without_its_stream(
     s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An aiobotocore whose body hides its aiohttp stream is read through ``read(n)``."""
-    import az_agent.drivers.storage.s3 as s3_module
+    import az_agent.drivers.storage.s3_reader as s3_reader
 
     data = os.urandom(2 * MiB + 7)
     await s3.put("seg", data)
-    monkeypatch.setattr(s3_module, "_payload_stream", lambda _body: None)
+    monkeypatch.setattr(s3_reader, "_payload_stream", lambda _body: None)
     async with s3.open("seg", chunk_size=MiB) as reader:
         chunks = [chunk async for chunk in reader]
     assert b"".join(chunks) == data
