@@ -3,6 +3,7 @@ finished operation's two records written together."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -63,3 +64,29 @@ async def test_a_finished_operation_writes_its_two_records_together(store: Fault
     await journal.finish(op)
     assert store.calls["put"] == 2  # current.json and the history copy
     assert overlap.peak == 2
+
+
+async def test_a_cancelled_phase_leaves_no_journal_write_running(store: FaultyStore) -> None:
+    """The agent stops while a phase works and its journal write waits on the bucket: when
+    the cancellation has propagated, that write (and the tasks it spawned) has ended too."""
+    agent, _ = agent_on(store)
+    op = Operation.start("activate", ["work"], FakeClock().now())
+    bucket_slow, writing = asyncio.Event(), asyncio.Event()
+
+    async def slow_put(op_name: str, key: str) -> None:
+        if op_name == "put":
+            writing.set()
+            await bucket_slow.wait()
+
+    async def work() -> str:
+        await asyncio.Event().wait()
+        return "never"
+
+    store.before = slow_put
+    running = asyncio.ensure_future(run_phases(agent, op, [("work", work)]))
+    await writing.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not others, others

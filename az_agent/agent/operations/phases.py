@@ -5,6 +5,7 @@ ends, so an agent restarted mid-operation skips what is done and redoes only the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -60,6 +61,8 @@ async def run_phases(
                 detail = await step()
             except asyncio.CancelledError:
                 saving.cancel()  # the agent is stopping: no journal write outlives it
+                with contextlib.suppress(asyncio.CancelledError):
+                    await saving  # its writes (tasks of their own) have ended, not just begun to
                 raise
             except BaseException:
                 await saving  # it lands before the caller records the failure
