@@ -237,7 +237,7 @@ async def _measure(root: Path, phase: str, count: int, costs: bool = False) -> d
 def run_phase(root: Path, phase: str, count: int = 0, costs: bool = False) -> dict[str, Any]:
     """One measurement in a fresh interpreter, so peak RSS is that load's alone."""
     command = [sys.executable, "-m", "benchmarks.catalog_load", "--phase", phase, str(root)]
-    command += ["--count", str(count)] + (["--costs"] if costs else [])
+    command += ["--count", str(count), "--costs" if costs else "--no-costs"]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
