@@ -29,7 +29,6 @@ An operation journaled by an agent that knew fewer phases runs the phases it lis
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -398,12 +397,7 @@ class Activation:
         # The log is closed from here: the catalog is read to its end while the lease is left
         # paused (two independent round trips, not one after the other); both answer before
         # the phase ends or fails.
-        results = await asyncio.gather(
-            keeper.release(LeaseState.PAUSED), self._close_catalog(), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        await beside(keeper.release(LeaseState.PAUSED), self._close_catalog())
         assert self.op is not None
         self.op.epoch = epoch
         return f"zone {source} fenced at entry {fence.seq} with epoch {epoch}"

@@ -47,8 +47,9 @@ during each upload within two parts of memory (the contract's bound for a stream
 SPOOLED_PARTS_IN_FLIGHT = 2
 """Parts of a spooled body sent at once, each read from the file (and its MD5 taken) in a
 thread into a buffer of its own: two parts of memory per upload, as a streamed one holds."""
-HASH_IN_THREAD_BYTES = 1 << 20
-"""Bodies from this size are hashed in a thread (hashlib releases the GIL), off the loop."""
+MD5_IN_THREAD_BYTES = 1 << 20
+"""Bodies from this size get their MD5 in a thread (hashlib releases the GIL), off the loop
+(not base.HASH_IN_THREAD_BYTES, the threshold for a read's SHA-256 chunks)."""
 
 
 class S3Request(Protocol):
@@ -397,7 +398,7 @@ async def content_md5(body: bytes | memoryview | io.BytesIO) -> str:
     if isinstance(body, io.BytesIO):
         with body.getbuffer() as view:  # released before the body is read or written again
             return await content_md5(view)
-    if len(body) >= HASH_IN_THREAD_BYTES:
+    if len(body) >= MD5_IN_THREAD_BYTES:
         digest = await asyncio.to_thread(lambda: hashlib.md5(body, usedforsecurity=False).digest())
     else:
         digest = hashlib.md5(body, usedforsecurity=False).digest()
