@@ -30,8 +30,9 @@ from az_agent.drivers.storage.config import (
     S3Settings,
     StorageSecrets,
 )
+from az_agent.drivers.storage.memory_budget import MemoryBudget
 from az_agent.drivers.storage.s3 import S3ObjectStore, connect
-from az_agent.drivers.storage.s3_upload import SINGLE_PUT_LIMIT
+from az_agent.drivers.storage.s3_upload import SINGLE_PUT_LIMIT, RequestBuffer
 from az_agent.drivers.storage.spool import SpoolBudget
 from az_agent.drivers.storage.streams import SizedBody
 from tests.conftest import BackendPool
@@ -96,6 +97,45 @@ def _record_operations(s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch) -> li
 
     monkeypatch.setattr(s3, "_call", recording)
     return operations
+
+
+async def test_uploads_in_flight_hold_no_more_bytes_than_the_memory_budget(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Single PUTs, spooled parts and a streamed body at once: the request bodies held at any
+    moment stay within ``s3.bufferMib``, whatever the sizes, and every object is whole."""
+    s3.memory_budget = MemoryBudget(20 * MiB)
+    original = s3._call
+    in_flight = peak = 0
+
+    async def measuring(
+        subject: str, operation: str, body: bytes | RequestBuffer | None = None, /, **params: Any
+    ) -> dict[str, Any]:
+        nonlocal in_flight, peak
+        size = 0
+        if isinstance(body, RequestBuffer):
+            size = body.getbuffer().nbytes
+        elif body is not None:
+            size = len(body)
+        in_flight += size
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.01)  # long enough for the others to pile up
+            return await original(subject, operation, body, **params)
+        finally:
+            in_flight -= size
+
+    monkeypatch.setattr(s3, "_call", measuring)
+    objects = {f"single-{n}.bin": os.urandom(12 * MiB) for n in range(4)}
+    objects |= {f"spooled-{n}.bin": os.urandom(SINGLE_PUT_LIMIT + 5 * MiB) for n in range(2)}
+    streamed = os.urandom(20 * MiB)
+    puts = [s3.put(key, SizedBody(_stream(data), len(data))) for key, data in objects.items()]
+    await asyncio.gather(*puts, s3.put("streamed.bin", _stream(streamed)))
+    objects["streamed.bin"] = streamed
+    assert 8 * MiB <= peak <= 20 * MiB
+    assert s3.memory_budget.used == 0
+    for key, data in objects.items():
+        assert (await s3.get(key))[0] == data, key
 
 
 async def test_a_sized_body_below_the_threshold_is_one_put(

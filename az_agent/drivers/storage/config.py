@@ -35,6 +35,13 @@ class S3Settings(_Model):
         description="Disk those temporary files may take together, MiB; a segment that does "
         "not fit is streamed, then copied onto itself to record its SHA-256. 0: never spool.",
     )
+    buffer_mib: int = Field(
+        default=32,
+        ge=1,
+        description="Memory the bodies of uploads in flight may take together, MiB (a "
+        "PutObject up to 24 MiB holds its size, a part partSizeMib): the agent's peak is then "
+        "the same whatever the segment size. Raise it for more parallel parts on a slow link.",
+    )
 
 
 class GcsSettings(_Model):

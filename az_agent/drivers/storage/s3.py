@@ -42,6 +42,7 @@ from az_agent.drivers.storage.base import (
 )
 from az_agent.drivers.storage.config import CloudStorageSettings, StorageSecrets
 from az_agent.drivers.storage.keys import validate_key
+from az_agent.drivers.storage.memory_budget import MemoryBudget
 from az_agent.drivers.storage.retry import RetryPolicy
 from az_agent.drivers.storage.s3_reader import S3Reader
 from az_agent.drivers.storage.s3_small import SmallObjectGetter, verify_whole
@@ -49,6 +50,8 @@ from az_agent.drivers.storage.s3_upload import SINGLE_COPY_LIMIT, RequestBuffer,
 from az_agent.drivers.storage.spool import SpoolBudget
 
 MAX_POOL_CONNECTIONS = 64
+DEFAULT_MEMORY_BUDGET = 32 << 20
+"""``s3.bufferMib``'s default: eight 4 MiB segments, or four 8 MiB parts, in flight at once."""
 
 # fmt: off
 _UNAVAILABLE_CODES = frozenset({
@@ -124,7 +127,8 @@ class S3ObjectStore(ObjectStore):
     ``single_copy_limit`` is S3's; tests lower it to exercise the multipart copy. Bodies of
     known size above :data:`~az_agent.drivers.storage.s3_upload.SINGLE_PUT_LIMIT` are spooled
     in ``spool_dir`` (the system's temporary directory when ``None``) while ``spool_budget``
-    has room; without a budget they are streamed.
+    has room; without a budget they are streamed. ``memory_budget`` bounds the bytes of request
+    bodies all puts hold at once (the default: :data:`DEFAULT_MEMORY_BUDGET`).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class S3ObjectStore(ObjectStore):
         single_copy_limit: int = SINGLE_COPY_LIMIT,
         spool_dir: str | None = None,
         spool_budget: SpoolBudget | None = None,
+        memory_budget: MemoryBudget | None = None,
     ) -> None:
         self._client = client
         self._bucket = bucket
@@ -148,6 +153,7 @@ class S3ObjectStore(ObjectStore):
         self._small = SmallObjectGetter(client, bucket)
         self.spool_dir = spool_dir
         self.spool_budget = spool_budget
+        self.memory_budget = memory_budget or MemoryBudget(DEFAULT_MEMORY_BUDGET)
 
     def _errors(self, subject: str) -> contextlib.AbstractContextManager[None]:
         return _vendor_errors(subject, self._bucket)
@@ -205,6 +211,7 @@ class S3ObjectStore(ObjectStore):
             single_copy_limit=self.single_copy_limit,
             spool_dir=self.spool_dir,
             spool_budget=self.spool_budget,
+            memory=self.memory_budget,
         )
 
     @asynccontextmanager
@@ -355,4 +362,5 @@ async def connect(settings: CloudStorageSettings, secrets: StorageSecrets | None
         resources=resources,
         spool_dir=settings.s3.spool_dir or None,
         spool_budget=SpoolBudget(settings.s3.spool_mib << 20) if settings.s3.spool_mib else None,
+        memory_budget=MemoryBudget(settings.s3.buffer_mib << 20),
     )

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from az_agent.drivers.errors import DriverError, Misconfigured, PreconditionFailed, Unavailable
 from az_agent.drivers.storage.base import SHA256_METADATA_KEY, Body, ObjectInfo
+from az_agent.drivers.storage.memory_budget import MemoryBudget
 from az_agent.drivers.storage.spool import SpoolBudget, SpooledBody, spooled
 from az_agent.drivers.storage.streams import BodyDigest, PartReader, SizedBody
 
@@ -45,8 +46,8 @@ PARTS_IN_FLIGHT = 1
 """Parts of one multipart upload sent while the next is read: one keeps the source flowing
 during each upload within two parts of memory (the contract's bound for a streamed put)."""
 SPOOLED_PARTS_IN_FLIGHT = 2
-"""Parts of a spooled body sent at once, each read from the file (and its MD5 taken) in a
-thread into a buffer of its own: two parts of memory per upload, as a streamed one holds."""
+"""Parts of a spooled body sent at once, each read from the file (and its CRC32 taken) in a
+thread into a buffer of its own, and each within the store's memory budget while it is."""
 MD5_IN_THREAD_BYTES = 1 << 20
 """Bodies from this size get their MD5 in a thread (hashlib releases the GIL), off the loop
 (not base.HASH_IN_THREAD_BYTES, the threshold for a read's SHA-256 chunks)."""
@@ -76,6 +77,7 @@ class S3Uploader:
     single_copy_limit: int
     spool_dir: str | None
     spool_budget: SpoolBudget | None
+    memory: MemoryBudget
 
     async def put(self, key: str, body: Body, condition: dict[str, str]) -> ObjectInfo:
         """Store ``body`` under ``key`` if ``condition`` (``IfNoneMatch`` / ``IfMatch``) holds."""
@@ -88,26 +90,31 @@ class S3Uploader:
     async def _put_buffered(
         self, key: str, body: SizedBody, condition: dict[str, str]
     ) -> ObjectInfo:
-        """A body that says it fits in one ``PutObject``, built in place as it is read."""
-        reader = PartReader(body, SINGLE_PUT_LIMIT)
-        buffer = RequestBuffer()
-        await reader.write_to(buffer, SINGLE_PUT_LIMIT)
-        if not await reader.has_more():
-            return await self._put_single(key, reader.digest, buffer, condition)
-        head = [buffer.getvalue()]  # longer than it said: rare, a copy is fine
-        del buffer
-        return await self._put_multipart(key, reader, head, condition)
+        """A body that says it fits in one ``PutObject``, built in place as it is read, within
+        the store's memory budget (longer than it said, it goes on in parts under the same
+        hold: rare, and asking for more while holding could deadlock)."""
+        async with self.memory.holding(body.size):
+            reader = PartReader(body, SINGLE_PUT_LIMIT)
+            buffer = RequestBuffer()
+            await reader.write_to(buffer, SINGLE_PUT_LIMIT)
+            if not await reader.has_more():
+                return await self._put_single(key, reader.digest, buffer, condition)
+            head = [buffer.getvalue()]  # longer than it said: rare, a copy is fine
+            del buffer
+            return await self._put_multipart(key, reader, head, condition)
 
     async def _put_streamed(self, key: str, body: Body, condition: dict[str, str]) -> ObjectInfo:
         """A body of unknown length: one ``PutObject`` if it ends within a part, else parts
-        sent as they are read and the SHA-256 attached afterwards."""
-        reader = PartReader(body, self.part_size)
-        await reader.advance()
-        head = [reader.part]
-        reader.part = b""
-        if not await reader.has_more():
-            return await self._put_single(key, reader.digest, head[0], condition)
-        return await self._put_multipart(key, reader, head, condition)
+        sent as they are read and the SHA-256 attached afterwards; the parts it holds at most
+        (one sent, the next read) are taken from the memory budget at once."""
+        async with self.memory.holding((PARTS_IN_FLIGHT + 1) * self.part_size):
+            reader = PartReader(body, self.part_size)
+            await reader.advance()
+            head = [reader.part]
+            reader.part = b""
+            if not await reader.has_more():
+                return await self._put_single(key, reader.digest, head[0], condition)
+            return await self._put_multipart(key, reader, head, condition)
 
     async def _put_single(
         self, key: str, digest: BodyDigest, body: bytes | RequestBuffer, condition: dict[str, str]
@@ -180,25 +187,23 @@ class S3Uploader:
             buffers.put_nowait(RequestBuffer())
 
         async def send(number: int, offset: int, buffer: RequestBuffer) -> None:
+            size = min(part_size, spool.size - offset)
             try:
-                size = min(part_size, spool.size - offset)
-                crc32 = await spool.read_into(buffer, offset, size)
-                reply = await self.call(
-                    key,
-                    "upload_part",
-                    buffer,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    ChecksumCRC32=crc32,
-                )
-                parts[number] = {
-                    "PartNumber": number,
-                    "ETag": reply["ETag"],
-                    "ChecksumCRC32": crc32,
-                }
+                async with self.memory.holding(size):
+                    crc32 = await spool.read_into(buffer, offset, size)
+                    reply = await self.call(
+                        key,
+                        "upload_part",
+                        buffer,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        ChecksumCRC32=crc32,
+                    )
+                    buffer.truncate(0)  # frees its bytes: held only within the budget
             finally:
                 buffers.put_nowait(buffer)
+            parts[number] = {"PartNumber": number, "ETag": reply["ETag"], "ChecksumCRC32": crc32}
 
         try:
             async with asyncio.TaskGroup() as sending:

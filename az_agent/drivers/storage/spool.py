@@ -82,15 +82,16 @@ class SpooledBody:
 
     async def read_into(self, buffer: io.BytesIO, offset: int, size: int) -> str:
         """Make ``buffer`` the ``size`` bytes from ``offset``; their CRC32, big-endian in
-        base64 (a part's ``x-amz-checksum-crc32``). In a thread; a buffer reused for every part
-        holds its memory once, where a fresh ``bytes`` per part left the allocator holding
-        several parts' worth."""
+        base64 (a part's ``x-amz-checksum-crc32``). Read in a thread, but the buffer is sized
+        here, on the loop's thread: grown in a worker, its bytes came from that thread's malloc
+        arena, which kept them after the part was sent (a 256 MiB backup peaked 26 MiB
+        higher)."""
+        if buffer.seek(0, io.SEEK_END) < size:
+            buffer.seek(size - 1)
+            buffer.write(b"\0")
+        buffer.truncate(size)
 
         def read() -> str:
-            if buffer.seek(0, io.SEEK_END) < size:
-                buffer.seek(size - 1)
-                buffer.write(b"\0")
-            buffer.truncate(size)
             with buffer.getbuffer() as view:
                 filled = 0
                 while filled < size:
