@@ -7,11 +7,12 @@ Multipart tests run against moto; error mapping and resumed reads against a scri
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 from pydantic import SecretStr
@@ -23,6 +24,7 @@ from az_agent.drivers.errors import (
     PreconditionFailed,
     Unavailable,
 )
+from az_agent.drivers.storage import spool
 from az_agent.drivers.storage.base import SHA256_METADATA_KEY
 from az_agent.drivers.storage.config import (
     CloudStorageSettings,
@@ -34,7 +36,7 @@ from az_agent.drivers.storage.memory_budget import MemoryBudget
 from az_agent.drivers.storage.s3 import S3ObjectStore, connect
 from az_agent.drivers.storage.s3_upload import SINGLE_PUT_LIMIT, RequestBuffer
 from az_agent.drivers.storage.spool import SpoolBudget
-from az_agent.drivers.storage.streams import SizedBody
+from az_agent.drivers.storage.streams import BodyDigest, SizedBody
 from tests.conftest import BackendPool
 from tests.servers.moto import MotoBackend
 
@@ -207,6 +209,49 @@ async def test_a_body_the_spool_cannot_hold_is_streamed(
         assert (await s3.head(key)).sha256 == hashlib.sha256(data).hexdigest()
     assert s3.spool_budget.used == 0
     assert await _open_uploads(moto, s3) == []
+
+
+@pytest.mark.parametrize("full_after_mib", [0, 10, 29])
+async def test_a_full_spool_disk_streams_the_rest_of_the_body(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch, full_after_mib: int
+) -> None:
+    """ENOSPC while spooling (at the first write, part-way, at the last): the upload goes on
+    streamed from what the file holds, the batch that failed and the rest of the source; the
+    object is whole, its SHA-256 right."""
+    real_write = spool._write
+    written = 0
+
+    def filling(file: BinaryIO, digest: BodyDigest, data: bytes | bytearray) -> None:
+        nonlocal written
+        if written + len(data) > full_after_mib * MiB:
+            os.write(file.fileno(), bytes(data[: len(data) // 2]))  # a partial write, then full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written += len(data)
+        real_write(file, digest, data)
+
+    monkeypatch.setattr(spool, "_write", filling)
+    operations = _record_operations(s3, monkeypatch)
+    data = os.urandom(30 * MiB)
+    await s3.put("full-disk.bin", SizedBody(_stream(data), len(data)))
+    assert "copy_object" in operations  # streamed: its SHA-256 attached after
+    assert (await s3.get("full-disk.bin"))[0] == data
+    assert (await s3.head("full-disk.bin")).sha256 == hashlib.sha256(data).hexdigest()
+    assert s3.spool_budget is not None
+    assert s3.spool_budget.used == 0
+
+
+async def test_a_spool_write_error_other_than_a_full_disk_fails_the_put(
+    s3: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(file: BinaryIO, digest: BodyDigest, data: bytes | bytearray) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool, "_write", failing)
+    data = os.urandom(30 * MiB)
+    with pytest.raises(Unavailable, match="could not spool"):
+        await s3.put("io-error.bin", SizedBody(_stream(data), len(data)))
+    with pytest.raises(NotFound):
+        await s3.head("io-error.bin")
 
 
 async def test_a_spooled_body_that_fails_uploads_nothing(

@@ -30,10 +30,11 @@ class S3Settings(_Model):
         "system's temporary directory ($TMPDIR, else /tmp).",
     )
     spool_mib: int = Field(
-        default=1024,
+        default=4096,
         ge=0,
         description="Disk those temporary files may take together, MiB; a segment that does "
-        "not fit is streamed, then copied onto itself to record its SHA-256. 0: never spool.",
+        "not fit, or meets a full disk, is streamed, then copied onto itself to record its "
+        "SHA-256. 0: never spool.",
     )
     buffer_mib: int = Field(
         default=32,

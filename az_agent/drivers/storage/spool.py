@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import io
+import logging
 import os
 import tempfile
 import zlib
@@ -26,6 +28,9 @@ from typing import BinaryIO
 
 from az_agent.drivers.storage.streams import BodyDigest
 
+log = logging.getLogger(__name__)
+
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 WRITE_BATCH = 1 << 20
 """Chunks are gathered to this size before a thread writes and hashes them: a hand-off per
 download chunk (often 64 KiB) would cost more than it saves on the event loop."""
@@ -129,12 +134,14 @@ async def _fill(
     file: BinaryIO, source: AsyncIterator[bytes], budget: SpoolBudget, reserved: list[int]
 ) -> SpooledBody:
     """Write ``source`` to ``file`` in batches, one batch in a thread while the next gathers;
-    stops early, the last batch kept in memory, when the body outgrows ``reserved[0]`` and
-    the budget."""
+    stops early, what was not written kept in memory, when the body outgrows ``reserved[0]``
+    and the budget, or when the disk is full (the upload then goes on streamed instead of
+    failing until someone frees the disk)."""
     digest = BodyDigest()
     batch = bytearray()
     written = 0
     writing: asyncio.Future[None] | None = None
+    in_flight = bytearray()  # the batch being written, kept until its write is done
     complete = True
     try:
         while True:
@@ -149,20 +156,35 @@ async def _fill(
                     complete = False
                     break
                 reserved[0] += extra
-            if writing is not None:
-                await writing
+            if writing is not None and not await _written(writing, digest):
+                writing = None
+                complete, batch = False, in_flight + batch
+                break
             if batch:
                 writing = asyncio.ensure_future(asyncio.to_thread(_write, file, digest, batch))
                 written += len(batch)
-                batch = bytearray()
+                in_flight, batch = batch, bytearray()
             if chunk is None:
                 break
     finally:
         if writing is not None:
             await asyncio.wait([writing])  # the file outlives no write
-    if writing is not None:
-        await writing
+    if writing is not None and not await _written(writing, digest):
+        complete, batch = False, in_flight + batch
     return SpooledBody(file, digest, None if complete else bytes(batch))
+
+
+async def _written(writing: asyncio.Future[None], digest: BodyDigest) -> bool:
+    """Whether a batch's write went through; False when the disk is full (what it wrote is
+    past ``digest.size``, which counts only whole batches, so it is never replayed)."""
+    try:
+        await writing
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL:
+            raise
+        log.warning("spool disk full after %d bytes: the rest of the body is streamed", digest.size)
+        return False
+    return True
 
 
 @contextlib.asynccontextmanager
