@@ -13,8 +13,11 @@ log, then, after writing a checkpoint, from the checkpoint. Prints both side by 
 In the process loaded from the checkpoint, the costs that must not grow with the catalog: the
 newest segment's seq for the pause's handover (from the records vs. from the packed columns),
 a discovery scan's reconcile of every table (one lookup per name vs. one pass per table) and a
-checkpoint's rebuild of the tables after 100 new segments; each with its time and its peak
-RSS over what the process held before it (VmHWM, reset through ``/proc/self/clear_refs``).
+checkpoint's rebuild of the tables after 100 new segments, and the rehydration plan of a
+cold activation that moves every segment (every record built and sorted vs. the plan's names,
+then its records built 50 at a time as the rehydration asks for them); each with its time
+and its peak RSS over what the process held before it (VmHWM, reset through
+``/proc/self/clear_refs``).
 
 Then, on a local S3 server (SeaweedFS by default, moto with ``--s3 moto``, started here), a
 zone whose newest checkpoint (1,000 entries) is followed by ``--tail`` log entries: the time
@@ -39,15 +42,24 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from az_agent.agent.backup import discovery
+from az_agent.agent.restore.rehydrate import _upload_order, plan_rehydration
+from az_agent.drivers.pinot.base import PinotController
 from az_agent.drivers.pinot.models import SegmentMetadata, SegmentStatus, TableRef
 from az_agent.drivers.storage.file import FileObjectStore
-from az_agent.state import Catalog, LogEntry, SystemClock, load_catalog, write_checkpoint
+from az_agent.state import (
+    Catalog,
+    LogEntry,
+    SegmentRecord,
+    SystemClock,
+    load_catalog,
+    write_checkpoint,
+)
 from az_agent.state.keys import log_key, log_prefix, segment_key
 
 ZONE = "az1"
@@ -186,13 +198,69 @@ def _costs(catalog: Catalog, count: int) -> dict[str, Any]:
     slow = records.time(lambda: max((r.seq for r in catalog.segments()), default=None))
     fast = packed.time(catalog.newest_segment_seq)
     assert slow == fast, (slow, fast)
+    listed, planned, built = _Cost(), _Cost(), _Cost()
+    moves = listed.time(lambda: len(_plan_from_records(catalog, None)))
+    plan = planned.time(lambda: _synchronously(plan_rehydration(None, catalog)))
+    assert built.time(lambda: sum(len(batch) for batch in plan.batches(50))) == moves
+    pinot = _HoldingPinot(catalog)  # a warm standby's Pinot: every segment already there
+    present_records, present_crcs = _Cost(), _Cost()
+    assert present_records.time(lambda: len(_plan_from_records(catalog, pinot))) == 0
+    controller = cast(PinotController, pinot)
+    present = present_crcs.time(lambda: _synchronously(plan_rehydration(controller, catalog)))
+    assert (present.segments_total, present.present) == (0, moves)
     return {
+        "plan_records": listed.result(),
+        "plan_names": planned.result(),
+        "plan_batches": built.result(),
+        "present_records": present_records.result(),
+        "present_crcs": present_crcs.result(),
         "newest_seq_records": records.result(),
         "newest_seq_packed": packed.result(),
         "scan_bulk": _scan(catalog, bulk=True),
         "scan_lookups": _scan(catalog, bulk=False),
         "merge_100": _merge_after(catalog, count, 100),
     }
+
+
+class _HoldingPinot:
+    """A controller that lists every segment of the catalog, with its CRC (built before any
+    cost is timed)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.listing: dict[str, list[SegmentMetadata]] = {}
+        for table in catalog.tables():
+            ref = TableRef.parse(table)
+            crcs = catalog.segment_crcs(table).items()
+            self.listing[table] = [_meta(ref, name, int(crc)) for name, crc in crcs]
+
+    async def segments(self, table: TableRef) -> list[SegmentMetadata]:
+        return self.listing[table.name_with_type]
+
+
+def _plan_from_records(catalog: Catalog, pinot: _HoldingPinot | None) -> list[SegmentRecord]:
+    """The plan as it was before ``plan_rehydration`` kept names: every record built, the
+    ones Pinot lacks kept and sorted."""
+    moves: list[SegmentRecord] = []
+    by_table: dict[str, list[SegmentRecord]] = {}
+    for record in catalog.segments():
+        by_table.setdefault(record.table, []).append(record)
+    for table, records in by_table.items():
+        listing = pinot.listing[table] if pinot is not None else []
+        local = {s.name: str(s.crc) for s in listing}
+        moves += [r for r in records if local.get(r.name) != r.crc]
+    moves.sort(key=_upload_order)
+    return moves
+
+
+def _synchronously(call: Coroutine[Any, Any, T]) -> T:
+    """A coroutine that awaits no I/O (a plan with no Pinot to ask), run to its end here."""
+    try:
+        call.send(None)
+    except StopIteration as done:
+        value: T = done.value
+        return value
+    call.close()
+    raise RuntimeError("the call waited for I/O")
 
 
 def _rss_mib() -> float:
@@ -285,6 +353,15 @@ def report_costs(costs: dict[str, Any]) -> None:
     for label, before, after, name_before, name_after in rows:
         print(f"{label}: {name_before} {_cost(costs[before])}, {name_after} {_cost(costs[after])}")
     print(f"checkpoint rebuild after 100 new segments: {_cost(costs['merge_100'])}")
+    print(
+        "rehydration plan, every segment already in Pinot (a warm standby's step): records "
+        f"(before) {_cost(costs['present_records'])}, CRC maps {_cost(costs['present_crcs'])}"
+    )
+    print(
+        "rehydration plan, every segment to move: records sorted (before) "
+        f"{_cost(costs['plan_records'])}, names {_cost(costs['plan_names'])}, then its records "
+        f"built 50 at a time {_cost(costs['plan_batches'])}"
+    )
 
 
 def _cpu_seconds(pid: int | None) -> float:

@@ -448,15 +448,21 @@ class Catalog:
         self, as_of: datetime | None = None, *, table: str | None = None
     ) -> list[SegmentRecord]:
         """Every segment (its newest CRC as of ``as_of``), optionally of one table."""
+        return list(self.iter_segments(as_of, table=table))
+
+    def iter_segments(
+        self, as_of: datetime | None = None, *, table: str | None = None
+    ) -> Iterator[SegmentRecord]:
+        """:meth:`segments` one record at a time, table by table in name order: a million
+        records held at once take about 500 MB, which a plan that keeps a few fields of each
+        need not pay."""
         cutoff = _cutoff(as_of)
         tables = [table] if table is not None else sorted(self._names)
-        found: list[SegmentRecord] = []
         for name in tables:
             for current in self._currents(name):
                 record = self._version_at(current, cutoff)
                 if record is not None:
-                    found.append(record)
-        return found
+                    yield record
 
     def newest_segment_seq(self) -> int | None:
         """The highest ``seq`` of :meth:`segments` (the pause's handover), read from the

@@ -229,17 +229,17 @@ class Activation:
         """The plan, with nothing written anywhere; ``wouldBeRefused`` holds the error the real
         call would get (the HTTP layer renders its status and reason), or None."""
         assert self.catalog is not None
-        segments = self.catalog.segments(as_of=self.request.latest_time)
+        as_of = self.request.latest_time
         cold = self.agent.deps.cold_standby
         try:
-            plan = await plan_rehydration(self.agent.deps.pinot, segments)
-            to_move, size = plan.segments_total, plan.bytes_total
+            plan = await plan_rehydration(self.agent.deps.pinot, self.catalog, as_of)
             existing = {t.name_with_type for t in await self.agent.deps.pinot.list_tables()}
         except DriverError:
             if cold is None:
                 raise
             # A cold zone's Pinot runs once the activation scaled it up: everything moves.
-            to_move, size, existing = len(segments), sum(r.size for r in segments), set()
+            plan, existing = await plan_rehydration(None, self.catalog, as_of), set()
+        to_move, size = plan.segments_total, plan.bytes_total
         restore = self._plan_databases()
         if restore and self.agent.deps.dumper is not None:
             restore = await find_shadows(restore, self.agent.deps.dumper)  # swapped, not restored
@@ -252,7 +252,7 @@ class Activation:
             "postgres": restore.describe() if restore else None,
             "tablesToCreate": sorted(name for name in configs if name not in existing),
             "segments": {"toMove": to_move, "bytesToMove": size},
-            "segmentsAlreadyPresent": len(segments) - to_move,
+            "segmentsAlreadyPresent": plan.present,
             "estimatedSeconds": round(estimate, 1),
             "wouldBeRefused": self.refusal,
         }
@@ -484,8 +484,9 @@ class Activation:
     async def _rehydrate(self) -> str:
         assert self.op is not None
         catalog = await self._load_catalog()
-        segments = catalog.segments(as_of=self.request.latest_time)
-        return await rehydrate_segments(self.agent, self.op, segments, self.request.batch_size)
+        return await rehydrate_segments(
+            self.agent, self.op, catalog, self.request.latest_time, self.request.batch_size
+        )
 
     async def _resume_consumption(self) -> str:
         catalog = await self._load_catalog()

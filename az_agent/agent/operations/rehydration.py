@@ -3,22 +3,29 @@ an operator follows (journal, ``/status``, metrics) while segments stream bucket
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from az_agent.agent.operations.context import AgentContext
 from az_agent.agent.operations.journal import Operation
 from az_agent.agent.restore.rehydrate import Rehydrator, plan_rehydration
-from az_agent.state import SegmentRecord
+from az_agent.state import Catalog
 
 
 async def rehydrate_segments(
-    agent: AgentContext, op: Operation, segments: list[SegmentRecord], batch_size: int | None
+    agent: AgentContext,
+    op: Operation,
+    catalog: Catalog,
+    as_of: datetime | None,
+    batch_size: int | None,
 ) -> str:
-    """Move every segment of ``segments`` that the local Pinot lacks; a one-line detail.
+    """Move every segment of ``catalog`` as of ``as_of`` that the local Pinot lacks; a
+    one-line detail.
 
     Re-planned against Pinot on every run, so a resumed activation moves only what is missing
     and its progress counts what the new plan no longer needs as done.
     """
-    plan = await plan_rehydration(agent.deps.pinot, segments)
-    already = len(segments) - plan.segments_total
+    plan = await plan_rehydration(agent.deps.pinot, catalog, as_of)
+    already = plan.present
     op.progress.plan(plan.segments_total, plan.bytes_total)
     metrics = agent.deps.metrics
 

@@ -41,12 +41,13 @@ _DIGEST_NAME = re.compile(r"[0-9a-f]{64}\.json")
 
 def record_table(record: SegmentRecord) -> TableRef:
     """The physical table of a backed-up segment (stored by typed or raw name)."""
-    return _table_ref(record.table, record.table_type)
+    return stored_table_ref(record.table, record.table_type)
 
 
 @functools.lru_cache(maxsize=1024)
-def _table_ref(table: str, table_type: str) -> TableRef:
-    """Memoized: asked once per segment of every plan, for a handful of distinct tables."""
+def stored_table_ref(table: str, table_type: str) -> TableRef:
+    """The physical table of a name and type as the catalog stores them; memoized: asked once
+    per segment of every plan, for a handful of distinct tables."""
     return TableRef.parse(table, TableType(table_type))
 
 

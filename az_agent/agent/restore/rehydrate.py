@@ -21,13 +21,27 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from az_agent.agent.backoff import backoff_delay
 from az_agent.agent.observability.metrics import AgentMetrics
-from az_agent.agent.restore.pinot import record_table, restore_table_configs, resume_after_restore
+from az_agent.agent.restore.pinot import (
+    record_table,
+    restore_table_configs,
+    resume_after_restore,
+    stored_table_ref,
+)
 from az_agent.drivers.errors import (
     CorruptObject,
     DriverError,
@@ -38,7 +52,7 @@ from az_agent.drivers.errors import (
 from az_agent.drivers.pinot.base import PinotController, SizedStream
 from az_agent.drivers.pinot.models import TableRef
 from az_agent.drivers.storage.base import ObjectStore
-from az_agent.state import SegmentRecord
+from az_agent.state import Catalog, SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +84,56 @@ class TablePlan:
     bytes: int = 0
 
 
+Resolve = Callable[[str, str], SegmentRecord | None]
+"""The record of a segment to move, from its table (as the catalog names it) and its name."""
+
+
 @dataclass(frozen=True)
 class RehydrationPlan:
-    """The segments to move, in upload order, and how many of the backup Pinot already has."""
+    """The segments to move, in upload order, and how many of the backup Pinot already has.
 
-    moves: tuple[SegmentRecord, ...]
+    Kept as names (table runs over one list), not records: a record takes about 500 bytes, a
+    name about 100, and a cold activation of a million segments moves them all. Records are
+    built again a batch at a time, from the catalog the plan was made from (:meth:`batches`).
+    """
+
+    names: list[str]
+    runs: list[tuple[int, str]]
+    """``(first index into names, table)`` of each table's run, in order."""
+    resolve: Resolve
+    bytes_total: int = 0
     present: int = 0
     tables: dict[str, TablePlan] = field(default_factory=dict)
 
     @property
     def segments_total(self) -> int:
-        return len(self.moves)
+        return len(self.names)
 
-    @property
-    def bytes_total(self) -> int:
-        return sum(record.size for record in self.moves)
+    def batches(self, size: int) -> Iterator[list[SegmentRecord]]:
+        """The moves in upload order, ``size`` records at a time (a segment gone from the
+        catalog since the plan is left out, with a warning)."""
+        ends = [start for start, _ in self.runs[1:]] + [len(self.names)]
+        batch: list[SegmentRecord] = []
+        for (start, table), end in zip(self.runs, ends, strict=False):  # no runs: no moves
+            for index in range(start, end):
+                name = self.names[index]
+                record = self.resolve(table, name)
+                if record is None:
+                    log.warning(
+                        "rehydration: %s of %s left the catalog since the plan", name, table
+                    )
+                    continue
+                batch.append(record)
+                if len(batch) == size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def records(self) -> Iterator[SegmentRecord]:
+        """Every move's record (all built: for small plans and tests)."""
+        for batch in self.batches(1024):
+            yield from batch
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -105,7 +154,9 @@ def _upload_order(record: SegmentRecord) -> tuple[str, int, int, str]:
     return (record.table, partition, sequence, record.name)
 
 
-async def _local_crcs(pinot: PinotController, table: TableRef) -> dict[str, str]:
+async def _local_crcs(pinot: PinotController | None, table: TableRef) -> dict[str, str]:
+    if pinot is None:
+        return {}
     try:
         segments = await pinot.segments(table)
     except NotFound:
@@ -114,23 +165,57 @@ async def _local_crcs(pinot: PinotController, table: TableRef) -> dict[str, str]
 
 
 async def plan_rehydration(
-    pinot: PinotController, catalog_segments: Sequence[SegmentRecord]
+    pinot: PinotController | None,
+    backup: Catalog | Sequence[SegmentRecord],
+    as_of: datetime | None = None,
 ) -> RehydrationPlan:
-    """Every segment of ``catalog_segments`` that the local Pinot lacks (same name and CRC)."""
-    by_table: dict[TableRef, list[SegmentRecord]] = {}
-    for record in catalog_segments:
-        by_table.setdefault(record_table(record), []).append(record)
-    moves: list[SegmentRecord] = []
+    """Every segment of the backup (a catalog as of ``as_of``, or records) that the local
+    Pinot lacks (same name and CRC); with no ``pinot`` (a cold zone not scaled up yet),
+    every one.
+
+    Only a move's sort key is kept, so planning a million segments holds names, not records;
+    Pinot's CRCs are held one table at a time. A table Pinot already holds is compared by the
+    catalog's name -> CRC map, and records are built only for what it lacks: a warm standby's
+    step, which finds nearly everything present, builds next to none.
+    """
+    live = _Count()
+    if isinstance(backup, Catalog):
+        catalog = backup
+        missing = _missing_from_catalog(pinot, catalog, as_of, live)
+
+        def resolve(table: str, name: str) -> SegmentRecord | None:
+            return catalog.segment(table, name, as_of)
+
+    else:
+        if as_of is not None:
+            raise ValueError("as_of applies to a catalog, not to records")
+        by_name = {(r.table, r.name): r for r in backup}
+        records = sorted(backup, key=lambda r: r.table)  # a table's CRCs are fetched once
+        missing = _missing_records(pinot, records, live)
+
+        def resolve(table: str, name: str) -> SegmentRecord | None:
+            return by_name.get((table, name))
+
+    keys: list[tuple[str, int, int, str]] = []
+    counts: dict[tuple[str, str], list[int]] = {}  # (table, type) -> [segments, bytes]
+    async for record in missing:
+        keys.append(_upload_order(record))
+        counted = counts.setdefault((record.table, record.table_type), [0, 0])
+        counted[0] += 1
+        counted[1] += record.size
     tables: dict[str, TablePlan] = {}
-    for table, records in sorted(by_table.items()):
-        local = await _local_crcs(pinot, table)
-        missing = [r for r in records if local.get(r.name) != r.crc]
-        moves += missing
-        if missing:
-            size = sum(r.size for r in missing)
-            tables[table.name_with_type] = TablePlan(table, len(missing), size)
-    moves.sort(key=_upload_order)
-    plan = RehydrationPlan(tuple(moves), len(catalog_segments) - len(moves), tables)
+    for (table, table_type), (segments, size) in counts.items():
+        ref = stored_table_ref(table, table_type)
+        tables[ref.name_with_type] = TablePlan(ref, segments, size)
+    total_bytes = sum(plan.bytes for plan in tables.values())
+    keys.sort()
+    runs: list[tuple[int, str]] = []
+    for index, key in enumerate(keys):
+        if not runs or runs[-1][1] != key[0]:
+            runs.append((index, key[0]))
+    names = [key[3] for key in keys]
+    del keys
+    plan = RehydrationPlan(names, runs, resolve, total_bytes, live.segments - len(names), tables)
     log.info(
         "rehydration plan: %d segments (%d bytes) to move in %d tables, %d already present",
         plan.segments_total,
@@ -141,6 +226,53 @@ async def plan_rehydration(
     return plan
 
 
+@dataclass
+class _Count:
+    segments: int = 0
+
+
+async def _missing_records(
+    pinot: PinotController | None, records: Iterable[SegmentRecord], live: _Count
+) -> AsyncIterator[SegmentRecord]:
+    """The records Pinot lacks, read one at a time (grouped by table: a table's CRCs are
+    asked for once per group)."""
+    local_table: TableRef | None = None
+    local: dict[str, str] = {}
+    for record in records:
+        live.segments += 1
+        table = record_table(record)
+        if table != local_table:
+            local_table, local = table, await _local_crcs(pinot, table)
+        if local.get(record.name) != record.crc:
+            yield record
+
+
+async def _missing_from_catalog(
+    pinot: PinotController | None, catalog: Catalog, as_of: datetime | None, live: _Count
+) -> AsyncIterator[SegmentRecord]:
+    if as_of is not None:  # versions as of a time: from the records
+        async for record in _missing_records(pinot, catalog.iter_segments(as_of), live):
+            yield record
+        return
+    for table in catalog.tables():
+        crcs = catalog.segment_crcs(table)
+        if not crcs:
+            continue
+        live.segments += len(crcs)
+        sample = catalog.segment(table, next(iter(crcs)))
+        assert sample is not None, (table, next(iter(crcs)))
+        local = await _local_crcs(pinot, record_table(sample))
+        if not local:  # nothing here: every record, read in order, with no lookup
+            for record in catalog.iter_segments(table=table):
+                yield record
+            continue
+        for name, crc in crcs.items():
+            if local.get(name) != crc:
+                lacking = catalog.segment(table, name)
+                assert lacking is not None, (table, name)
+                yield lacking
+
+
 async def _checked(chunks: AsyncIterable[bytes], record: SegmentRecord) -> AsyncIterator[bytes]:
     digest = hashlib.sha256()
     async for chunk in chunks:
@@ -148,11 +280,6 @@ async def _checked(chunks: AsyncIterable[bytes], record: SegmentRecord) -> Async
         yield chunk
     if digest.hexdigest() != record.sha256:
         raise CorruptObject(f"{record.object_key}: SHA-256 differs from the log's {record.sha256}")
-
-
-def _batches(moves: Sequence[SegmentRecord], size: int) -> Iterator[Sequence[SegmentRecord]]:
-    for start in range(0, len(moves), size):
-        yield moves[start : start + size]
 
 
 class Rehydrator:
@@ -194,7 +321,7 @@ class Rehydrator:
         """Move every segment of ``plan``; :class:`RehydrationFailed` names the one that failed
         (the others of its batch are cancelled: a new plan and run continue from there)."""
         self._started = time.monotonic()
-        for number, batch in enumerate(_batches(plan.moves, self._batch_size), start=1):
+        for number, batch in enumerate(plan.batches(self._batch_size), start=1):
             log.info("rehydration batch %d: %d segments", number, len(batch))
             await self._run_batch(batch)
         log.info(

@@ -245,8 +245,7 @@ class WarmFollower:
         created = await restore_table_configs(
             deps.pinot, deps.store, catalog, skip_empty_realtime=True
         )
-        segments = catalog.segments()
-        plan = await plan_rehydration(deps.pinot, segments)
+        plan = await plan_rehydration(deps.pinot, catalog)
         settings = deps.config.service.rehydration
         rehydrator = Rehydrator(
             deps.pinot,

@@ -117,14 +117,14 @@ async def test_deletion_recorded_on_the_second_poll_and_rehydration_follows_late
     catalog = await load_catalog(store, ZONE)
     before, after = deleted.time - timedelta(milliseconds=1), deleted.time
     await restore_table_configs(target, store, catalog, after)
-    plan = await plan_rehydration(target, catalog.segments(after))
+    plan = await plan_rehydration(target, catalog, after)
     await Rehydrator(target, store, concurrency=2, batch_size=10).run(plan)
     restored = {s.name for s in await target.segments(LOGS)}
     assert kept in restored
     assert doomed not in restored
     # As of just before the deletion entry, the deleted segment is part of the backup.
-    earlier = await plan_rehydration(target, catalog.segments(before))
-    assert [r.name for r in earlier.moves] == [doomed]
+    earlier = await plan_rehydration(target, catalog, before)
+    assert [r.name for r in earlier.records()] == [doomed]
 
 
 async def test_a_deleted_table_loses_its_segments_after_two_table_lists(
