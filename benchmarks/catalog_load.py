@@ -233,8 +233,9 @@ class _HoldingPinot:
             crcs = catalog.segment_crcs(table).items()
             self.listing[table] = [_meta(ref, name, int(crc)) for name, crc in crcs]
 
-    async def segments(self, table: TableRef) -> list[SegmentMetadata]:
-        return self.listing[table.name_with_type]
+    async def segment_crcs(self, table: TableRef) -> dict[str, str]:
+        """As the HTTP client answers from the controller's bulk metadata (no records)."""
+        return {s.name: str(s.crc) for s in self.listing[table.name_with_type]}
 
 
 def _plan_from_records(catalog: Catalog, pinot: _HoldingPinot | None) -> list[SegmentRecord]:

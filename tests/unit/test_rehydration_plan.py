@@ -16,7 +16,7 @@ import pytest
 from az_agent.agent.restore.rehydrate import _upload_order, plan_rehydration
 from az_agent.drivers.errors import NotFound
 from az_agent.drivers.pinot.base import PinotController
-from az_agent.drivers.pinot.models import SegmentMetadata, SegmentStatus, TableRef
+from az_agent.drivers.pinot.models import TableRef
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import Catalog, SegmentDeletedPayload, SegmentRecord, load_catalog
 from az_agent.state.checkpoint import write_checkpoint
@@ -25,37 +25,17 @@ from tests.unit.state.test_columns import T0, ZONE, History
 
 
 class ListingPinot:
-    """The one call a plan makes: a table's segments, with their CRCs."""
+    """The one call a plan makes: a table's segments' CRCs."""
 
     def __init__(self, crcs: dict[str, dict[str, str]]) -> None:
         self.crcs = crcs
         self.calls: list[str] = []
 
-    async def segments(self, table: TableRef) -> list[SegmentMetadata]:
+    async def segment_crcs(self, table: TableRef) -> dict[str, str]:
         self.calls.append(table.name_with_type)
         if table.name_with_type not in self.crcs:
             raise NotFound(f"table {table.name_with_type}")
-        return [
-            SegmentMetadata(
-                table,
-                name,
-                SegmentStatus.UPLOADED,
-                int(crc),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                "http://pinot/x",
-                None,
-                None,
-                {},
-            )
-            for name, crc in self.crcs[table.name_with_type].items()
-        ]
+        return dict(self.crcs[table.name_with_type])
 
 
 @pytest.fixture

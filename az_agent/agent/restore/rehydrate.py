@@ -158,10 +158,9 @@ async def _local_crcs(pinot: PinotController | None, table: TableRef) -> dict[st
     if pinot is None:
         return {}
     try:
-        segments = await pinot.segments(table)
+        return await pinot.segment_crcs(table)
     except NotFound:
         return {}  # the table does not exist (yet): everything is missing
-    return {s.name: str(s.crc) for s in segments if s.crc is not None}
 
 
 async def plan_rehydration(

@@ -313,7 +313,7 @@ class WarmFollower:
         deleted = 0
         for table, names in sorted(gone.items()):
             try:
-                present = {s.name for s in await self.deps.pinot.segments(table)}
+                present = set(await self.deps.pinot.segment_names(table))
             except NotFound:
                 continue
             for name in sorted(names & present):

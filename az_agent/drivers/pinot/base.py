@@ -141,6 +141,12 @@ class PinotController(AsyncResource):
         segment. ``NotFound`` when the table does not exist.
         """
 
+    async def segment_crcs(self, table: TableRef) -> dict[str, str]:
+        """Name -> CRC (decimal) of every segment of ``table`` that has one; ``NotFound`` when
+        the table does not exist. What a rehydration plan sets against the backup: read from
+        :meth:`segments` here, without building each segment's metadata where a client can."""
+        return {s.name: str(s.crc) for s in await self.segments(table) if s.crc is not None}
+
     @abc.abstractmethod
     async def segment_names(self, table: TableRef) -> list[str]:
         """Names of every segment of ``table`` in its ideal state (consuming ones included),

@@ -97,6 +97,13 @@ def _non_negative(value: str | None) -> int | None:
     return parsed if parsed is not None and parsed >= 0 else None
 
 
+def zk_crc(fields: Mapping[str, Any]) -> int | None:
+    """``segment.crc`` of a segment's ZK metadata: a decimal string (a number is taken as
+    well); None when absent or negative (not computed yet)."""
+    value = fields.get("segment.crc")
+    return _non_negative(value if value is None or isinstance(value, str) else json.dumps(value))
+
+
 def _millis(value: str | None, unit: str | None) -> int | None:
     parsed = _int(value)
     if parsed is None or parsed < 0:
@@ -143,7 +150,7 @@ class SegmentMetadata:
             table=table,
             name=name,
             status=status,
-            crc=_non_negative(raw.get("segment.crc")),
+            crc=zk_crc(raw),
             data_crc=_non_negative(raw.get("segment.data.crc")),
             creation_time_ms=_non_negative(raw.get("segment.creation.time")),
             push_time_ms=_non_negative(raw.get("segment.push.time")),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from az_agent.drivers.errors import Misconfigured, Unavailable
+from az_agent.drivers.errors import Misconfigured, NotFound, Unavailable
 from az_agent.drivers.pinot import (
     HttpPinotController,
     PinotCredentials,
@@ -25,6 +25,7 @@ from tests.integration.pinot.support import RawHttp
 from tests.servers.tls import self_signed
 
 EVENTS = TableRef("events", TableType.REALTIME)
+LOGS = TableRef("logs", TableType.OFFLINE)
 MiB = 1 << 20
 
 
@@ -110,6 +111,42 @@ async def test_fallback_for_controllers_without_bulk_zk_metadata(
     # Only the first call tried /zkmetadata; the client then goes segment by segment.
     [armed] = await http.admin("GET", "/faults")
     assert armed["times"] == 49
+
+
+async def test_segment_crcs_match_the_metadata_with_or_without_bulk_zk_metadata(
+    emulator: PinotEmulator, client: HttpPinotController, http: RawHttp
+) -> None:
+    """The CRCs a rehydration plan compares: what :meth:`segments` says, from one bulk answer
+    (no metadata built) or segment by segment on an old controller; consuming segments (no
+    CRC yet) left out; a missing table is ``NotFound`` either way."""
+    await emulator.cluster.commit_consuming("events_REALTIME", partition=0)
+    await emulator.cluster.produce_segment("logs_OFFLINE")
+    expected = {  # from the emulator's ZooKeeper, as Pinot would answer
+        table: {
+            name: segment.zk["segment.crc"]
+            for name, segment in emulator.cluster.state.tables[
+                table.name_with_type
+            ].segments.items()
+            if int(segment.zk.get("segment.crc", "-1")) >= 0
+        }
+        for table in (EVENTS, LOGS)
+    }
+    assert all(expected.values())
+    assert len(expected[EVENTS]) < len(await client.segment_names(EVENTS))  # consuming ones
+    absent = TableRef("absent", TableType.OFFLINE)
+    for table, crcs in expected.items():
+        assert await client.segment_crcs(table) == crcs
+    with pytest.raises(NotFound):
+        await client.segment_crcs(absent)
+    fault = {"path": "^/segments/[^/]+/zkmetadata$", "status": 404, "times": 50}
+    await http.admin("POST", "/faults", json=fault)
+    async with HttpPinotController(emulator.url) as old_style:
+        for table, crcs in expected.items():
+            assert await old_style.segment_crcs(table) == crcs
+        with pytest.raises(NotFound):
+            await old_style.segment_crcs(absent)
+    [armed] = await http.admin("GET", "/faults")
+    assert armed["times"] == 49  # one bulk request, then segment by segment
 
 
 async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
