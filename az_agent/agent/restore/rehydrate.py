@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import time
 from collections.abc import (
@@ -98,8 +99,8 @@ class RehydrationPlan:
     """
 
     names: list[str]
-    runs: list[tuple[int, str]]
-    """``(first index into names, table)`` of each table's run, in order."""
+    runs: list[tuple[str, int, int]]
+    """``(table, start, end)``: each table's slice of ``names``, in order."""
     resolve: Resolve
     bytes_total: int = 0
     present: int = 0
@@ -112,9 +113,8 @@ class RehydrationPlan:
     def batches(self, size: int) -> Iterator[list[SegmentRecord]]:
         """The moves in upload order, ``size`` records at a time (a segment gone from the
         catalog since the plan is left out, with a warning)."""
-        ends = [start for start, _ in self.runs[1:]] + [len(self.names)]
         batch: list[SegmentRecord] = []
-        for (start, table), end in zip(self.runs, ends, strict=False):  # no runs: no moves
+        for table, start, end in self.runs:
             for index in range(start, end):
                 name = self.names[index]
                 record = self.resolve(table, name)
@@ -208,10 +208,8 @@ async def plan_rehydration(
         tables[ref.name_with_type] = TablePlan(ref, segments, size)
     total_bytes = sum(plan.bytes for plan in tables.values())
     keys.sort()
-    runs: list[tuple[int, str]] = []
-    for index, key in enumerate(keys):
-        if not runs or runs[-1][1] != key[0]:
-            runs.append((index, key[0]))
+    starts = [i for i, key in enumerate(keys) if i == 0 or keys[i - 1][0] != key[0]]
+    runs = [(keys[a][0], a, b) for a, b in itertools.pairwise([*starts, len(keys)])]
     names = [key[3] for key in keys]
     del keys
     plan = RehydrationPlan(names, runs, resolve, total_bytes, live.segments - len(names), tables)
