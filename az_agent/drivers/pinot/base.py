@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -77,6 +77,11 @@ class SegmentDownload(abc.ABC):
     @abc.abstractmethod
     def __aiter__(self) -> AsyncIterator[bytes]:
         """The tarball's bytes, in order, in chunks of at most the configured chunk size."""
+
+
+def crcs_of(segments: Iterable[SegmentMetadata]) -> dict[str, str]:
+    """Name -> CRC (decimal) of the segments that have one (consuming ones have none yet)."""
+    return {s.name: str(s.crc) for s in segments if s.crc is not None}
 
 
 class PinotController(AsyncResource):
@@ -145,7 +150,7 @@ class PinotController(AsyncResource):
         """Name -> CRC (decimal) of every segment of ``table`` that has one; ``NotFound`` when
         the table does not exist. What a rehydration plan sets against the backup: read from
         :meth:`segments` here, without building each segment's metadata where a client can."""
-        return {s.name: str(s.crc) for s in await self.segments(table) if s.crc is not None}
+        return crcs_of(await self.segments(table))
 
     @abc.abstractmethod
     async def segment_names(self, table: TableRef) -> list[str]:

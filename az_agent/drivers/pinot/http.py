@@ -29,6 +29,7 @@ from az_agent.drivers.pinot.base import (
     SegmentDownload,
     SizedStream,
     UploadBody,
+    crcs_of,
 )
 from az_agent.drivers.pinot.config import PinotSettings
 from az_agent.drivers.pinot.errors import (
@@ -261,7 +262,7 @@ class HttpPinotController(PinotController):
         body = await self._bulk_zk_metadata_of(table)
         if body is None:
             found = await self._segments_one_by_one(table, await self._names_without_bulk(table))
-            return {s.name: str(s.crc) for s in found if s.crc is not None}
+            return crcs_of(found)
         crcs = ((name, zk_crc(fields)) for name, fields in body.items())
         return {name: str(crc) for name, crc in crcs if crc is not None}
 
