@@ -10,6 +10,13 @@ import pytest
 from az_agent.drivers.storage.memory_budget import MemoryBudget
 
 
+async def settle(turns: int = 5) -> None:
+    """Let the loop run the tasks that are ready, ``turns`` times over: enough for a grant to
+    reach its waiter, with no wall-clock wait (the budget does no I/O)."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
 async def _hold(budget: MemoryBudget, size: int, order: list[int], release: asyncio.Event) -> None:
     async with budget.holding(size):
         order.append(size)
@@ -23,7 +30,7 @@ async def test_a_request_waits_until_the_bytes_it_needs_are_given_back() -> None
     holding = asyncio.create_task(_hold(budget, 7, order, first))
     await asyncio.sleep(0)
     waiting = asyncio.create_task(_hold(budget, 4, order, second))
-    await asyncio.sleep(0.01)
+    await settle()
     assert (order, budget.used) == ([7], 7)
     first.set()
     await holding
@@ -43,7 +50,7 @@ async def test_a_large_request_is_not_overtaken_by_small_ones_arriving_after_it(
     tasks.append(asyncio.create_task(_hold(budget, 8, order, release)))
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(_hold(budget, 2, order, release)))  # would fit beside 6
-    await asyncio.sleep(0.01)
+    await settle()
     assert order == [6]
     release.set()
     await asyncio.gather(*tasks)
@@ -70,10 +77,10 @@ async def test_a_cancelled_waiter_lets_the_ones_behind_it_through() -> None:
     blocked = asyncio.create_task(_hold(budget, 9, order, release))
     await asyncio.sleep(0)
     behind = asyncio.create_task(_hold(budget, 5, order, release))
-    await asyncio.sleep(0.01)
+    await settle()
     assert order == [5]
     blocked.cancel()
-    await asyncio.sleep(0.01)
+    await settle()
     assert order == [5, 5]  # served beside the first once the 9 left the queue
     release.set()
     await asyncio.gather(first, behind)
@@ -83,25 +90,24 @@ async def test_a_cancelled_waiter_lets_the_ones_behind_it_through() -> None:
 
 
 async def test_random_holders_never_exceed_the_budget_and_all_finish() -> None:
-    """Holders of random sizes, some cancelled while they wait or hold: the bytes held never
-    pass the limit, and everything is given back."""
+    """Holders of random sizes, holding for a random number of loop turns, some cancelled
+    while they wait or hold: the bytes held never pass the limit, and everything is given
+    back (the interleaving follows the seed alone)."""
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     budget = MemoryBudget(100)
     peak = 0
 
-    async def holder(size: int, seconds: float) -> None:
+    async def holder(size: int, turns: int) -> None:
         nonlocal peak
         async with budget.holding(size):
             peak = max(peak, budget.used)
             assert budget.used <= budget.limit, seed
-            await asyncio.sleep(seconds)
+            await settle(turns)
 
-    tasks = [
-        asyncio.create_task(holder(rng.randint(1, 150), rng.uniform(0, 0.003))) for _ in range(300)
-    ]
+    tasks = [asyncio.create_task(holder(rng.randint(1, 150), rng.randrange(6))) for _ in range(300)]
     for task in rng.sample(tasks, 60):
-        await asyncio.sleep(rng.uniform(0, 0.002))
+        await settle(rng.randrange(4))
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     assert budget.used == 0, seed
