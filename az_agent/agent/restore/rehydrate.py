@@ -252,17 +252,17 @@ async def _missing_from_catalog(
             yield record
         return
     for table in catalog.tables():
-        crcs = catalog.segment_crcs(table)
-        if not crcs:
-            continue
-        live.segments += len(crcs)
-        sample = catalog.segment(table, next(iter(crcs)))
-        assert sample is not None, (table, next(iter(crcs)))
+        sample = next(catalog.iter_segments(table=table), None)  # its type, for Pinot
+        if sample is None:
+            continue  # nothing live
         local = await _local_crcs(pinot, record_table(sample))
-        if not local:  # nothing here: every record, read in order, with no lookup
+        if not local:  # nothing here: every record, read in order, with no CRC map or lookup
             for record in catalog.iter_segments(table=table):
+                live.segments += 1
                 yield record
             continue
+        crcs = catalog.segment_crcs(table)
+        live.segments += len(crcs)
         for name, crc in crcs.items():
             if local.get(name) != crc:
                 lacking = catalog.segment(table, name)
