@@ -47,7 +47,7 @@ PARTS_IN_FLIGHT = 1
 during each upload within two parts of memory (the contract's bound for a streamed put)."""
 SPOOLED_PARTS_IN_FLIGHT = 2
 """Parts of a spooled body sent at once, each read from the file (and its CRC32 taken) in a
-thread into a buffer of its own, and each within the store's memory budget while it is."""
+thread into a buffer of its own, held within the store's memory budget until it is sent."""
 MD5_IN_THREAD_BYTES = 1 << 20
 """Bodies from this size get their MD5 in a thread (hashlib releases the GIL), off the loop
 (not base.HASH_IN_THREAD_BYTES, the threshold for a read's SHA-256 chunks)."""
@@ -182,14 +182,13 @@ class S3Uploader:
         again at its completion, as S3 requires); the first failure cancels the others."""
         part_size = max(self.part_size, -(-spool.size // MAX_PARTS))
         parts: dict[int, dict[str, Any]] = {}
-        buffers: asyncio.Queue[RequestBuffer] = asyncio.Queue()
-        for _ in range(SPOOLED_PARTS_IN_FLIGHT):
-            buffers.put_nowait(RequestBuffer())
+        slots = asyncio.Semaphore(SPOOLED_PARTS_IN_FLIGHT)
 
-        async def send(number: int, offset: int, buffer: RequestBuffer) -> None:
+        async def send(number: int, offset: int) -> None:
             size = min(part_size, spool.size - offset)
             try:
                 async with self.memory.holding(size):
+                    buffer = RequestBuffer()
                     crc32 = await spool.read_into(buffer, offset, size)
                     reply = await self.call(
                         key,
@@ -200,16 +199,16 @@ class S3Uploader:
                         PartNumber=number,
                         ChecksumCRC32=crc32,
                     )
-                    buffer.truncate(0)  # frees its bytes: held only within the budget
+                    del buffer  # its bytes go while the budget still counts them
             finally:
-                buffers.put_nowait(buffer)
+                slots.release()
             parts[number] = {"PartNumber": number, "ETag": reply["ETag"], "ChecksumCRC32": crc32}
 
         try:
             async with asyncio.TaskGroup() as sending:
                 for number, offset in enumerate(range(0, spool.size, part_size), 1):
-                    sent = send(number, offset, await buffers.get())
-                    sending.create_task(sent, name=f"part {number} of {key}")
+                    await slots.acquire()
+                    sending.create_task(send(number, offset), name=f"part {number} of {key}")
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         return [parts[n] for n in sorted(parts)]
