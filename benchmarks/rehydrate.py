@@ -18,9 +18,13 @@ stops (its lease released). Then, against fresh emulators of the same kind:
 Printed per size: whole activation and its ``rehydrate-segments`` phase against the script
 (script seconds / agent seconds: above 1 the agent is faster), the phase against the faster
 floor, the fixed cost (the activation without its rehydration: fence, configs, resume), CPU
-seconds per MB moved of the agent process, of curl and of rclone, and the agent's peak RSS.
+seconds per MB moved of the agent process, of curl and of rclone, and the agent's peak RSS;
+for each timed stretch (rclone, curl, the activation), how busy the machine was and the CPU of
+the bucket's server and of the receiving emulator, to tell what was left for the one measured.
 The bucket runs in its own process (``s3``: moto, ``seaweedfs``) or is a directory;
 emulators, rclone, curl and both agents are processes of their own, so each is measured alone.
+The receiving emulators keep their deep store in ``/dev/shm`` (see :func:`receiver`), and
+dirty pages are flushed before each timed stretch.
 Verdicts (exit 1 when one fails): activation >= 1.2x the script; phase within 15 % of the
 faster floor; fixed cost under 0.3 s; agent CPU per MB <= 1.5x curl's; peak RSS within 20 %
 across sizes.
@@ -35,8 +39,9 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +53,7 @@ from az_agent.drivers.storage.config import CloudStorageSettings
 from az_agent.sandbox.postgres import free_port
 from az_agent.sandbox.processes import AgentProcess, AgentProcessError
 from benchmarks.segment_backup import MB, MIB, children_cpu, run_tool, scratch_dir
-from benchmarks.standby import emulator, generate
+from benchmarks.standby import Emulator, emulator, generate
 
 TABLE = TableRef("bench", TableType.REALTIME)
 PARTITIONS = 4
@@ -77,6 +82,8 @@ class Bucket:
     rclone_config: str
     segments: str
     """rclone's name of az1's segment objects."""
+    pid: int | None = None
+    """The S3 server's process (none for a directory)."""
 
 
 @contextlib.asynccontextmanager
@@ -102,7 +109,12 @@ async def bucket(kind: str, workdir: Path) -> AsyncIterator[Bucket]:
         )
         secrets = {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}
         yield Bucket(
-            kind, _raw(settings), secrets, rclone, f"bucket:{settings.s3.bucket}/az1/segments"
+            kind,
+            _raw(settings),
+            secrets,
+            rclone,
+            f"bucket:{settings.s3.bucket}/az1/segments",
+            backend.pid,
         )
     finally:
         await asyncio.to_thread(backend.stop)
@@ -146,6 +158,69 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+@dataclass
+class Load:
+    """What the machine and the servers spent over a stretch of time: on two cores shared by
+    five processes, whether the agent could have gone faster is a question of what was left."""
+
+    busy: float = 0.0
+    """Fraction of all CPUs' time not idle."""
+    server: float = 0.0
+    """CPU seconds of the S3 server process (0 for a directory)."""
+    emulator: float = 0.0
+    """CPU seconds of the receiving Pinot emulator."""
+
+    def describe(self) -> str:
+        return f"{self.busy:.0%} busy (server {self.server:.2f} s, emulator {self.emulator:.2f} s)"
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """Busy and total clock ticks of all CPUs since boot (``/proc/stat``; idle and iowait are
+    idle)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+@contextlib.contextmanager
+def load(into: Load, server: int | None, emulator: int) -> Iterator[None]:
+    """Fill ``into`` with the machine's and the servers' CPU over the ``with`` body."""
+    pids = [pid for pid in (server, emulator) if pid is not None]
+    before, cpus = machine_jiffies(), [cpu_seconds(pid) for pid in pids]
+    yield
+    after = machine_jiffies()
+    into.busy = (after[0] - before[0]) / max(1, after[1] - before[1])
+    spent = [cpu_seconds(pid) - cpu for pid, cpu in zip(pids, cpus, strict=True)]
+    into.emulator = spent[-1]
+    into.server = spent[0] if server is not None else 0.0
+
+
+@contextlib.asynccontextmanager
+async def receiver(workdir: Path, name: str) -> AsyncIterator[Emulator]:
+    """An empty emulator to upload into, its deep store in memory (``/dev/shm``) where the
+    machine has one.
+
+    On this kind of virtual machine a gigabyte written to new page-cache pages of a disk costs
+    the writer 2-3 s of system CPU, against 0.2 s when the pages were freed a moment before and
+    0.4 s on tmpfs; the receiving emulator paid 2.4 s for curl's uploads and 4.0 s for the
+    agent's, or the other way round when the agent ran first. Both sides upload into the same
+    kind of emulator, which is not what is measured.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"az-bench-{name}-", dir=in_memory(workdir)) as data:
+        async with emulator(Path(data), RECEIVER_SEGMENT_SIZE, None) as pinot:
+            yield pinot
+
+
+def in_memory(fallback: Path) -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() else fallback
+
+
+async def written_back() -> None:
+    """Flush the page cache's dirty pages before a timed stretch, so that none shares the
+    machine with the writeback of the one before (a gigabyte or more each)."""
+    await asyncio.to_thread(os.sync)
+
+
 def rss(pid: int, key: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{key}:"):
@@ -184,6 +259,9 @@ class Result:
     agent_cpu: float = 0.0
     rss_idle: int = 0
     rss_peak: int = 0
+    load_download: Load = field(default_factory=Load)
+    load_upload: Load = field(default_factory=Load)
+    load_agent: Load = field(default_factory=Load)
     phases: list[tuple[str, float]] = field(default_factory=list)
     operation: float = 0.0
     """The operation's own duration by the agent's clock (journaled to finished, before its
@@ -222,6 +300,8 @@ class Result:
             f"  CPU ms/MB: agent {self.per_mb(self.agent_cpu):.2f}, curl "
             f"{self.per_mb(self.curl_cpu):.2f}, rclone {self.per_mb(self.rclone_cpu):.2f}; "
             f"agent RSS idle {self.rss_idle / MIB:.0f} MiB, peak {self.rss_peak / MIB:.0f} MiB",
+            f"  machine: rclone {self.load_download.describe()}; curl "
+            f"{self.load_upload.describe()}; activation {self.load_agent.describe()}",
             "  phases: "
             + ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.phases if seconds)
             + f" (sum {sum(s for _, s in self.phases):.2f} s, operation {self.operation:.2f} s)",
@@ -270,15 +350,17 @@ async def script(
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     (workdir / "rclone.conf").write_text(store.rclone_config)
     env["RCLONE_CONFIG"] = str(workdir / "rclone.conf")
-    async with emulator(workdir / "pinot-script", RECEIVER_SEGMENT_SIZE, None) as pinot:
+    async with receiver(workdir, "pinot-script") as pinot:
         async with HttpPinotController(pinot.url) as controller:
             await controller.create_schema(table["schema"])
             await controller.create_table(table["config"])
+        await written_back()
         before, start = children_cpu(), time.perf_counter()
-        await run_tool(
-            "rclone", "copy", store.segments, str(folder), "--transfers", str(concurrency),
-            "--checkers", str(concurrency), env=env,
-        )  # fmt: skip
+        with load(result.load_download, store.pid, pinot.process.pid):
+            await run_tool(
+                "rclone", "copy", store.segments, str(folder), "--transfers", str(concurrency),
+                "--checkers", str(concurrency), env=env,
+            )  # fmt: skip
         result.script_download = time.perf_counter() - start
         result.rclone_cpu = children_cpu() - before
         files = sorted(path for path in folder.rglob("*.tar.gz"))
@@ -293,10 +375,12 @@ async def script(
                     "-F", f"{name}=@{path};filename={name};type=application/octet-stream", url,
                 )  # fmt: skip
 
+        await written_back()
         before, start = children_cpu(), time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for path in files:
-                group.create_task(upload(path))
+        with load(result.load_upload, store.pid, pinot.process.pid):
+            async with asyncio.TaskGroup() as group:
+                for path in files:
+                    group.create_task(upload(path))
         result.script_upload = time.perf_counter() - start
         result.curl_cpu = children_cpu() - before
         async with HttpPinotController(pinot.url) as controller:
@@ -310,7 +394,7 @@ async def activate(
     store: Bucket, workdir: Path, size: int, concurrency: int, result: Result
 ) -> None:
     """az2 on an empty emulator: ``/activate?zone=az1`` to ``ACTIVE``, CPU and RSS sampled."""
-    async with emulator(workdir / "pinot-az2", RECEIVER_SEGMENT_SIZE, None) as pinot:
+    async with receiver(workdir, "pinot-az2") as pinot:
         document = agent_document("az2", "standby", store, pinot.url, workdir, concurrency)
         az2 = AgentProcess("az2", document, workdir)
         await started(az2)
@@ -320,25 +404,27 @@ async def activate(
             await asyncio.sleep(0.5)  # settled after start
             result.rss_idle = rss(pid)
             peak, cpu = result.rss_idle, cpu_seconds(pid)
+            await written_back()
             async with aiohttp.ClientSession() as http:
-                start = time.perf_counter()
-                # force: az1's process has exited, but a stop that outlasted its grace was a
-                # SIGKILL, which leaves its lease live until the TTL ends
-                query = {"zone": "az1", "force": "true"}
-                async with http.post(f"{az2.url}/activate", params=query) as answer:
-                    if answer.status != 202:
-                        raise RuntimeError(f"/activate: {answer.status} {await answer.text()}")
-                result.accepted = time.perf_counter() - start
-                while True:
-                    status = await get_json(http, f"{az2.url}/status")
-                    peak = max(peak, rss(pid))
-                    if status["state"] == "ACTIVE":
-                        break
-                    if status["state"] == "FAILED":
-                        raise RuntimeError(f"activation failed: {status['operation']}")
-                    await asyncio.sleep(_poll_interval(status))
-                result.activation = time.perf_counter() - start
-                result.agent_cpu = cpu_seconds(pid) - cpu
+                with load(result.load_agent, store.pid, pinot.process.pid):
+                    start = time.perf_counter()
+                    # force: az1's process has exited, but a stop that outlasted its grace was a
+                    # SIGKILL, which leaves its lease live until the TTL ends
+                    query = {"zone": "az1", "force": "true"}
+                    async with http.post(f"{az2.url}/activate", params=query) as answer:
+                        if answer.status != 202:
+                            raise RuntimeError(f"/activate: {answer.status} {await answer.text()}")
+                    result.accepted = time.perf_counter() - start
+                    while True:
+                        status = await get_json(http, f"{az2.url}/status")
+                        peak = max(peak, rss(pid))
+                        if status["state"] == "ACTIVE":
+                            break
+                        if status["state"] == "FAILED":
+                            raise RuntimeError(f"activation failed: {status['operation']}")
+                        await asyncio.sleep(_poll_interval(status))
+                    result.activation = time.perf_counter() - start
+                    result.agent_cpu = cpu_seconds(pid) - cpu
                 result.rss_peak = max(peak, rss(pid, "VmHWM"))
                 operation = status["operation"]
             phases = {p["name"]: p for p in operation["phases"]}

@@ -57,6 +57,11 @@ class MotoBackend(S3ServerBackend):
             self._log.unlink(missing_ok=True)
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None, "backend not started"
+        return self._process.pid
+
+    @property
     def endpoint(self) -> str:
         assert self._process is not None, "backend not started"
         return f"http://127.0.0.1:{self._port}"

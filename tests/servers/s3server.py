@@ -52,6 +52,11 @@ class S3ServerBackend(StorageBackend):
     def endpoint(self) -> str:
         raise NotImplementedError
 
+    @property
+    def pid(self) -> int:
+        """The server's process, for benchmarks that count its CPU."""
+        raise NotImplementedError
+
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[Any]:
         """A raw aiobotocore client, to act behind the driver's back."""

@@ -173,6 +173,11 @@ class SeaweedFSBackend(S3ServerBackend):
                 socket_path.unlink(missing_ok=True)
 
     @property
+    def pid(self) -> int:
+        assert self._process is not None, "backend not started"
+        return self._process.pid
+
+    @property
     def endpoint(self) -> str:
         assert self._process is not None, "backend not started"
         return f"http://127.0.0.1:{self._ports['s3']}"
