@@ -279,6 +279,7 @@ class Agent:
     async def _shutdown(self) -> None:
         """Release the lease only when not mid-operation, so a restart can resume cleanly."""
         if self.keeper.is_leader and self.state is AgentState.ACTIVE:
+            await self.leadership.checkpoint_on_exit()
             with contextlib.suppress(DriverError, StateError):
                 await self.keeper.release(LeaseState.RELEASED)
                 log.info("lease released on shutdown")

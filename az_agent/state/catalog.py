@@ -124,6 +124,9 @@ class Catalog:
     def __init__(self, zone: str) -> None:
         self.zone = sys.intern(check_zone(zone))
         self.last_seq = 0
+        self.checkpoint_seq = 0
+        """The newest checkpoint this catalog was read from or written as (0: none): a reader
+        GETs each entry after it, so a leader checkpoints when many follow it."""
         self.epoch = 0
         self.term = 0
         """Term and epoch of the last entry applied (0 for logs from before terms)."""

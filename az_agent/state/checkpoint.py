@@ -138,6 +138,7 @@ async def write_checkpoint(
     key = checkpoint_key(snapshot.zone, snapshot.seq)
     merged: dict[str, SegmentColumns | None] = {}
     info = await store.put(key, _encode(snapshot, header, merged))
+    catalog.checkpoint_seq = max(catalog.checkpoint_seq, snapshot.seq)
     compacted = len(merged) == len(snapshot.tables) and catalog.install(snapshot, merged)
     log.info(
         "zone %s: checkpoint at entry %d written (%d segment names, %d other records, %d bytes)%s",
@@ -292,7 +293,7 @@ class _Decoder:
             self._catalog.finish_restore()
         except _BAD_CONTENT as exc:
             raise CheckpointInvalid(f"{self._key}: {exc}") from exc
-        self._catalog.last_seq = self._seq
+        self._catalog.last_seq = self._catalog.checkpoint_seq = self._seq
         self._catalog.epoch = int(self._header["epoch"])
         self._catalog.term = int(self._header.get("term", 0))  # absent before terms existed
         return self._catalog

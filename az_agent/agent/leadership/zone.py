@@ -99,6 +99,7 @@ class ZoneLeadership:
         self.primary: PrimaryObservation | None = None
         """The group's primary record as last read (every lease round, on either zone)."""
         self.session: LeaderSession | None = None
+        self._last_session: LeaderSession | None = None
         self._wants = wants
         self._on_fenced = on_fenced
         self._on_taken_over = on_taken_over
@@ -158,6 +159,13 @@ class ZoneLeadership:
         self._suspended = True
         self._stop.set()
         await self._ended.wait()
+
+    async def checkpoint_on_exit(self) -> None:
+        """The agent stops cleanly while it leads: checkpoint the last session's catalog
+        (:meth:`LeaderSession.checkpoint_last`), unless a newer writer fenced it."""
+        session = self._last_session
+        if session is not None and session.is_usable and self.keeper.is_leader:
+            await session.checkpoint_last()
 
     # ---------------------------------------------------------------- observers
 
@@ -278,7 +286,7 @@ class ZoneLeadership:
         session = LeaderSession(
             deps.zone, epoch, deps.store, writer, catalog, deps.metrics, deps.clock, record.term
         )
-        self.session = session
+        self.session = self._last_session = session
         self._stop.clear()
         self._ended.clear()
         self._halt.clear()
@@ -357,14 +365,14 @@ class ZoneLeadership:
                 await asyncio.wait_for(self._stop.wait(), period)
 
     async def _checkpoints(self, session: LeaderSession) -> None:
-        """Checkpoint the catalog every so many entries, so loading stays cheap."""
-        last = session.catalog.last_seq
+        """Checkpoint the catalog every so many entries after its newest checkpoint (counted
+        from the checkpoint, not from this session's start: a restart does not reset it)."""
+        catalog = session.catalog
         while True:
             await self.deps.clock.sleep(CHECKPOINT_CHECK_SECONDS)
-            if session.catalog.last_seq - last >= CHECKPOINT_EVERY_ENTRIES:
+            if catalog.last_seq - catalog.checkpoint_seq >= CHECKPOINT_EVERY_ENTRIES:
                 try:
-                    await write_checkpoint(self.deps.store, session.catalog)
-                    last = session.catalog.last_seq
+                    await write_checkpoint(self.deps.store, catalog)
                 except DriverError as exc:
                     log.warning("checkpoint failed: %s", exc)
 

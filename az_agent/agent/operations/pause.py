@@ -218,7 +218,7 @@ class Pause:
                 }
             )
         )
-        return f"handover at entry {catalog.last_seq}"
+        return f"handover at entry {catalog.last_seq}; {await session.checkpoint_last()}"
 
     async def _release_lease(self) -> str:
         await self.agent.stop_session()

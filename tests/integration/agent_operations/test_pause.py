@@ -21,6 +21,7 @@ from az_agent.drivers.errors import Unavailable
 from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.state import LeaseState, PausedPayload, SegmentPayload, SystemClock
 from az_agent.state.keys import lease_key
+from az_agent.state.log import checkpoint_seqs
 from tests.integration.agent_operations.conftest import (
     REALTIME_TABLE,
     ZONE,
@@ -128,6 +129,25 @@ async def test_the_handover_is_the_last_entry_even_with_a_segment_racing(rig: Ri
         isinstance(e.payload, SegmentPayload) and e.payload.segment.endswith("__late")
         for e in entries
     ), "nothing of the paused term is committed after its handover"
+
+
+async def test_the_handover_is_checkpointed_so_the_activation_reads_one_object(rig: Rig) -> None:
+    async with rig.running() as agent:
+        await until(lambda: leading(agent), "the agent to lead")
+        session = agent.session
+        assert session is not None
+        for number in range(3):
+            payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
+            await rig.store.put(payload.key, b"tarball")
+            await session.commit(payload)
+        status, body = await agent.pause(PauseRequest())
+        assert (status, body["state"]) == (200, "PAUSED"), body
+    entries = await log_entries(rig.store)
+    assert isinstance(entries[-1].payload, PausedPayload)
+    assert (await checkpoint_seqs(rig.store, ZONE))[0] == entries[-1].seq
+    phases = {p["name"]: p for p in body["operation"]["phases"]}
+    detail = phases["write-handover"]["detail"]
+    assert detail.endswith(f"checkpoint at entry {entries[-1].seq}"), detail
 
 
 async def test_a_pause_failing_after_the_loops_stopped_backs_up_again(rig: Rig) -> None:

@@ -1,14 +1,24 @@
-"""Stopping an active agent releases its lease, and a second cancellation (an impatient
-second SIGTERM) does not cut that release short."""
+"""Stopping an active agent checkpoints its catalog and releases its lease, and a second
+cancellation (an impatient second SIGTERM) does not cut that release short."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from az_agent.state import LeaseState
-from az_agent.state.keys import lease_key
-from tests.integration.agent_operations.conftest import ZONE, Rig, lease_record, until
+from az_agent.drivers.errors import Unavailable
+from az_agent.state import LeaseState, load_catalog
+from az_agent.state.keys import checkpoint_prefix, lease_key
+from az_agent.state.log import checkpoint_seqs
+from tests.integration.agent_operations.conftest import (
+    REALTIME_TABLE,
+    ZONE,
+    Rig,
+    lease_record,
+    log_entries,
+    until,
+)
+from tests.unit.state.helpers import segment
 
 
 async def test_run_returns_only_once_the_lease_release_landed(rig: Rig) -> None:
@@ -35,3 +45,36 @@ async def test_run_returns_only_once_the_lease_release_landed(rig: Rig) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         assert (await lease_record(rig.store)).state is LeaseState.RELEASED
+
+
+async def test_a_clean_stop_checkpoints_the_entries_its_sessions_wrote(rig: Rig) -> None:
+    """The next reader of the zone (the other zone's activation, this agent restarted) reads
+    one checkpoint, not an entry per segment the agent backed up since the last one."""
+    async with rig.running() as agent:
+        await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
+        session = agent.session
+        assert session is not None
+        for number in range(5):
+            payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
+            await rig.store.put(payload.key, b"tarball")
+            await session.commit(payload)
+        assert await checkpoint_seqs(rig.store, ZONE) == []
+    entries = await log_entries(rig.store)
+    assert (await checkpoint_seqs(rig.store, ZONE))[0] == entries[-1].seq
+    catalog = await load_catalog(rig.store, ZONE)
+    assert (catalog.checkpoint_seq, catalog.last_seq) == (entries[-1].seq, entries[-1].seq)
+    assert catalog.segment_count == 5
+    assert (await lease_record(rig.store)).state is LeaseState.RELEASED
+
+
+async def test_a_stop_whose_checkpoint_fails_still_releases_the_lease(rig: Rig) -> None:
+    async with rig.running() as agent:
+        await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
+
+        async def refuse_checkpoints(op: str, key: str) -> None:
+            if op == "put" and key.startswith(checkpoint_prefix(ZONE)):
+                raise Unavailable("injected: the checkpoint cannot be written")
+
+        rig.store.before = refuse_checkpoints
+    assert await checkpoint_seqs(rig.store, ZONE) == []
+    assert (await lease_record(rig.store)).state is LeaseState.RELEASED

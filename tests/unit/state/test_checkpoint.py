@@ -130,7 +130,8 @@ async def test_checkpoint_loads_the_same_catalog_as_the_raw_log(store: FaultySto
     assert {log_key(ZONE, seq) for seq in range(62, 79)} <= log_reads
     assert min(log_reads) == log_key(ZONE, 62)  # nothing the checkpoint already covers
     again = await read_checkpoint(store, ZONE, 61)
-    assert again.last_seq == 61
+    assert again.last_seq == again.checkpoint_seq == 61
+    assert (loaded.checkpoint_seq, raw.checkpoint_seq) == (61, 0)
 
 
 async def test_empty_catalog_writes_no_checkpoint(store: FaultyStore) -> None:
@@ -264,6 +265,7 @@ async def test_a_catalog_changing_during_the_write_is_checkpointed_as_of_its_sna
     info = await writing
     assert info is not None
     assert list((await read_checkpoint(store, ZONE, 501)).rows()) == expected
+    assert (catalog.checkpoint_seq, catalog.last_seq) == (501, 551)  # as of its snapshot
 
 
 async def test_prune_keeps_the_newest_checkpoints(store: FaultyStore) -> None:
