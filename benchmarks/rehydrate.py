@@ -59,6 +59,7 @@ TABLE = TableRef("bench", TableType.REALTIME)
 PARTITIONS = 4
 SECRET = "cloud-storage-secret"
 TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
 ACTIVATION_RATIO = 1.2
 FLOOR_MARGIN = 1.15
 FIXED_LIMIT = 0.3
@@ -284,6 +285,14 @@ class Result:
     def fixed(self) -> float:
         return self.activation - self.rehydration
 
+    @property
+    def cpu_bound(self) -> float:
+        """The least the activation could take with every CPU busy on the work the agent, the
+        bucket's server and the emulator did: where it is above the floor's 1.15x, that target
+        needs less CPU, not better overlap."""
+        load = self.load_agent
+        return (self.agent_cpu + load.server + load.emulator) / CPUS
+
     def per_mb(self, seconds: float) -> float:
         return seconds / self.megabytes * 1000
 
@@ -301,7 +310,8 @@ class Result:
             f"{self.per_mb(self.curl_cpu):.2f}, rclone {self.per_mb(self.rclone_cpu):.2f}; "
             f"agent RSS idle {self.rss_idle / MIB:.0f} MiB, peak {self.rss_peak / MIB:.0f} MiB",
             f"  machine: rclone {self.load_download.describe()}; curl "
-            f"{self.load_upload.describe()}; activation {self.load_agent.describe()}",
+            f"{self.load_upload.describe()}; activation {self.load_agent.describe()}; "
+            f"agent + server + emulator CPU / {CPUS} CPUs {self.cpu_bound:.2f} s",
             "  phases: "
             + ", ".join(f"{name} {seconds:.2f}" for name, seconds in self.phases if seconds)
             + f" (sum {sum(s for _, s in self.phases):.2f} s, operation {self.operation:.2f} s)",

@@ -18,7 +18,9 @@ measures:
   downloaded to disk with ``curl`` and uploaded with ``rclone copy`` (as a user would script
   it), both with ``--concurrency`` transfers; the CPU seconds per MB of this process (the
   agent) and of curl + rclone (their rusage), and the peak resident memory of this process for
-  each size, which must not grow with the segment size.
+  each size, which must not grow with the segment size. ``--repeat`` runs per size (2 by
+  default), the agent first in odd runs and second in even ones (see :func:`catch_up`), then
+  a row of medians.
 """
 
 from __future__ import annotations
@@ -201,11 +203,14 @@ class CatchUp:
     rss_peak: int
     download: Tool
     upload: Tool
+    first: str = "agent"
+    """Which went first: ``agent`` or ``baseline`` (``median`` for a row of medians)."""
 
     HEADER = (
-        "| size | segments | agent MB/s | curl+rclone MB/s (s = curl + rclone) | agent/baseline"
-        " | agent CPU ms/MB | curl CPU ms/MB | curl+rclone CPU ms/MB | RSS peak (+ over idle) |\n"
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| size | segments | first | agent MB/s | curl+rclone MB/s (s = curl + rclone) | "
+        "agent/baseline | agent CPU ms/MB | curl CPU ms/MB | curl+rclone CPU ms/MB | "
+        "RSS peak (+ over idle) |\n"
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     )
 
     def describe(self) -> str:
@@ -213,7 +218,8 @@ class CatchUp:
         base = self.download.seconds + self.upload.seconds
         per_mb = 1000 / total
         return (
-            f"| {self.size / MIB:.0f} MiB | {self.count} | {total / self.seconds:.1f} "
+            f"| {self.size / MIB:.0f} MiB | {self.count} | {self.first} | "
+            f"{total / self.seconds:.1f} "
             f"({self.seconds:.1f} s) | {total / base:.1f} ({base:.1f} s = "
             f"{self.download.seconds:.1f} + {self.upload.seconds:.1f}) | "
             f"{base / self.seconds:.2f}x | {self.cpu * per_mb:.2f} | "
@@ -272,16 +278,34 @@ async def catch_up(
     target: str,
     workdir: Path,
     options: argparse.Namespace,
+    run: int = 1,
 ) -> CatchUp:
+    """The agent's flush and the baseline over the same ``count`` segments; the agent goes
+    first in odd runs and second in even ones.
+
+    Whoever goes second meets a bucket server holding what the first one wrote, and a page
+    cache the first one grew or just freed (on this kind of virtual machine a gigabyte written
+    to new page-cache pages costs 2-3 s of system CPU, 0.2 s on pages freed a moment before):
+    SeaweedFS, 16 MiB segments, the agent took 6.3-6.6 s first and 9.9-11.8 s second, the
+    baseline 6.2-6.5 s second and 5.1-6.0 s first. Alternating runs share that out.
+    """
     async with (
         emulator(workdir, size, 4) as pinot_process,
         HttpPinotController(pinot_process.url, timeout_seconds=120) as pinot,
         aiohttp.ClientSession() as http,
     ):
         names = [(await commit_one(http, pinot_process.url))[0] for _ in range(count)]
-        session = await lead(store, f"catchup-{size // MIB}")
+        session = await lead(store, f"catchup-{size // MIB}-{run}")
         settings = PinotSettings(concurrency=options.concurrency)
         loop = SegmentBackupLoop(pinot, settings, session.metrics, session.clock)
+
+        async def the_baseline() -> tuple[Tool, Tool]:
+            where = f"{target}/baseline-{size // MIB}-{run}"
+            return await baseline(names, pinot_process.url, where, workdir, options)
+
+        if run % 2 == 0:
+            down, up = await the_baseline()
+        await asyncio.to_thread(os.sync)  # none pays for the other's writeback
         before = rss_bytes()
         async with sampled() as samples:
             cpu, start = time.process_time(), time.perf_counter()
@@ -289,10 +313,20 @@ async def catch_up(
             seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if committed != count:
             raise RuntimeError(f"flush committed {committed} of {count} segments")
-        down, up = await baseline(
-            names, pinot_process.url, f"{target}/baseline-{size // MIB}", workdir, options
-        )
-    return CatchUp(size, count, seconds, cpu, before, max(samples), down, up)
+        if run % 2 == 1:
+            await asyncio.to_thread(os.sync)
+            down, up = await the_baseline()
+    return CatchUp(
+        size,
+        count,
+        seconds,
+        cpu,
+        before,
+        max(samples),
+        down,
+        up,
+        "agent" if run % 2 else "baseline",
+    )
 
 
 @contextlib.contextmanager
@@ -342,8 +376,35 @@ async def run(options: argparse.Namespace) -> None:
             print(CatchUp.HEADER)
             for size_mb in options.sizes:
                 count = max(options.min_count, round(options.total_mb / size_mb))
-                result = await catch_up(int(size_mb * MIB), count, store, target, workdir, options)
-                print(result.describe(), flush=True)
+                runs = []
+                for run in range(1, options.repeat + 1):
+                    size = int(size_mb * MIB)
+                    runs.append(await catch_up(size, count, store, target, workdir, options, run))
+                    print(runs[-1].describe(), flush=True)
+                if len(runs) > 1:
+                    print(median_of(runs).describe(), flush=True)
+
+
+def median_of(runs: list[CatchUp]) -> CatchUp:
+    """Each figure's median over ``runs`` (``first`` then reads "median")."""
+    first = runs[0]
+    return CatchUp(
+        first.size,
+        first.count,
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu for r in runs),
+        int(statistics.median(r.rss_before for r in runs)),
+        int(statistics.median(r.rss_peak for r in runs)),
+        Tool(
+            statistics.median(r.download.seconds for r in runs),
+            statistics.median(r.download.cpu for r in runs),
+        ),
+        Tool(
+            statistics.median(r.upload.seconds for r in runs),
+            statistics.median(r.upload.cpu for r in runs),
+        ),
+        "median",
+    )
 
 
 def main() -> None:
@@ -362,6 +423,13 @@ def main() -> None:
     parser.add_argument("--min-count", type=int, default=4, help="catch-up segments per size")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel transfers (all)")
     parser.add_argument("--store", choices=["s3", "seaweedfs", "file"], default="s3")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="catch-up runs per size, the agent first in odd ones, the baseline in even ones; "
+        "with more than one, a row of medians follows",
+    )
     asyncio.run(run(parser.parse_args()))
 
 
