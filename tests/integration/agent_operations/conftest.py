@@ -33,7 +33,7 @@ from az_agent.state import LeaseRecord, LogEntry, SystemClock, read_entries
 from az_agent.state.keys import lease_key
 from tests.integration.leftovers import settle
 from tests.servers.alertmanager import AlertmanagerServer
-from tests.unit.state.helpers import FaultyStore, file_store
+from tests.unit.state.helpers import FaultyStore, file_store, segment
 
 ZONE = "az1"
 TABLE = "events"
@@ -165,6 +165,16 @@ async def lease_record(store: FaultyStore, zone: str = ZONE) -> LeaseRecord:
 
 async def log_entries(store: FaultyStore, zone: str = ZONE) -> list[LogEntry]:
     return [entry async for entry in read_entries(store.inner, zone, 0)]
+
+
+async def commit_segments(agent: Agent, count: int) -> None:
+    """``count`` segment entries committed by the agent's leader session (objects first)."""
+    session = agent.session
+    assert session is not None, "the agent does not lead"
+    for number in range(count):
+        payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
+        await session.store.put(payload.key, b"tarball")
+        await session.commit(payload)
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from az_agent.drivers.errors import Unavailable
 from az_agent.state.keys import checkpoint_prefix
 from az_agent.state.log import checkpoint_seqs
 from tests.integration.agent_operations.conftest import (
-    REALTIME_TABLE,
     ZONE,
     Rig,
+    commit_segments,
     log_entries,
     until,
 )
-from tests.unit.state.helpers import segment
 
 
 async def test_entries_of_an_earlier_session_count_towards_the_next_checkpoint(
@@ -32,12 +31,7 @@ async def test_entries_of_an_earlier_session_count_towards_the_next_checkpoint(
     rig.store.before = refuse_checkpoints
     async with rig.running() as agent:
         await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
-        session = agent.session
-        assert session is not None
-        for number in range(3):  # with the fence: 4 entries, none checkpointed
-            payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
-            await rig.store.put(payload.key, b"tarball")
-            await session.commit(payload)
+        await commit_segments(agent, 3)  # with the fence: 4 entries, none checkpointed
     first = (await log_entries(rig.store))[-1].seq
     assert await checkpoint_seqs(rig.store, ZONE) == []
 

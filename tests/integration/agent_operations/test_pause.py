@@ -26,6 +26,7 @@ from tests.integration.agent_operations.conftest import (
     REALTIME_TABLE,
     ZONE,
     Rig,
+    commit_segments,
     lease_record,
     log_entries,
     until,
@@ -134,12 +135,7 @@ async def test_the_handover_is_the_last_entry_even_with_a_segment_racing(rig: Ri
 async def test_the_handover_is_checkpointed_so_the_activation_reads_one_object(rig: Rig) -> None:
     async with rig.running() as agent:
         await until(lambda: leading(agent), "the agent to lead")
-        session = agent.session
-        assert session is not None
-        for number in range(3):
-            payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
-            await rig.store.put(payload.key, b"tarball")
-            await session.commit(payload)
+        await commit_segments(agent, 3)
         status, body = await agent.pause(PauseRequest())
         assert (status, body["state"]) == (200, "PAUSED"), body
     entries = await log_entries(rig.store)

@@ -11,14 +11,13 @@ from az_agent.state import LeaseState, load_catalog
 from az_agent.state.keys import checkpoint_prefix, lease_key
 from az_agent.state.log import checkpoint_seqs
 from tests.integration.agent_operations.conftest import (
-    REALTIME_TABLE,
     ZONE,
     Rig,
+    commit_segments,
     lease_record,
     log_entries,
     until,
 )
-from tests.unit.state.helpers import segment
 
 
 async def test_run_returns_only_once_the_lease_release_landed(rig: Rig) -> None:
@@ -52,12 +51,7 @@ async def test_a_clean_stop_checkpoints_the_entries_its_sessions_wrote(rig: Rig)
     one checkpoint, not an entry per segment the agent backed up since the last one."""
     async with rig.running() as agent:
         await until(lambda: agent.keeper.is_leader and agent.session is not None, "leading")
-        session = agent.session
-        assert session is not None
-        for number in range(5):
-            payload = segment(ZONE, f"{REALTIME_TABLE}__0__{number}__t", table=REALTIME_TABLE)
-            await rig.store.put(payload.key, b"tarball")
-            await session.commit(payload)
+        await commit_segments(agent, 5)
         assert await checkpoint_seqs(rig.store, ZONE) == []
     entries = await log_entries(rig.store)
     assert (await checkpoint_seqs(rig.store, ZONE))[0] == entries[-1].seq
