@@ -48,6 +48,16 @@ def _pg_folders() -> set[Path]:
     return set(Path("/tmp").glob(PG_FOLDERS))
 
 
+def _folder_port(folder: Path) -> int | None:
+    """The port its server was started on (``postmaster.opts`` outlives the server); None
+    before one started, and then the folder counts as this test's."""
+    try:
+        words = (folder / "data" / "postmaster.opts").read_text().replace('"', " ").split()
+    except OSError:
+        return None
+    return int(words[words.index("-p") + 1]) if "-p" in words else None
+
+
 class DrillProcess:
     def __init__(self, directory: Path, *extra: str) -> None:
         self.directory = directory
@@ -111,24 +121,33 @@ class DrillProcess:
                 await self.process.wait()
 
     def agent_ports(self) -> list[int]:
-        ports = []
+        return [int(config["http"]["port"]) for config in self._agent_configs()]
+
+    def postgres_ports(self) -> set[int]:
+        """The ports of this drill's PostgreSQL servers: their folders are in the shared /tmp,
+        where another test run's drill may have its own at the same time."""
+        return {
+            int(c["postgres"]["port"]) for c in self._agent_configs() if "port" in c["postgres"]
+        }
+
+    def _agent_configs(self) -> list[dict[str, Any]]:
+        configs = []
         for zone in ("az1", "az2"):
             document = yaml.safe_load((self.directory / f"agent-{zone}.yaml").read_text())
-            ports.append(int(document["az-service"]["config"]["http"]["port"]))
-        return ports
+            configs.append(document["az-service"]["config"])
+        return configs
 
 
 async def _nothing_left(drill: DrillProcess, pg_before: set[Path]) -> None:
     assert await _alive_after(sorted(_processes_mentioning(str(drill.directory)))) == [], (
         "agent processes left running"
     )
-    servers = {
-        pid
-        for pid in _processes_mentioning("/tmp/az-drill-az")
-        if not any(pid in _processes_mentioning(str(folder)) for folder in pg_before)
-    }
+    ports = drill.postgres_ports()
+    ours = set().union(*(_processes_mentioning(f" -p {port} ") for port in ports))
+    servers = _processes_mentioning("/tmp/az-drill-az") & ours
     assert await _alive_after(sorted(servers)) == [], "PostgreSQL servers left running"
-    assert _pg_folders() - pg_before == set(), "PostgreSQL folders left behind"
+    folders = {f for f in _pg_folders() - pg_before if _folder_port(f) in (None, *ports)}
+    assert folders == set(), "PostgreSQL folders left behind"
     for port in drill.agent_ports():
         assert await _port_is_free(port), f"port {port} still taken"
 
