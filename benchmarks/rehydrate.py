@@ -52,7 +52,14 @@ from az_agent.drivers.pinot import HttpPinotController, TableRef, TableType
 from az_agent.drivers.storage.config import CloudStorageSettings
 from az_agent.sandbox.postgres import free_port
 from az_agent.sandbox.processes import AgentProcess, AgentProcessError
-from benchmarks.segment_backup import MB, MIB, children_cpu, run_tool, scratch_dir
+from benchmarks.segment_backup import (
+    MB,
+    MIB,
+    children_cpu,
+    run_tool,
+    scratch_dir,
+    written_back,
+)
 from benchmarks.standby import Emulator, emulator, generate
 
 TABLE = TableRef("bench", TableType.REALTIME)
@@ -214,12 +221,6 @@ async def receiver(workdir: Path, name: str) -> AsyncIterator[Emulator]:
 def in_memory(fallback: Path) -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() else fallback
-
-
-async def written_back() -> None:
-    """Flush the page cache's dirty pages before a timed stretch, so that none shares the
-    machine with the writeback of the one before (a gigabyte or more each)."""
-    await asyncio.to_thread(os.sync)
 
 
 def rss(pid: int, key: str = "VmRSS") -> int:

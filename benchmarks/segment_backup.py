@@ -235,6 +235,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def written_back() -> None:
+    """Flush the page cache's dirty pages before a timed stretch, so that none shares the
+    machine with the writeback of the one before (a gigabyte or more each)."""
+    await asyncio.to_thread(os.sync)
+
+
 async def run_tool(*argv: str, env: dict[str, str] | None = None) -> None:
     process = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
@@ -305,7 +311,7 @@ async def catch_up(
 
         if run % 2 == 0:
             down, up = await the_baseline()
-        await asyncio.to_thread(os.sync)  # none pays for the other's writeback
+        await written_back()
         before = rss_bytes()
         async with sampled() as samples:
             cpu, start = time.process_time(), time.perf_counter()
@@ -314,7 +320,7 @@ async def catch_up(
         if committed != count:
             raise RuntimeError(f"flush committed {committed} of {count} segments")
         if run % 2 == 1:
-            await asyncio.to_thread(os.sync)
+            await written_back()
             down, up = await the_baseline()
     return CatchUp(
         size,

@@ -53,6 +53,7 @@ from az_agent.drivers.pinot.http import HttpPinotController
 from az_agent.drivers.storage.file import FileObjectStore
 from az_agent.state import SystemClock, load_catalog
 from benchmarks import takeover
+from benchmarks.segment_backup import written_back
 from tests.serving import serving
 from tests.zoneconfig import file_zone_config
 
@@ -214,7 +215,7 @@ async def warm_once(workdir: Path, count: int, options: argparse.Namespace) -> W
             await asyncio.to_thread(
                 shutil.copytree, bucket, cold_bucket, ignore=shutil.ignore_patterns(".az-tmp")
             )  # the agents' writes in flight are left out: only committed objects count
-            await asyncio.to_thread(os.sync)  # the copy's writes must not slow the warm run
+            await written_back()  # the copy's writes must not slow the warm run
             total = (await backed_up(bucket, "az1"))[0]
             warm_seconds, warm_detail = await activate(az2, "az1")
     async with emulator(workdir / "pinot-cold", size, None) as fresh:
