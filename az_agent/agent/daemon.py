@@ -277,7 +277,8 @@ class Agent:
         raise NotReady(detail)
 
     async def _shutdown(self) -> None:
-        """Release the lease only when not mid-operation, so a restart can resume cleanly."""
+        """Checkpoint and release the lease only when not mid-operation, so a restart can
+        resume cleanly."""
         if self.keeper.is_leader and self.state is AgentState.ACTIVE:
             await self.leadership.checkpoint_on_exit()
             with contextlib.suppress(DriverError, StateError):
